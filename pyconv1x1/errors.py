@@ -1,0 +1,18 @@
+"""The exceptions pyconv1x1 raises: a contract that users and other tools rely on."""
+
+
+class Error(Exception):
+    """Base class of every error pyconv1x1 raises on purpose."""
+
+
+class ModelError(Error):
+    """The model file is bad, unsafe or inconsistent (unreadable, malformed, path
+    escaping its folder, sizes that do not match, cycles, undefined tensors...)."""
+
+
+class UnsupportedError(Error):
+    """A valid ONNX model that this runtime does not run (op, attribute, dtype...)."""
+
+
+class InputError(Error, ValueError):
+    """A bad feed to run(): wrong name, dtype, rank or dimension, unknown output."""

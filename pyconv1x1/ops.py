@@ -1,0 +1,311 @@
+"""One binder per ONNX op: reads a node's attributes with the spec's defaults, checks
+what this runtime can run, and returns the program step that computes it (before
+fusion). An explicit registry maps op type to binder; nothing here sees protobuf."""
+import math
+
+import numpy as np
+
+from .errors import ModelError
+from .onnx_reader import _Unsupported
+from .program import (IDENTITY, RELU, Activation, AddStep, AffineStep, ChainStep,
+                      ConvLayer, CopyStep)
+
+REGISTRY = {}
+FLOAT_MAX = float(np.finfo(np.float32).max)
+
+
+class Refused(Exception):
+    """The node is valid ONNX that this runtime does not run; the reason says why."""
+
+
+def op(name):
+    def register(fn):
+        REGISTRY[name] = fn
+        return fn
+    return register
+
+
+class Context:
+    """What a binder may know about its node's inputs."""
+
+    def __init__(self, constants, shapes, opset):
+        self.constants = constants
+        self.shapes = shapes
+        self.opset = opset
+
+    def const(self, node, index, what, required=True):
+        """The constant at input `index`, None if omitted, Refused if not constant."""
+        if index >= len(node.inputs) or node.inputs[index] == "":
+            if required:
+                raise ModelError(f"{node.label()}: missing input #{index} ({what})")
+            return None
+        name = node.inputs[index]
+        if name not in self.constants:
+            raise Refused(f"{what} {name!r} is computed at run time; only constant "
+                          f"{what}s are supported")
+        return self.constants[name]
+
+    def rank(self, name):
+        shape = self.shapes.get(name)
+        return None if shape is None else len(shape)
+
+
+def _attrs(node, spec):
+    """Bind attributes with defaults; unknown attributes are refused, not ignored."""
+    out = dict(spec)
+    for key, value in node.attrs.items():
+        if key not in spec:
+            raise Refused(f"attribute {key!r} is not supported")
+        if isinstance(value, _Unsupported):
+            raise Refused(f"attribute {key!r} is {value.why}")
+        out[key] = value
+    return out
+
+
+def _inputs(node, lo, hi):
+    n = len(node.inputs)
+    if not lo <= n <= hi:
+        raise ModelError(f"{node.label()}: {n} inputs; the op takes {lo} to {hi}")
+    if node.inputs[0] == "":
+        raise ModelError(f"{node.label()}: its data input is empty")
+
+
+def _single_output(node, allow_extra_unused=True):
+    if not node.outputs or node.outputs[0] == "":
+        raise ModelError(f"{node.label()}: no output")
+
+
+def _float_tensor(node, arr, what):
+    if arr.dtype.kind != "f":
+        raise Refused(f"{what} is {arr.dtype.name}; only float tensors are supported")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------
+@op("Conv")
+def conv(node, ctx):
+    _inputs(node, 2, 3)
+    _single_output(node)
+    a = _attrs(node, {"auto_pad": "NOTSET", "dilations": None, "group": 1,
+                      "kernel_shape": None, "pads": None, "strides": None})
+    w = ctx.const(node, 1, "weight")
+    if w.ndim not in (3, 4):
+        if w.ndim >= 5:
+            raise Refused(f"{w.ndim - 2}-D convolution (weight {list(w.shape)}); only 1-D "
+                          "and 2-D 1x1 convolutions run")
+        raise ModelError(f"{node.label()}: weight has shape {list(w.shape)}; Conv needs "
+                         "[M, C/group, kH, kW]")
+    spatial = w.ndim - 2
+    kernel = tuple(w.shape[2:])
+    if a["kernel_shape"] is not None and tuple(a["kernel_shape"]) != kernel:
+        raise ModelError(f"{node.label()}: kernel_shape {list(a['kernel_shape'])} does not "
+                         f"match the weight's {list(kernel)}")
+    if any(k != 1 for k in kernel):
+        raise Refused(f"kernel {'x'.join(map(str, kernel))}; only 1x1 kernels run")
+    w = _float_tensor(node, w, "weight")
+    group = a["group"]
+    cout = w.shape[0]
+    if not isinstance(group, int) or group < 1 or cout % group:
+        raise ModelError(f"{node.label()}: group={group} must be >= 1 and divide the "
+                         f"{cout} output channels")
+    strides = tuple(a["strides"] or (1,) * spatial)
+    pads = tuple(a["pads"] or (0,) * (2 * spatial))
+    dil = tuple(a["dilations"] or (1,) * spatial)
+    if len(strides) != spatial or len(dil) != spatial or len(pads) != 2 * spatial:
+        raise ModelError(f"{node.label()}: strides {list(strides)}, dilations {list(dil)}"
+                         f" and pads {list(pads)} do not fit a {spatial}-D kernel")
+    if any(s < 1 for s in strides) or any(d < 1 for d in dil) or any(p < 0 for p in pads):
+        raise ModelError(f"{node.label()}: strides {list(strides)} and dilations "
+                         f"{list(dil)} must be >= 1, pads {list(pads)} >= 0")
+    if max(strides + pads) > 1 << 20:
+        raise Refused(f"strides {list(strides)} / pads {list(pads)} beyond 2^20")
+    auto_pad = a["auto_pad"]
+    if auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+        raise ModelError(f"{node.label()}: auto_pad {auto_pad!r} is not an ONNX value")
+    b = ctx.const(node, 2, "bias", required=False)
+    if b is not None:
+        b = _float_tensor(node, b, "bias")
+        if b.shape != (cout,):
+            raise ModelError(f"{node.label()}: bias shape {list(b.shape)}, expected "
+                             f"[{cout}] (one per output channel)")
+    else:
+        b = np.zeros(cout, np.float32)
+    x_rank = ctx.rank(node.inputs[0])
+    if x_rank is not None and x_rank != w.ndim:
+        raise ModelError(f"{node.label()}: input {node.inputs[0]!r} has rank {x_rank}; "
+                         f"the weight {list(w.shape)} needs rank {w.ndim}")
+    cin = w.shape[1] * group
+    x_shape = ctx.shapes.get(node.inputs[0])
+    if x_shape is not None and isinstance(x_shape[1], int) and x_shape[1] != cin:
+        raise ModelError(f"{node.label()}: input {node.inputs[0]!r} has {x_shape[1]} "
+                         f"channels; weight {list(w.shape)} with group={group} needs {cin}")
+    if spatial == 1:  # [N, C, L] runs as [N, C, 1, L]
+        strides, pads = (1, strides[0]), (0, pads[0], 0, pads[1])
+    else:
+        pads = (pads[0], pads[1], pads[2], pads[3])
+    layer = ConvLayer(names=(node.name,), weight=w.reshape(cout, -1).copy(), bias=b.copy(),
+                      group=group, strides=strides, pads=pads, auto_pad=auto_pad,
+                      spatial_rank=spatial)
+    return ChainStep(input=node.inputs[0], output=node.outputs[0], layers=[layer])
+
+
+def _act_step(node, act):
+    _inputs(node, 1, 1)
+    _single_output(node)
+    return AffineStep(node.name, node.inputs[0], node.outputs[0], None, None, act)
+
+
+@op("Relu")
+def relu(node, ctx):
+    _attrs(node, {})
+    return _act_step(node, RELU)
+
+
+@op("LeakyRelu")
+def leaky_relu(node, ctx):
+    a = _attrs(node, {"alpha": 0.01})
+    alpha = float(a["alpha"])
+    if not math.isfinite(alpha):
+        raise ModelError(f"{node.label()}: alpha {alpha} is not finite")
+    return _act_step(node, Activation("leaky", -math.inf, math.inf, alpha))
+
+
+@op("Clip")
+def clip(node, ctx):
+    if ctx.opset < 11:
+        a = _attrs(node, {"min": -FLOAT_MAX, "max": FLOAT_MAX})
+        lo, hi = float(a["min"]), float(a["max"])
+        _inputs(node, 1, 1)
+    else:
+        _attrs(node, {})
+        _inputs(node, 1, 3)
+        lo, hi = -math.inf, math.inf
+        for index, what in ((1, "min"), (2, "max")):
+            v = ctx.const(node, index, f"Clip {what}", required=False)
+            if v is None:
+                continue
+            if v.size != 1:
+                raise ModelError(f"{node.label()}: {what} has shape {list(v.shape)}; "
+                                 "Clip bounds are scalars")
+            value = float(np.asarray(v, dtype=np.float64).reshape(()))
+            if math.isnan(value):
+                raise Refused(f"{what} is NaN")
+            if index == 1:
+                lo = value
+            else:
+                hi = value
+    lo = -math.inf if lo <= -FLOAT_MAX else lo
+    hi = math.inf if hi >= FLOAT_MAX else hi
+    if lo > hi:  # ONNX: every output is max
+        lo = hi
+    kind = "relu" if (lo == 0.0 and hi == math.inf) else "clip"
+    return _act_step(node, Activation(kind, lo, hi, 1.0))
+
+
+@op("BatchNormalization")
+def batch_norm(node, ctx):
+    a = _attrs(node, {"epsilon": 1e-5, "momentum": 0.9, "spatial": 1,
+                      "training_mode": 0, "is_test": 1, "consumed_inputs": None})
+    _inputs(node, 5, 5)
+    if a["training_mode"]:
+        raise Refused("training_mode=1; only inference BatchNormalization runs")
+    if a["spatial"] != 1:
+        raise Refused("spatial=0 (per-pixel statistics) is not supported")
+    if any(o for o in node.outputs[1:]):
+        raise Refused("the running mean/var outputs are requested (training form)")
+    params = [_float_tensor(node, ctx.const(node, i, what), what).astype(np.float64)
+              for i, what in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var"))]
+    c = params[0].size
+    for p, what in zip(params, ("scale", "B", "mean", "var")):
+        if p.ndim != 1 or p.size != c:
+            raise ModelError(f"{node.label()}: {what} has shape {list(p.shape)}; expected "
+                             f"[{c}]")
+    gamma, beta, mean, var = params
+    eps = float(a["epsilon"])
+    with np.errstate(all="ignore"):
+        scale = gamma / np.sqrt(var + eps)
+        shift = beta - mean * scale
+    x_shape = ctx.shapes.get(node.inputs[0])
+    if x_shape is not None and len(x_shape) >= 2 and isinstance(x_shape[1], int) \
+            and x_shape[1] != c:
+        raise ModelError(f"{node.label()}: input has {x_shape[1]} channels; the "
+                         f"parameters have {c}")
+    return AffineStep(node.name, node.inputs[0], node.outputs[0],
+                      scale.astype(np.float32), shift.astype(np.float32))
+
+
+def _per_channel(node, ctx, const, data_name):
+    """A constant operand of Add/Mul as a per-channel vector [C] (or scalar [1]) for
+    the NCHW data tensor, or Refused when it broadcasts any other way."""
+    c = _float_tensor(node, const, "constant operand")
+    rank = ctx.rank(data_name)
+    if c.size == 1:
+        if rank is not None and c.ndim > rank:
+            raise Refused(f"constant of shape {list(const.shape)} broadcasts beyond the "
+                          f"rank-{rank} input")
+        return c.reshape(1)
+    if rank is None:
+        raise Refused(f"constant of shape {list(const.shape)} against an input of unknown "
+                      "rank")
+    if c.ndim > rank or rank < 2:
+        raise Refused(f"constant of shape {list(const.shape)} does not broadcast "
+                      f"per channel over a rank-{rank} input")
+    full = (1,) * (rank - c.ndim) + c.shape
+    if full[0] != 1 or any(d != 1 for d in full[2:]):
+        raise Refused(f"constant of shape {list(const.shape)} varies along more than the "
+                      "channel axis")
+    x_shape = ctx.shapes.get(data_name)
+    if x_shape is not None and isinstance(x_shape[1], int) and x_shape[1] != full[1]:
+        raise ModelError(f"{node.label()}: constant of shape {list(const.shape)} does not "
+                         f"broadcast against input {data_name!r} of shape {list(x_shape)}")
+    return c.reshape(-1)
+
+
+def _binary(node, ctx, kind):
+    _attrs(node, {"broadcast": 0, "axis": None, "consumed_inputs": None})
+    _inputs(node, 2, 2)
+    _single_output(node)
+    a, b = node.inputs
+    ca, cb = ctx.constants.get(a), ctx.constants.get(b)
+    if ca is not None and cb is not None:
+        raise Refused("both operands are constants (constant folding is not supported)")
+    if ca is None and cb is None:
+        if kind == "Mul":
+            raise Refused("product of two run-time tensors is not supported")
+        return AddStep(node.name, a, b, node.outputs[0])
+    data, const = (a, cb) if cb is not None else (b, ca)
+    vec = _per_channel(node, ctx, const, data)
+    if kind == "Mul":
+        return AffineStep(node.name, data, node.outputs[0], vec, None)
+    return AffineStep(node.name, data, node.outputs[0], None, vec)
+
+
+@op("Add")
+def add(node, ctx):
+    return _binary(node, ctx, "Add")
+
+
+@op("Mul")
+def mul(node, ctx):
+    return _binary(node, ctx, "Mul")
+
+
+@op("Identity")
+def identity(node, ctx):
+    _attrs(node, {})
+    _inputs(node, 1, 1)
+    _single_output(node)
+    return CopyStep(node.name, node.inputs[0], node.outputs[0])
+
+
+@op("Dropout")
+def dropout(node, ctx):
+    _attrs(node, {"ratio": 0.5, "is_test": 0, "seed": None, "consumed_inputs": None})
+    _inputs(node, 1, 3)
+    if ctx.opset >= 12 and len(node.inputs) == 3 and node.inputs[2]:
+        mode = ctx.const(node, 2, "training_mode")
+        if bool(np.asarray(mode).reshape(-1)[0]):
+            raise Refused("training_mode is true; only inference Dropout runs")
+    if len(node.outputs) > 1 and node.outputs[1]:
+        raise Refused("the mask output is requested")
+    return CopyStep(node.name, node.inputs[0], node.outputs[0])

@@ -1,0 +1,222 @@
+"""Plan stage: Program -> kernels with packed weights (once per session), and per input
+shape an execution plan: every tensor's shape checked, tile sizes, thread counts and
+the list of tensors to free after their last use. run() only calls the bound steps."""
+import numpy as np
+
+from .errors import InputError, UnsupportedError
+from .program import AddStep, AffineStep, ChainStep, CopyStep
+
+MR = 6                      # output channels per packed weight block (all variants)
+TILE_BUDGET_BYTES = 96 * 1024  # one tile buffer; two of them stay in L2
+SERIAL_FLOPS = 150_000      # below this, an OpenMP region costs more than it saves
+
+
+def split_rows(count, mr=MR):
+    """Balanced blocks of at most mr rows: 16 -> 6, 5, 5 (not 6, 6, 4)."""
+    if count <= 0:
+        return []
+    nb = -(-count // mr)
+    base, extra = divmod(count, nb)
+    return [base + 1] * extra + [base] * (nb - extra)
+
+
+def pack_layer(layer):
+    """Pack a layer's weight [cout, k] as blocks [k][rows] per group; returns
+    (packed float32, blocks intp [nblocks, 4] = rows, cout0, cin0, offset)."""
+    cout, k = layer.weight.shape
+    group = layer.group
+    cout_g = cout // group
+    parts, blocks, offset = [], [], 0
+    for g in range(group):
+        row = g * cout_g
+        for rows in split_rows(cout_g):
+            panel = np.ascontiguousarray(layer.weight[row:row + rows].T, dtype=np.float32)
+            parts.append(panel.reshape(-1))
+            blocks.append((rows, row, g * k, offset))
+            offset += panel.size
+            row += rows
+    packed = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    blocks = np.array(blocks, dtype=np.intp).reshape(-1, 4)
+    return np.ascontiguousarray(packed), blocks
+
+
+def tile_pixels(nr, max_channels, pixels):
+    """Pixels per tile: a multiple of nr that keeps two tile buffers in L2 and cuts an
+    image into balanced tiles. Depends on shapes only, never on the thread count."""
+    budget = TILE_BUDGET_BYTES // (4 * max(1, max_channels))
+    t_cache = max(nr, min(512, budget // nr * nr))
+    t_split = -(-max(1, -(-pixels // 8)) // nr) * nr      # ~8 tiles per image
+    t = max(nr, min(t_cache, t_split))
+    tiles = max(1, -(-pixels // t))
+    return -(-(-(-pixels // tiles)) // nr) * nr
+
+
+class KernelSet:
+    """The Cython kernel objects of one program: built once per session."""
+
+    def __init__(self, program, kernels):
+        self.kernels = kernels
+        self.chains = {}
+        for step in program.steps:
+            if isinstance(step, ChainStep):
+                specs = []
+                for layer in step.layers:
+                    packed, blocks = pack_layer(layer)
+                    specs.append((packed, np.ascontiguousarray(layer.bias, np.float32),
+                                  blocks, layer.cin, layer.cout, layer.weight.shape[1],
+                                  float(layer.act.lo), float(layer.act.hi),
+                                  float(layer.act.alpha), int(layer.res_mode)))
+                self.chains[id(step)] = kernels.Chain(specs)
+
+
+def _dims_hw(shape, spatial_rank):
+    if spatial_rank == 1:
+        return 1, shape[2]
+    return shape[2], shape[3]
+
+
+class ShapePlan:
+    """Execution plan for one set of input shapes."""
+
+    def __init__(self, program, kset, input_shapes, threads):
+        self.shapes = dict(input_shapes)
+        self.calls = []
+        self.flops = 0
+        shapes = self.shapes
+        last_use = {}
+        for i, step in enumerate(program.steps):
+            for t in step.reads:
+                last_use[t] = i
+        keep = {v.name for v in program.outputs}
+        nr = kset.kernels.PANEL_WIDTH
+        for i, step in enumerate(program.steps):
+            if isinstance(step, ChainStep):
+                call = self._chain(step, kset, shapes, nr, threads)
+            elif isinstance(step, AffineStep):
+                call = self._affine(step, kset, shapes, threads)
+            elif isinstance(step, AddStep):
+                call = self._add(step, kset, shapes, threads)
+            elif isinstance(step, CopyStep):
+                shapes[step.output] = shapes[step.input]
+                call = (_copy, (step.input, step.output))
+            else:  # pragma: no cover
+                raise TypeError(step)
+            free = tuple(t for t in set(step.reads)
+                         if last_use.get(t) == i and t not in keep
+                         and t not in input_shapes)
+            self.calls.append(call + (free,))
+
+    # ----------------------------------------------------------------------------
+    def _chain(self, step, kset, shapes, nr, threads):
+        x = shapes[step.input]
+        first = step.layers[0]
+        rank = first.spatial_rank + 2
+        if len(x) != rank:
+            raise InputError(f"Conv '{first.name}': input {step.input!r} has shape "
+                             f"{list(x)}; expected rank {rank}")
+        if x[1] != first.cin:
+            raise InputError(f"Conv '{first.name}': input {step.input!r} has shape "
+                             f"{list(x)}; expected {first.cin} channels (dim 1)")
+        n = x[0]
+        h, w = _dims_hw(x, first.spatial_rank)
+        ho, wo, pt, pl = first.out_hw(h, w)
+        if ho < 1 or wo < 1:
+            if h * w == 0:
+                ho, wo = max(ho, 0), max(wo, 0)
+            else:
+                raise InputError(f"Conv '{first.name}': input {list(x)} gives an empty "
+                                 f"output {ho}x{wo}")
+        out = (n, step.layers[-1].cout) + ((ho, wo) if first.spatial_rank == 2 else (wo,))
+        residuals = []
+        flops = 0
+        for layer in step.layers:
+            if layer.residual is not None:
+                want = (n, layer.cout) + out[2:]
+                got = shapes[layer.residual]
+                if tuple(got) != want:
+                    raise UnsupportedError(
+                        f"Add in '{layer.name}': residual {layer.residual!r} has shape "
+                        f"{list(got)}, the conv output {list(want)}; broadcasting tensor "
+                        "sums are not supported")
+            residuals.append(layer.residual)
+            flops += layer.flops(n, ho, wo)
+        self.flops += flops
+        shapes[step.output] = out
+        p = ho * wo
+        max_c = max(max(l.cin, l.cout) for l in step.layers)
+        tile = tile_pixels(nr, max_c, p)
+        nthreads = 1 if flops < SERIAL_FLOPS else threads
+        chain = kset.chains[id(step)]
+        args = (step.input, step.output, out, tuple(residuals), chain.run,
+                (n, h, w, ho, wo, first.strides[0], first.strides[1], pt, pl, tile,
+                 nthreads))
+        return (_run_chain, args)
+
+    def _affine(self, step, kset, shapes, threads):
+        x = shapes[step.input]
+        c = x[1] if len(x) >= 2 else 1
+        size = int(np.prod(x, dtype=np.int64))
+        n = x[0] if len(x) >= 2 else 1
+        p = size // max(1, n * c) if n * c else 0
+        scale = _vector(step.scale, c, 1.0, step, x)
+        shift = _vector(step.shift, c, 0.0, step, x)
+        shapes[step.output] = x
+        a = step.act
+        args = (step.input, step.output, x, kset.kernels.affine_act,
+                (scale, shift, n, c, p, float(a.lo), float(a.hi), float(a.alpha), threads))
+        return (_run_affine, args)
+
+    def _add(self, step, kset, shapes, threads):
+        a, b = shapes[step.a], shapes[step.b]
+        if tuple(a) != tuple(b):
+            raise UnsupportedError(f"Add '{step.name}': inputs {step.a!r} {list(a)} and "
+                                   f"{step.b!r} {list(b)} differ; broadcasting tensor sums"
+                                   " are not supported")
+        shapes[step.output] = a
+        size = int(np.prod(a, dtype=np.int64))
+        act = step.act
+        args = (step.a, step.b, step.output, a, kset.kernels.add_act,
+                (size, float(act.lo), float(act.hi), float(act.alpha), threads))
+        return (_run_add, args)
+
+    def execute(self, env):
+        for fn, args, free in self.calls:
+            fn(env, *args)
+            for t in free:
+                env.pop(t, None)
+        return env
+
+
+def _vector(v, c, default, step, shape):
+    if v is None:
+        return np.full(c, default, np.float32)
+    if v.size == 1:
+        return np.full(c, v.reshape(-1)[0], np.float32)
+    if v.size != c:
+        raise InputError(f"'{step.name}': input {step.input!r} has shape {list(shape)}; "
+                         f"the per-channel constant has {v.size} values")
+    return np.ascontiguousarray(v, np.float32)
+
+
+def _run_chain(env, src, dst, shape, residuals, run, geometry):
+    y = np.empty(shape, np.float32)
+    res = tuple(None if r is None else env[r] for r in residuals)
+    run(env[src], y, res, *geometry)
+    env[dst] = y
+
+
+def _run_affine(env, src, dst, shape, fn, args):
+    y = np.empty(shape, np.float32)
+    fn(env[src], y, *args)
+    env[dst] = y
+
+
+def _run_add(env, a, b, dst, shape, fn, args):
+    y = np.empty(shape, np.float32)
+    fn(env[a], env[b], y, *args)
+    env[dst] = y
+
+
+def _copy(env, src, dst):
+    env[dst] = env[src].copy()
+

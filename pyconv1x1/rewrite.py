@@ -1,0 +1,222 @@
+"""Rewrite stage: unfused steps -> Program. Ordered, guarded passes; each applies only
+when every condition holds and records what it did in Program.notes:
+
+1. drop Identity / Dropout (rename, or keep a copy when a graph output needs one)
+2. fold per-channel Mul / Add / BatchNormalization into the producing conv's weights
+3. fuse activations and residual Adds into the producing step's epilogue
+4. chain consecutive convs so a tile of pixels passes through all of them in cache
+"""
+import numpy as np
+
+from .program import (RES_AFTER_ACT, RES_BEFORE_ACT, AddStep, AffineStep, ChainStep,
+                      CopyStep, Program)
+
+
+def build_program(graph, steps):
+    outputs = {v.name for v in graph.outputs}
+    inputs = {v.name for v in graph.inputs}
+    notes = []
+    steps = _drop_copies(steps, outputs, inputs, notes)
+    changed = True
+    while changed:
+        changed = _fuse_once(steps, outputs, notes)
+    steps = _chain(steps, outputs, notes)
+    steps = _toposort(steps, inputs)
+    return Program(inputs=graph.inputs, outputs=graph.outputs, steps=steps,
+                   opset=graph.opset, producer=graph.producer, notes=notes)
+
+
+def _consumers(steps):
+    users = {}
+    for s in steps:
+        for t in s.reads:
+            users.setdefault(t, []).append(s)
+    return users
+
+
+def _rename_reads(steps, old, new):
+    for s in steps:
+        if isinstance(s, ChainStep):
+            if s.input == old:
+                s.input = new
+            for layer in s.layers:
+                if layer.residual == old:
+                    layer.residual = new
+        elif isinstance(s, AddStep):
+            if s.a == old:
+                s.a = new
+            if s.b == old:
+                s.b = new
+        elif s.input == old:
+            s.input = new
+
+
+def _drop_copies(steps, outputs, inputs, notes):
+    kept = []
+    for s in steps:
+        if not isinstance(s, CopyStep):
+            kept.append(s)
+            continue
+        if s.output not in outputs:
+            _rename_reads(steps, s.output, s.input)
+            notes.append(f"dropped {s.name} (identity)")
+            continue
+        producer = next((p for p in kept if p.output == s.input), None)
+        users = [u for u in steps if s.input in u.reads and u is not s]
+        if (producer is not None and s.input not in outputs and not users):
+            producer.output = s.output
+            notes.append(f"dropped {s.name} (identity; producer writes {s.output!r})")
+            continue
+        kept.append(s)  # a graph output aliasing an input or another output: copy
+    return kept
+
+
+def _fuse_once(steps, outputs, notes):
+    users = _consumers(steps)
+    producer = {s.output: s for s in steps}
+    for s in steps:
+        if isinstance(s, AddStep):
+            candidates = [(s.a, s.b), (s.b, s.a)]
+        elif isinstance(s, AffineStep):
+            candidates = [(s.input, None)]
+        else:
+            continue
+        for main, other in candidates:
+            p = producer.get(main)
+            if p is None or main in outputs or len(users.get(main, ())) != 1:
+                continue
+            if other == main:
+                continue
+            if _absorb(p, s, other, notes):
+                p.output = s.output
+                steps.remove(s)
+                return True
+    return False
+
+
+def _absorb(p, s, other, notes):
+    """Try to merge step s (reading p's output) into p; True if done."""
+    if isinstance(p, ChainStep) and len(p.layers) == 1:
+        layer = p.layers[0]
+        if isinstance(s, AffineStep):
+            if s.scale is not None or s.shift is not None:
+                if not layer.act.is_identity or layer.residual is not None:
+                    return False
+                scale = _expand(s.scale, layer.cout, 1.0)
+                shift = _expand(s.shift, layer.cout, 0.0)
+                if scale is None or shift is None:
+                    return False
+                w = layer.weight.astype(np.float64) * scale[:, None]
+                b = layer.bias.astype(np.float64) * scale + shift
+                layer.weight = w.astype(np.float32)
+                layer.bias = b.astype(np.float32)
+                notes.append(f"folded {s.name} into conv {layer.name}")
+            if not s.act.is_identity:
+                if layer.res_mode == RES_AFTER_ACT:
+                    return False
+                act = layer.act.then(s.act)
+                if act is None:
+                    return False
+                layer.act = act
+                notes.append(f"fused {s.name} ({s.act.describe()}) into conv {layer.name}")
+            layer.names = layer.names + (s.name,)
+            return True
+        if isinstance(s, AddStep) and layer.residual is None:
+            layer.residual = other
+            layer.res_mode = RES_BEFORE_ACT if layer.act.is_identity else RES_AFTER_ACT
+            layer.names = layer.names + (s.name,)
+            notes.append(f"fused residual {s.name} into conv {layer.name}")
+            return True
+        return False
+    if isinstance(p, (AffineStep, AddStep)) and isinstance(s, AffineStep):
+        if s.scale is None and s.shift is None:
+            act = p.act.then(s.act)
+            if act is None:
+                return False
+            p.act = act
+            p.name = f"{p.name}+{s.name}"
+            notes.append(f"fused {s.name} into {p.name}")
+            return True
+        if isinstance(p, AffineStep) and p.act.is_identity and s.act.is_identity:
+            c = max(_len(p.scale), _len(p.shift), _len(s.scale), _len(s.shift))
+            if any(n not in (0, 1, c) for n in (_len(p.scale), _len(p.shift),
+                                                 _len(s.scale), _len(s.shift))):
+                return False
+            s1, b1 = _expand(p.scale, c, 1.0), _expand(p.shift, c, 0.0)
+            s2, b2 = _expand(s.scale, c, 1.0), _expand(s.shift, c, 0.0)
+            p.scale = (s1 * s2).astype(np.float32)
+            p.shift = (b1 * s2 + b2).astype(np.float32)
+            p.name = f"{p.name}+{s.name}"
+            return True
+    return False
+
+
+def _len(v):
+    return 0 if v is None else v.size
+
+
+def _expand(v, c, default):
+    if v is None:
+        return np.full(c, default, np.float64)
+    if v.size == 1:
+        return np.full(c, float(v[0]), np.float64)
+    if v.size != c:
+        return None
+    return v.astype(np.float64)
+
+
+def _chain(steps, outputs, notes):
+    users = _consumers(steps)
+    by_input = {}
+    for s in steps:
+        if isinstance(s, ChainStep):
+            by_input.setdefault(s.input, []).append(s)
+    merged = set()
+    for s in steps:
+        if not isinstance(s, ChainStep) or id(s) in merged:
+            continue
+        while True:
+            t = s.output
+            nxt = [u for u in users.get(t, ()) if isinstance(u, ChainStep)]
+            if (t in outputs or len(users.get(t, ())) != 1 or len(nxt) != 1
+                    or nxt[0].input != t or nxt[0] is s):
+                break
+            d = nxt[0]
+            first = d.layers[0]
+            if not first.keeps_pixels or first.residual == t or len(d.layers) != 1:
+                break
+            if first.spatial_rank != s.layers[0].spatial_rank:
+                break
+            s.layers.extend(d.layers)
+            s.output = d.output
+            merged.add(id(d))
+            users = _consumers([x for x in steps if id(x) not in merged])
+            notes.append(f"chained {first.name} after {s.layers[-2].name}")
+    return [s for s in steps if id(s) not in merged]
+
+
+def _toposort(steps, inputs):
+    """Kahn's algorithm, stable: fused steps may now read tensors produced later."""
+    from collections import deque
+    produced = {s.output: i for i, s in enumerate(steps)}
+    indeg = [0] * len(steps)
+    users = [[] for _ in steps]
+    for i, s in enumerate(steps):
+        deps = {produced[t] for t in s.reads if t in produced}
+        indeg[i] = len(deps)
+        for d in deps:
+            users[d].append(i)
+    ready = deque(i for i in range(len(steps)) if indeg[i] == 0)
+    order = []
+    while ready:
+        i = ready.popleft()
+        order.append(steps[i])
+        for u in users[i]:
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                ready.append(u)
+    if len(order) != len(steps):
+        raise RuntimeError("pyconv1x1 internal error: rewrite made a cycle")
+    return order
+
+
