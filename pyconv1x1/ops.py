@@ -149,8 +149,8 @@ def conv(node, ctx):
     return ChainStep(input=node.inputs[0], output=node.outputs[0], layers=[layer])
 
 
-def _act_step(node, act):
-    _inputs(node, 1, 1)
+def _act_step(node, act, max_inputs=1):
+    _inputs(node, 1, max_inputs)
     _single_output(node)
     return AffineStep(node.name, node.inputs[0], node.outputs[0], None, None, act)
 
@@ -199,7 +199,7 @@ def clip(node, ctx):
     if lo > hi:  # ONNX: every output is max
         lo = hi
     kind = "relu" if (lo == 0.0 and hi == math.inf) else "clip"
-    return _act_step(node, Activation(kind, lo, hi, 1.0))
+    return _act_step(node, Activation(kind, lo, hi, 1.0), max_inputs=3)
 
 
 @op("BatchNormalization")
