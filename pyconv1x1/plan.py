@@ -6,12 +6,11 @@ import numpy as np
 from .errors import InputError, UnsupportedError
 from .program import AddStep, AffineStep, ChainStep, CopyStep
 
-MR = 6                      # output channels per packed weight block (all variants)
 TILE_BUDGET_BYTES = 96 * 1024  # one tile buffer; two of them stay in L2
 SERIAL_FLOPS = 150_000      # below this, an OpenMP region costs more than it saves
 
 
-def split_rows(count, mr=MR):
+def split_rows(count, mr):
     """Balanced blocks of at most mr rows: 16 -> 6, 5, 5 (not 6, 6, 4)."""
     if count <= 0:
         return []
@@ -20,8 +19,8 @@ def split_rows(count, mr=MR):
     return [base + 1] * extra + [base] * (nb - extra)
 
 
-def pack_layer(layer):
-    """Pack a layer's weight [cout, k] as blocks [k][rows] per group; returns
+def pack_layer(layer, mr):
+    """Pack a layer's weight [cout, k] as blocks [k][rows <= mr] per group; returns
     (packed float32, blocks intp [nblocks, 4] = rows, cout0, cin0, offset)."""
     cout, k = layer.weight.shape
     group = layer.group
@@ -29,7 +28,7 @@ def pack_layer(layer):
     parts, blocks, offset = [], [], 0
     for g in range(group):
         row = g * cout_g
-        for rows in split_rows(cout_g):
+        for rows in split_rows(cout_g, mr):
             panel = np.ascontiguousarray(layer.weight[row:row + rows].T, dtype=np.float32)
             parts.append(panel.reshape(-1))
             blocks.append((rows, row, g * k, offset))
@@ -61,7 +60,7 @@ class KernelSet:
             if isinstance(step, ChainStep):
                 specs = []
                 for layer in step.layers:
-                    packed, blocks = pack_layer(layer)
+                    packed, blocks = pack_layer(layer, kernels.MAX_BLOCK_ROWS)
                     specs.append((packed, np.ascontiguousarray(layer.bias, np.float32),
                                   blocks, layer.cin, layer.cout, layer.weight.shape[1],
                                   float(layer.act.lo), float(layer.act.hi),
