@@ -104,6 +104,14 @@ class ShapePlan:
                          if last_use.get(t) == i and t not in keep
                          and t not in input_shapes)
             self.calls.append(call + (free,))
+        # one fused chain from the only input to the only output: run() may call the
+        # bound kernel directly once a feed of this shape has been validated
+        self.direct = None
+        if (len(self.calls) == 1 and self.calls[0][0] is _run_chain_plain
+                and len(program.inputs) == 1 and len(program.outputs) == 1
+                and self.calls[0][1][0] == program.inputs[0].name
+                and self.calls[0][1][1] == program.outputs[0].name):
+            self.direct = self.calls[0][1][2]
 
     # ----------------------------------------------------------------------------
     def _chain(self, step, kset, shapes, nr, threads):
@@ -145,11 +153,11 @@ class ShapePlan:
         max_c = max(max(l.cin, l.cout) for l in step.layers)
         tile = tile_pixels(nr, max_c, p)
         nthreads = 1 if flops < SERIAL_FLOPS else threads
-        chain = kset.chains[id(step)]
-        args = (step.input, step.output, out, tuple(residuals), chain.run,
-                (n, h, w, ho, wo, first.strides[0], first.strides[1], pt, pl, tile,
-                 nthreads))
-        return (_run_chain, args)
+        bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
+                                           first.strides[1], pt, pl, tile, nthreads)
+        if not any(residuals):
+            return (_run_chain_plain, (step.input, step.output, bound))
+        return (_run_chain, (step.input, step.output, tuple(residuals), bound))
 
     def _affine(self, step, kset, shapes, threads):
         x = shapes[step.input]
@@ -197,11 +205,12 @@ def _vector(v, c, default, step, shape):
     return np.ascontiguousarray(v, np.float32)
 
 
-def _run_chain(env, src, dst, shape, residuals, run, geometry):
-    y = np.empty(shape, np.float32)
-    res = tuple(None if r is None else env[r] for r in residuals)
-    run(env[src], y, res, *geometry)
-    env[dst] = y
+def _run_chain_plain(env, src, dst, bound):
+    env[dst] = bound(env[src])
+
+
+def _run_chain(env, src, dst, residuals, bound):
+    env[dst] = bound(env[src], tuple(None if r is None else env[r] for r in residuals))
 
 
 def _run_affine(env, src, dst, shape, fn, args):
