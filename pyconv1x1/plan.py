@@ -8,6 +8,7 @@ from .program import AddStep, AffineStep, ChainStep, CopyStep
 
 TILE_BUDGET_BYTES = 96 * 1024  # one tile buffer; two of them stay in L2
 SERIAL_FLOPS = 150_000      # below this, an OpenMP region costs more than it saves
+_NO_OUTS = {}
 
 
 def split_rows(count, mr):
@@ -21,15 +22,19 @@ def split_rows(count, mr):
 
 def pack_layer(layer, mr):
     """Pack a layer's weight [cout, k] as blocks [k][rows <= mr] per group; returns
-    (packed float32, blocks intp [nblocks, 4] = rows, cout0, cin0, offset)."""
-    cout, k = layer.weight.shape
+    (packed float32, blocks intp [nblocks, 4] = rows, cout0, cin0, offset). A layer
+    loaded from a plan file already packed for this mr is used as it is (mapped)."""
+    if layer.packed is not None and layer.packed[0] == mr:
+        return layer.packed[1], layer.packed[2]
+    weight = layer.weight if layer.weight is not None else unpack_layer(layer)
+    cout, k = weight.shape
     group = layer.group
     cout_g = cout // group
     parts, blocks, offset = [], [], 0
     for g in range(group):
         row = g * cout_g
         for rows in split_rows(cout_g, mr):
-            panel = np.ascontiguousarray(layer.weight[row:row + rows].T, dtype=np.float32)
+            panel = np.ascontiguousarray(weight[row:row + rows].T, dtype=np.float32)
             parts.append(panel.reshape(-1))
             blocks.append((rows, row, g * k, offset))
             offset += panel.size
@@ -37,6 +42,16 @@ def pack_layer(layer, mr):
     packed = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     blocks = np.array(blocks, dtype=np.intp).reshape(-1, 4)
     return np.ascontiguousarray(packed), blocks
+
+
+def unpack_layer(layer):
+    """The [cout, k] weight back from a packed layer."""
+    _, packed, blocks = layer.packed
+    cout, k = layer.wshape
+    weight = np.zeros((cout, k), np.float32)
+    for rows, cout0, _, offset in blocks.tolist():
+        weight[cout0:cout0 + rows] = packed[offset:offset + rows * k].reshape(k, rows).T
+    return weight
 
 
 def tile_pixels(nr, max_channels, pixels):
@@ -62,7 +77,7 @@ class KernelSet:
                 for layer in step.layers:
                     packed, blocks = pack_layer(layer, kernels.MAX_BLOCK_ROWS)
                     specs.append((packed, np.ascontiguousarray(layer.bias, np.float32),
-                                  blocks, layer.cin, layer.cout, layer.weight.shape[1],
+                                  blocks, layer.cin, layer.cout, layer.k,
                                   float(layer.act.lo), float(layer.act.hi),
                                   float(layer.act.alpha), int(layer.res_mode)))
                 self.chains[id(step)] = kernels.Chain(specs)
@@ -186,9 +201,11 @@ class ShapePlan:
                 (size, float(act.lo), float(act.hi), float(act.alpha), threads))
         return (_run_add, args)
 
-    def execute(self, env):
+    def execute(self, env, outs=None):
+        """Run every step; `outs` (name -> array) receives those outputs in place."""
+        outs = outs or _NO_OUTS
         for fn, args, free in self.calls:
-            fn(env, *args)
+            fn(env, outs, *args)
             for t in free:
                 env.pop(t, None)
         return env
@@ -205,26 +222,38 @@ def _vector(v, c, default, step, shape):
     return np.ascontiguousarray(v, np.float32)
 
 
-def _run_chain_plain(env, src, dst, bound):
-    env[dst] = bound(env[src])
+def _run_chain_plain(env, outs, src, dst, bound):
+    y = outs.get(dst)
+    env[dst] = bound(env[src]) if y is None else bound.into(env[src], y)
 
 
-def _run_chain(env, src, dst, residuals, bound):
-    env[dst] = bound(env[src], tuple(None if r is None else env[r] for r in residuals))
+def _run_chain(env, outs, src, dst, residuals, bound):
+    res = tuple(None if r is None else env[r] for r in residuals)
+    y = outs.get(dst)
+    env[dst] = bound(env[src], res) if y is None else bound.into(env[src], y, res)
 
 
-def _run_affine(env, src, dst, shape, fn, args):
-    y = np.empty(shape, np.float32)
+def _run_affine(env, outs, src, dst, shape, fn, args):
+    y = outs.get(dst)
+    if y is None:
+        y = np.empty(shape, np.float32)
     fn(env[src], y, *args)
     env[dst] = y
 
 
-def _run_add(env, a, b, dst, shape, fn, args):
-    y = np.empty(shape, np.float32)
+def _run_add(env, outs, a, b, dst, shape, fn, args):
+    y = outs.get(dst)
+    if y is None:
+        y = np.empty(shape, np.float32)
     fn(env[a], env[b], y, *args)
     env[dst] = y
 
 
-def _copy(env, src, dst):
-    env[dst] = env[src].copy()
+def _copy(env, outs, src, dst):
+    y = outs.get(dst)
+    if y is None:
+        env[dst] = env[src].copy()
+    else:
+        np.copyto(y, env[src])
+        env[dst] = y
 

@@ -56,7 +56,8 @@ IDENTITY = Activation()
 class ConvLayer:
     """One 1x1 convolution with its epilogue: bias, optional residual, activation."""
     names: Tuple[str, ...]            # the ONNX nodes it came from, for messages
-    weight: np.ndarray                # [cout, cin / group] float32
+    weight: Optional[np.ndarray]      # [cout, cin / group] float32; None when loaded
+                                      # from a plan file that holds only `packed`
     bias: np.ndarray                  # [cout] float32
     group: int = 1
     strides: Tuple[int, int] = (1, 1)
@@ -66,14 +67,21 @@ class ConvLayer:
     residual: Optional[str] = None
     res_mode: int = RES_NONE
     spatial_rank: int = 2             # 1 for Conv1d-style [N, C, L] tensors
+    packed: Optional[tuple] = None    # (rows per block, packed, blocks): see plan.pack_layer
+    wshape: Optional[Tuple[int, int]] = None  # (cout, k) when weight is None
 
     @property
     def cout(self):
-        return self.weight.shape[0]
+        return self.weight.shape[0] if self.weight is not None else self.wshape[0]
+
+    @property
+    def k(self):
+        """Input channels per group: the reduction length."""
+        return self.weight.shape[1] if self.weight is not None else self.wshape[1]
 
     @property
     def cin(self):
-        return self.weight.shape[1] * self.group
+        return self.k * self.group
 
     @property
     def name(self):
@@ -101,7 +109,7 @@ class ConvLayer:
         return (h + pt + pb - 1) // sh + 1, (w + pl + pr - 1) // sw + 1, pt, pl
 
     def flops(self, n, ho, wo):
-        return 2 * n * ho * wo * self.cout * self.weight.shape[1]
+        return 2 * n * ho * wo * self.cout * self.k
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """InferenceSession: the public entry point, shaped like onnxruntime's."""
 import collections
+import os
 import threading
 
 import numpy as np
@@ -32,7 +33,12 @@ def _node_arg(v):
 
 
 def _load_program(model, base_dir):
-    """Parse, check and rewrite: model -> Program."""
+    """Parse, check and rewrite: model -> Program. A compiled plan (.pc1) needs none of
+    that: it is validated and memory-mapped with numpy alone (no onnx import)."""
+    from . import planfile
+    if isinstance(model, (str, bytes, bytearray, memoryview, os.PathLike)) \
+            and planfile.is_plan(model):
+        return planfile.load(model)
     from . import check, onnx_reader, rewrite
     graph = onnx_reader.load(model, base_dir=base_dir)
     steps, _ = check.lower(graph)
@@ -48,6 +54,7 @@ class InferenceSession:
     """
 
     def __init__(self, model, threads=None, *, base_dir=None, isa=None):
+        self._threads_arg, self._isa_arg = threads, isa
         self.threads = resolve_threads(threads)
         self._program = _load_program(model, base_dir)
         self._kernels = _backend.kernels(isa)
@@ -102,6 +109,39 @@ class InferenceSession:
             seen.add(name)
             out.append(arr)
         return out
+
+    def run_into(self, input_feed, outputs):
+        """Run writing the results into caller-provided arrays, with no allocation for
+        them: `outputs` maps output name -> C-contiguous, writable float32 array of the
+        exact output shape (for tight loops; onnxruntime's io_binding serves this need).
+        Outputs not in the dict are not returned. Returns `outputs`."""
+        if not isinstance(outputs, dict) or not outputs:
+            raise InputError("outputs must be a non-empty dict of output name -> array")
+        self._check_output_names(list(outputs))
+        feeds = self._check_feed(input_feed)
+        plan = self._plan({k: v.shape for k, v in feeds.items()})
+        for name, arr in outputs.items():
+            want = plan.shapes[name]
+            if not isinstance(arr, np.ndarray) or arr.dtype != _F32 \
+                    or not arr.flags.c_contiguous or not arr.flags.writeable:
+                raise InputError(f"output buffer {name!r} must be a writable C-contiguous "
+                                 f"float32 numpy array, got "
+                                 f"{getattr(arr, 'dtype', type(arr).__name__)}")
+            if tuple(arr.shape) != tuple(want):
+                raise InputError(f"output buffer {name!r} has shape {list(arr.shape)}; "
+                                 f"expected {list(want)}")
+            for fname, x in feeds.items():
+                if np.shares_memory(arr, x):
+                    raise InputError(f"output buffer {name!r} overlaps input {fname!r}")
+        plan.execute(dict(feeds), outputs)
+        return outputs
+
+    def __reduce__(self):
+        """Pickle as a compiled plan (bytes): unpickling needs numpy only, so sessions
+        travel to multiprocessing / concurrent.futures / Dask / Ray workers."""
+        from . import planfile
+        data = planfile.dumps(self._program, self._kernels.MAX_BLOCK_ROWS)
+        return (_restore, (data, self._threads_arg, self._isa_arg))
 
     # -- validation ------------------------------------------------------------------
     def _check_output_names(self, output_names):
@@ -182,4 +222,5 @@ class InferenceSession:
         return self._plan(shapes).flops
 
 
-
+def _restore(data, threads, isa):
+    return InferenceSession(data, threads=threads, isa=isa)
