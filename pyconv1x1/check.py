@@ -94,11 +94,11 @@ def _out_shape(step, shapes):
         a, b = shapes.get(step.a), shapes.get(step.b)
         if a is None or b is None:
             return a or b
-        if len(a) == len(b) and all(isinstance(d, int) for d in a + b) and a != b:
+        if len(a) != len(b) or any(isinstance(x, int) and isinstance(y, int) and x != y
+                                   for x, y in zip(a, b)):
             raise UnsupportedError(f"Add '{step.name}': inputs {list(a)} and {list(b)} "
                                    "broadcast; only same-shape tensor sums run")
-        return tuple(x if isinstance(x, int) else y for x, y in zip(a, b)) \
-            if len(a) == len(b) else None
+        return tuple(x if isinstance(x, int) else y for x, y in zip(a, b))
     return shapes.get(step.input)
 
 
@@ -116,7 +116,9 @@ def lower(graph):
     shapes = {v.name: v.shape for v in graph.inputs}
     for name, arr in graph.constants.items():
         shapes[name] = tuple(arr.shape)
-    ctx = Context(graph.constants, shapes, graph.opset)
+    used = {t for n in graph.nodes for t in n.inputs if t}
+    used.update(v.name for v in graph.outputs)
+    ctx = Context(graph.constants, shapes, graph.opset, used)
     steps = []
     for i in order:
         node = graph.nodes[i]
@@ -132,6 +134,11 @@ def lower(graph):
             step = binder(node, ctx)
         except Refused as why:
             problems.append(f"{node.label()}: {why}")
+            continue
+        folded = [t for t in step.reads if t in graph.constants]
+        if folded:
+            problems.append(f"{node.label()}: computes on constant {folded[0]!r}; "
+                            "constant folding is not supported")
             continue
         for o in node.outputs:
             shapes.setdefault(o, None)

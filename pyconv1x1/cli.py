@@ -1,4 +1,4 @@
-"""The `pyconv1x1` command line: run, info, validate and bench a model.
+"""The `pyconv1x1` command line: run, info, validate, bench and compile a model.
 
 Exit codes: 0 ok, 1 a validation found a mismatch, 2 bad usage or a model or input file
 that cannot be loaded or run (one line on stderr, no traceback), 3 an internal error
@@ -233,11 +233,11 @@ def _stats(arr):
 def cmd_run(args):
     session = _session(args.model, args.threads)
     feeds, origin = _feeds(args, session)
-    flops = session.flops({k: v.shape for k, v in feeds.items()})  # plans this shape
     clock = time.perf_counter
     start = clock()
-    session.run(None, feeds)  # the first call also starts the kernels' thread pool
+    session.run(None, feeds)  # checks the feed, plans its shape, starts the threads
     first = clock() - start
+    flops = session.flops({k: v.shape for k, v in feeds.items()})
     start = clock()
     outputs = session.run(None, feeds)
     elapsed = clock() - start
@@ -284,6 +284,11 @@ def _layer_rows(program, shapes, op_types):
              "act", "residual", "output", "params", "FLOPs")]
     total_params = total_flops = 0
     flops_known = True
+
+    def ops_of(names):
+        if not op_types:
+            return "-"
+        return "+".join(op_types.get(n, "?") for n in names)
     for index, step in enumerate(program.steps, 1):
         if isinstance(step, ChainStep):
             x = shapes.get(step.input)
@@ -297,7 +302,7 @@ def _layer_rows(program, shapes, op_types):
             kind = f"chain[{len(step.layers)}]" if len(step.layers) > 1 else "conv"
             out_shape = None
             for j, layer in enumerate(step.layers):
-                params = layer.weight.size + layer.bias.size
+                params = layer.cout * layer.k + layer.bias.size
                 total_params += params
                 if geometry is not None:
                     n, ho, wo = geometry
@@ -308,8 +313,7 @@ def _layer_rows(program, shapes, op_types):
                 else:
                     out_shape, flops = None, None
                     flops_known = False
-                ops = "+".join(op_types.get(nm, "?") for nm in layer.names) \
-                    if op_types else "-"
+                ops = ops_of(layer.names)
                 pads = (layer.auto_pad if layer.auto_pad not in ("NOTSET", "")
                         else ",".join(str(p) for p in layer.pads))
                 residual = "-"
@@ -328,17 +332,17 @@ def _layer_rows(program, shapes, op_types):
         if isinstance(step, AffineStep):
             params = sum(v.size for v in (step.scale, step.shift) if v is not None)
             total_params += params
-            what = ("affine", op_types.get(step.name, "?") if op_types else "-",
+            what = ("affine", ops_of(step.name.split("+")),
                     step.name, "", "", "", "", step.act.describe() or "-", "-")
             shapes[step.output] = shapes.get(step.input)
         elif isinstance(step, AddStep):
             params = 0
-            what = ("add", op_types.get(step.name, "?") if op_types else "-", step.name,
+            what = ("add", ops_of(step.name.split("+")), step.name,
                     "", "", "", "", step.act.describe() or "-", f"{step.a} + {step.b}")
             shapes[step.output] = shapes.get(step.a)
         elif isinstance(step, CopyStep):
             params = 0
-            what = ("copy", op_types.get(step.name, "?") if op_types else "-",
+            what = ("copy", ops_of(step.name.split("+")),
                     step.name, "", "", "", "", "-", "-")
             shapes[step.output] = shapes.get(step.input)
         else:  # pragma: no cover - a step type this CLI does not know yet
@@ -385,7 +389,8 @@ def cmd_info(args):
             flops = session.flops(shapes)
         except Error as exc:
             print(f"(cannot plan the declared shape: {_one_line(exc)})")
-    rate = "?" if flops is None else f"{flops} ({_fmt_count(flops)})"
+    rate = "?" if flops is None else (
+        f"{flops} ({_fmt_count(flops)})" if flops >= 1000 else str(flops))
     print(f"total: {params} parameters (after folding), {rate} FLOPs per run")
     if program.notes:
         print("rewrite notes:")
@@ -505,7 +510,9 @@ def _info_unsupported(model, exc, verbose=False):
 # validate
 # --------------------------------------------------------------------------------------
 def _stem(model):
-    return model[:-5] if model.lower().endswith(".onnx") else model
+    """Where recorded files sit: the model path without its .onnx (or .pc1) suffix."""
+    root, ext = os.path.splitext(model)
+    return root if ext.lower() in (".onnx", ".pc1") else model
 
 
 def _reference_onnxruntime(model, feeds, threads):
@@ -670,6 +677,7 @@ def cmd_bench(args):
     import numpy as np
     session = _session(args.model, args.threads)
     feeds, origin = _feeds(args, session)
+    session.run(None, feeds)  # checks the feed before anything is timed
     flops = session.flops({k: v.shape for k, v in feeds.items()})
     engines = [("pyconv1x1", lambda: session.run(None, feeds))]
     if args.compare == "onnxruntime":
@@ -815,7 +823,32 @@ def build_parser():
     p.add_argument("--compare", choices=["onnxruntime"], default=None,
                    help="also time onnxruntime with the same intra_op_num_threads")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compile", help="write a compiled plan (.pc1)",
+                       description="Check, fold and pack MODEL once and write a compiled "
+                                   "plan that InferenceSession loads with numpy alone, "
+                                   "memory-mapping the packed weights (docs/PLAN_FORMAT.md).")
+    model_arg(p)
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.pc1",
+                   help="where to write the plan")
+    p.set_defaults(func=cmd_compile)
     return parser
+
+
+def cmd_compile(args):
+    from . import planfile
+    t0 = time.perf_counter()
+    try:
+        size = planfile.compile_model(args.model, args.output)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output!r}: {exc.strerror or exc}") from None
+    src = os.path.getsize(args.model) if os.path.isfile(args.model) else 0
+    data = args.model + ".data" if os.path.isfile(args.model + ".data") else None
+    if data:
+        src += os.path.getsize(data)
+    print(f"wrote {args.output}: {size} bytes (model {src} bytes) in "
+          f"{(time.perf_counter() - t0) * 1e3:.1f} ms")
+    return EXIT_OK
 
 
 def main(argv=None):

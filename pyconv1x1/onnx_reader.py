@@ -152,6 +152,16 @@ def _convert_model(proto, base_dir):
             if a.name in attrs:
                 raise ModelError(f"node '{name}' has attribute {a.name!r} twice")
             attrs[a.name] = _attr_value(a, base_dir, f"attribute {a.name!r} of node '{name}'")
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            value = _constant_value(name, n, attrs)
+            if value is not None:
+                out = n.output[0]
+                if out in constants:
+                    raise ModelError(f"tensor {out!r} is defined twice (Constant '{name}' "
+                                     "and an initializer or another Constant)")
+                value.flags.writeable = False
+                constants[out] = value
+                continue
         nodes.append(Node(name=name, op_type=n.op_type, domain=n.domain,
                           inputs=tuple(n.input), outputs=tuple(n.output), attrs=attrs))
     inputs = tuple(_value_info(v) for v in g.input if v.name not in constants)
@@ -172,6 +182,27 @@ def _convert_model(proto, base_dir):
     return Graph(nodes=tuple(nodes), inputs=inputs, outputs=outputs, constants=constants,
                  value_info=value_info, opset=opset, name=g.name,
                  producer=f"{proto.producer_name} {proto.producer_version}".strip())
+
+
+def _constant_value(name, n, attrs):
+    """The array of a Constant node, or None when it is not a plain numeric tensor
+    (then the check stage reports the node as unsupported)."""
+    if len(n.input) or len(n.output) != 1 or not n.output[0] or len(attrs) != 1:
+        if not n.output or not n.output[0]:
+            raise ModelError(f"Constant '{name}' has no output")
+        return None
+    key, value = next(iter(attrs.items()))
+    if key == "value" and isinstance(value, np.ndarray):
+        return value
+    if key == "value_float":
+        return np.array(value, np.float32)
+    if key == "value_floats":
+        return np.array(value, np.float32).reshape(-1)
+    if key == "value_int":
+        return np.array(value, np.int64)
+    if key == "value_ints":
+        return np.array(value, np.int64).reshape(-1)
+    return None
 
 
 def _value_info(v):

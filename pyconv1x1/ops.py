@@ -28,10 +28,11 @@ def op(name):
 class Context:
     """What a binder may know about its node's inputs."""
 
-    def __init__(self, constants, shapes, opset):
+    def __init__(self, constants, shapes, opset, used=frozenset()):
         self.constants = constants
         self.shapes = shapes
         self.opset = opset
+        self.used = used  # tensors some node or a graph output reads
 
     def const(self, node, index, what, required=True):
         """The constant at input `index`, None if omitted, Refused if not constant."""
@@ -88,6 +89,9 @@ def conv(node, ctx):
     _single_output(node)
     a = _attrs(node, {"auto_pad": "NOTSET", "dilations": None, "group": 1,
                       "kernel_shape": None, "pads": None, "strides": None})
+    ks = a["kernel_shape"]
+    if ks is not None and any(k != 1 for k in ks):
+        raise Refused(f"kernel {'x'.join(map(str, ks))}; only 1x1 kernels run")
     w = ctx.const(node, 1, "weight")
     if w.ndim not in (3, 4):
         if w.ndim >= 5:
@@ -306,6 +310,6 @@ def dropout(node, ctx):
         mode = ctx.const(node, 2, "training_mode")
         if bool(np.asarray(mode).reshape(-1)[0]):
             raise Refused("training_mode is true; only inference Dropout runs")
-    if len(node.outputs) > 1 and node.outputs[1]:
-        raise Refused("the mask output is requested")
+    if len(node.outputs) > 1 and node.outputs[1] and node.outputs[1] in ctx.used:
+        raise Refused("its mask output is used")
     return CopyStep(node.name, node.inputs[0], node.outputs[0])

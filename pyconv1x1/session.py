@@ -100,6 +100,8 @@ class InferenceSession:
         names = self._check_output_names(output_names)
         feeds = self._check_feed(input_feed)
         plan = self._plan({k: v.shape for k, v in feeds.items()})
+        if plan.direct is not None:  # this shape passed _check_feed: later runs may skip it
+            self._direct[feeds[self._direct_name].shape] = plan.direct
         env = plan.execute(dict(feeds))
         out, seen = [], set()
         for name in names:
@@ -213,8 +215,7 @@ class InferenceSession:
                 while len(self._plans) > PLAN_CACHE_SIZE:
                     self._plans.popitem(last=False)
                     self._direct.clear()
-                if plan.direct is not None and self._direct_name in shapes:
-                    self._direct[shapes[self._direct_name]] = plan.direct
+
         return plan
 
     def flops(self, shapes):

@@ -137,7 +137,8 @@ def _output_error(name, got, expected, rtol, atol):
                            problem=f"Inf in one but not the other, first at {where} "
                                    f"(got {g[where]!r}, expected {e[where]!r})")
     finite = np.isfinite(e)
-    diff = np.where(finite, np.abs(g - e), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where both are inf
+        diff = np.where(finite, np.abs(g - e), 0.0)
     flat = int(np.argmax(diff))
     worst = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
     max_abs = float(diff[worst])

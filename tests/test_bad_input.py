@@ -1,0 +1,347 @@
+"""Bad feeds -> InputError naming what was expected and what came; unsupported models ->
+UnsupportedError listing every offending node at once; inconsistent models ->
+ModelError."""
+import re
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import conv_node, make_model
+from pyconv1x1 import Error, InferenceSession, InputError, ModelError, UnsupportedError
+
+F = np.float32
+
+
+def rnd(rng, *shape):
+    return rng.standard_normal(shape).astype(F)
+
+
+@pytest.fixture(scope="module")
+def sess():
+    """inputs a [2, 4, 'H', 'W'] and b ['N', 3, 'H', None]; outputs y, z."""
+    rng = np.random.default_rng(0)
+    inits = {"Wa": rnd(rng, 5, 4, 1, 1), "Wb": rnd(rng, 5, 3, 1, 1)}
+    nodes = [conv_node("a", "Wa", None, "y"), conv_node("b", "Wb", None, "z")]
+    model = make_model(nodes, [("a", [2, 4, "H", "W"]), ("b", ["N", 3, "H", None])],
+                       [("y", [2, 5, "H", "W"]), ("z", ["N", 5, "H", None])], inits)
+    return InferenceSession(model)
+
+
+def feeds(a_shape=(2, 4, 3, 3), b_shape=(1, 3, 3, 2), dtype=F):
+    return {"a": np.ones(a_shape, dtype), "b": np.ones(b_shape, dtype)}
+
+
+def bad(sess, feed, *patterns, names=None):
+    with pytest.raises(InputError) as info:
+        sess.run(names, feed)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, Error)
+    msg = str(info.value)
+    for p in patterns:
+        assert re.search(p, msg), f"{p!r} not in {msg!r}"
+    return msg
+
+
+def test_good_feed_runs(sess):
+    y, z = sess.run(None, feeds())
+    assert y.shape == (2, 5, 3, 3) and z.shape == (1, 5, 3, 2)
+
+
+def test_wrong_input_name(sess):
+    f = feeds()
+    f["c"] = f.pop("b")
+    bad(sess, f, r"missing.*'b'", r"unknown.*'c'", r"'a'.*'b'")
+
+
+def test_missing_input(sess):
+    f = feeds()
+    del f["a"]
+    bad(sess, f, r"missing.*'a'", r"inputs are \['a', 'b'\]")
+
+
+def test_extra_input(sess):
+    f = feeds()
+    f["extra"] = np.ones(3, F)
+    bad(sess, f, r"unknown.*'extra'")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int32, np.int64, np.bool_,
+                                   np.uint8])
+def test_wrong_dtype(sess, dtype):
+    f = feeds()
+    f["a"] = f["a"].astype(dtype)
+    bad(sess, f, "'a'", np.dtype(dtype).name, "float32")
+
+
+def test_wrong_rank(sess):
+    bad(sess, feeds(a_shape=(2, 4, 3)), "'a'", "rank 3", "rank 4")
+    bad(sess, feeds(b_shape=(1, 1, 3, 3, 2)), "'b'", "rank 5", "rank 4")
+
+
+def test_wrong_static_dim(sess):
+    bad(sess, feeds(a_shape=(3, 4, 3, 3)), "'a'", r"\[3, 4, 3, 3\]", "dim 0", "2")
+    bad(sess, feeds(b_shape=(1, 5, 3, 2)), "'b'", r"\[1, 5, 3, 2\]", "dim 1", "3")
+
+
+def test_named_dim_bound_twice(sess):
+    bad(sess, feeds(a_shape=(2, 4, 3, 3), b_shape=(1, 3, 4, 2)), "'H'", "3", "4")
+
+
+@pytest.mark.parametrize("value", [[[1.0]], (1.0,), 1.0, None, "x", b"\x00" * 16])
+def test_not_an_array(sess, value):
+    f = feeds()
+    f["b"] = value
+    bad(sess, f, "'b'", "numpy array", type(value).__name__)
+
+
+def test_feed_not_a_dict(sess):
+    bad(sess, [np.ones((2, 4, 3, 3), F)], "dict", "list")
+
+
+def test_unknown_output_name(sess):
+    bad(sess, feeds(), "'w'", r"\['y', 'z'\]", names=["y", "w"])
+
+
+def test_output_names_a_string(sess):
+    bad(sess, feeds(), "'y'", "list", names="y")
+
+
+def test_output_names_not_iterable(sess):
+    bad(sess, feeds(), "list", names=3)
+
+
+def test_feeds_checked_before_anything_runs(sess):
+    f = feeds()
+    f["b"] = np.ones((1, 3, 3, 2), np.float64)
+    with pytest.raises(InputError):
+        sess.run(None, f)
+    # the session still works
+    assert sess.run(["z"], feeds())[0].shape == (1, 5, 3, 2)
+
+
+def test_dynamic_channel_dim_checked_at_run(rng):
+    inits = {"W": rnd(rng, 2, 4, 1, 1)}
+    model = make_model([conv_node("x", "W", None, "y")], [("x", ["N", "C", "H", "W"])],
+                       [("y", ["N", 2, "H", "W"])], inits)
+    s = InferenceSession(model)
+    with pytest.raises(InputError, match=r"'x'.*\[1, 5, 2, 2\].*4 channels"):
+        s.run(None, {"x": np.ones((1, 5, 2, 2), F)})
+    with pytest.raises(InputError, match="rank"):
+        s.run(None, {"x": np.ones((1, 4, 2), F)})
+
+
+def test_unknown_rank_input_checked_at_run(rng):
+    inits = {"W": rnd(rng, 2, 4, 1, 1)}
+    model = make_model([conv_node("x", "W", None, "y")], [("x", None)],
+                       [("y", [None] * 4)], inits, check=False)
+    s = InferenceSession(model)
+    assert s.get_inputs()[0].shape is None
+    assert s.run(None, {"x": np.ones((1, 4, 2, 3), F)})[0].shape == (1, 2, 2, 3)
+    with pytest.raises(InputError, match="rank"):
+        s.run(None, {"x": np.ones((4, 2, 3), F)})
+
+
+def test_residual_shapes_differ_at_run(rng):
+    nodes = [helper.make_node("Add", ["a", "b"], ["y"])]
+    model = make_model(nodes, [("a", ["N", 3]), ("b", ["M", 3])], [("y", [None, 3])])
+    s = InferenceSession(model)
+    assert s.run(None, {"a": np.ones((2, 3), F), "b": np.ones((2, 3), F)})[0].shape == (2, 3)
+    with pytest.raises(Error, match="'a'.*'b'|broadcast"):
+        s.run(None, {"a": np.ones((2, 3), F), "b": np.ones((1, 3), F)})
+
+
+def test_empty_input(rng):
+    inits = {"W": rnd(rng, 2, 4, 1, 1)}
+    model = make_model([conv_node("x", "W", None, "y")], [("x", ["N", 4, "H", "W"])],
+                       [("y", ["N", 2, "H", "W"])], inits)
+    s = InferenceSession(model)
+    for shape in [(0, 4, 3, 3), (1, 4, 0, 3), (2, 4, 3, 0)]:
+        try:
+            y = s.run(None, {"x": np.ones(shape, F)})[0]
+        except InputError:
+            continue
+        assert y.shape == (shape[0], 2) + shape[2:]
+
+
+# ----------------------------------------------------------------------------------
+# unsupported -> every offending node at once
+# ----------------------------------------------------------------------------------
+def test_every_unsupported_node_listed(rng):
+    inits = {"W1": rnd(rng, 8, 4, 1, 1), "K3a": rnd(rng, 8, 8, 3, 3),
+             "K3b": rnd(rng, 8, 8, 3, 3), "W4": rnd(rng, 4, 8, 1, 1)}
+    nodes = [conv_node("x", "W1", None, "c1", name="layer1.conv"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             conv_node("r1", "K3a", None, "c2", name="layer3.0.conv2", pads=[1, 1, 1, 1]),
+             conv_node("c2", "K3b", None, "c3", name="layer3.1.conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c3"], ["s"], name="gate"),
+             conv_node("s", "W4", None, "y", name="head")]
+    model = make_model(nodes, [("x", [1, 4, 6, 6])], [("y", [1, 4, 6, 6])], inits)
+    with pytest.raises(UnsupportedError) as info:
+        InferenceSession(model)
+    msg = str(info.value)
+    assert "3 problem" in msg
+    assert re.search(r"Conv 'layer3\.0\.conv2': kernel 3x3; only 1x1 kernels run", msg), msg
+    assert re.search(r"Conv 'layer3\.1\.conv2': kernel 3x3; only 1x1 kernels run", msg), msg
+    assert re.search(r"Sigmoid 'gate'.*not supported", msg), msg
+    assert "layer1.conv" not in msg and "head" not in msg and "relu1" not in msg
+
+
+@pytest.mark.parametrize("case", [
+    "maxpool", "gemm", "custom_domain", "weight_is_input", "conv3d", "kernel_1x3",
+    "mul_two_tensors", "add_const_hw", "bn_training", "relu_unknown_attr", "float64_input",
+    "clip_runtime_bound", "bn_runtime_param"])
+def test_unsupported_cases(rng, case):
+    x = ("x", [1, 4, 5, 5])
+    inits = {"W": rnd(rng, 4, 4, 1, 1)}
+    inputs, name = [x], "bad"
+    if case == "maxpool":
+        nodes = [helper.make_node("MaxPool", ["x"], ["y"], name=name, kernel_shape=[2, 2])]
+        want = r"MaxPool 'bad'.*op MaxPool is not supported"
+    elif case == "gemm":
+        inits = {"G": rnd(rng, 5, 5)}
+        nodes = [helper.make_node("Gemm", ["x", "G"], ["y"], name=name)]
+        inputs = [("x", [5, 5])]
+        want = r"Gemm 'bad'.*not supported"
+    elif case == "custom_domain":
+        nodes = [helper.make_node("Relu", ["x"], ["y"], name=name, domain="com.example")]
+        want = r"Relu 'bad'.*domain 'com\.example'"
+    elif case == "weight_is_input":
+        inputs = [x, ("w", [4, 4, 1, 1])]
+        nodes = [conv_node("x", "w", None, "y", name=name)]
+        want = r"Conv 'bad'.*weight 'w' is computed at run time"
+    elif case == "conv3d":
+        inits = {"W": rnd(rng, 4, 4, 1, 1, 1)}
+        inputs = [("x", [1, 4, 2, 2, 2])]
+        nodes = [conv_node("x", "W", None, "y", name=name)]
+        want = r"Conv 'bad'.*3-D convolution"
+    elif case == "kernel_1x3":
+        inits = {"W": rnd(rng, 4, 4, 1, 3)}
+        nodes = [conv_node("x", "W", None, "y", name=name)]
+        want = r"Conv 'bad': kernel 1x3; only 1x1 kernels run"
+    elif case == "mul_two_tensors":
+        nodes = [helper.make_node("Mul", ["x", "x"], ["y"], name=name)]
+        want = r"Mul 'bad'.*two run-time tensors"
+    elif case == "add_const_hw":
+        inits = {"K": rnd(rng, 4, 5, 5)}
+        nodes = [helper.make_node("Add", ["x", "K"], ["y"], name=name)]
+        want = r"Add 'bad'.*constant of shape \[4, 5, 5\]"
+    elif case == "bn_training":
+        inits = {k: np.ones(4, F) for k in "sbmv"}
+        nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                                  name=name, training_mode=1)]
+        want = r"BatchNormalization 'bad'.*training_mode"
+    elif case == "relu_unknown_attr":
+        nodes = [helper.make_node("Relu", ["x"], ["y"], name=name, flavour=2)]
+        want = r"Relu 'bad'.*attribute 'flavour'"
+    elif case == "float64_input":
+        inputs = [("x", [1, 4, 5, 5], TensorProto.DOUBLE)]
+        nodes = [helper.make_node("Relu", ["x"], ["y"], name=name)]
+        want = r"input 'x' is float64; only float32"
+    elif case == "clip_runtime_bound":
+        inputs = [x, ("lo", [])]
+        nodes = [helper.make_node("Clip", ["x", "lo"], ["y"], name=name)]
+        want = r"Clip 'bad'.*'lo' is computed at run time"
+    else:
+        inputs = [x, ("s", [4])]
+        inits = {k: np.ones(4, F) for k in "bmv"}
+        nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                                  name=name)]
+        want = r"BatchNormalization 'bad'.*'s' is computed at run time"
+    model = make_model(nodes, inputs, [("y", None)], inits, check=False)
+    with pytest.raises(UnsupportedError, match=want):
+        InferenceSession(model)
+
+
+# ----------------------------------------------------------------------------------
+# inconsistent models -> ModelError
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", [
+    "weight_channels", "bias_size", "defined_twice", "undefined_input", "cycle",
+    "kernel_shape_mismatch", "group_not_dividing", "stride_zero", "negative_pad",
+    "output_not_produced", "input_twice", "initializer_twice", "conv_one_input",
+    "weight_rank2", "bn_param_size", "bn_channels", "add_const_channels", "clip_vector",
+    "pads_wrong_length", "unknown_auto_pad", "node_without_op"])
+def test_inconsistent_models(rng, case):
+    x = ("x", [1, 4, 5, 5])
+    inits = {"W": rnd(rng, 6, 4, 1, 1), "B": rnd(rng, 6)}
+    inputs, outputs = [x], [("y", None)]
+    conv = conv_node("x", "W", "B", "y", name="c")
+    nodes = [conv]
+    extra = {}
+    if case == "weight_channels":
+        inits["W"] = rnd(rng, 6, 3, 1, 1)
+        want = r"Conv 'c'.*4 channels.*\[6, 3, 1, 1\]"
+    elif case == "bias_size":
+        inits["B"] = rnd(rng, 5)
+        want = r"Conv 'c'.*bias shape \[5\].*\[6\]"
+    elif case == "defined_twice":
+        nodes = [conv, helper.make_node("Relu", ["x"], ["y"], name="r")]
+        want = r"'y'.*defined once"
+    elif case == "undefined_input":
+        nodes = [helper.make_node("Relu", ["ghost"], ["y"], name="r")]
+        want = r"Relu 'r'.*'ghost'"
+    elif case == "cycle":
+        nodes = [helper.make_node("Relu", ["b"], ["a"], name="ra"),
+                 helper.make_node("Relu", ["a"], ["b"], name="rb"),
+                 helper.make_node("Add", ["x", "b"], ["y"], name="add")]
+        want = r"cycle"
+    elif case == "kernel_shape_mismatch":
+        nodes = [conv_node("x", "W", "B", "y", name="c", kernel_shape=[3, 3])]
+        want = r"Conv 'c'.*kernel_shape \[3, 3\]"
+    elif case == "group_not_dividing":
+        inits["W"] = rnd(rng, 6, 1, 1, 1)
+        nodes = [conv_node("x", "W", "B", "y", name="c", group=4)]
+        want = r"Conv 'c'.*group=4"
+    elif case == "stride_zero":
+        nodes = [conv_node("x", "W", "B", "y", name="c", strides=[0, 1])]
+        want = r"Conv 'c'.*strides \[0, 1\]"
+    elif case == "negative_pad":
+        nodes = [conv_node("x", "W", "B", "y", name="c", pads=[0, -1, 0, 0])]
+        want = r"Conv 'c'.*pads \[0, -1, 0, 0\]"
+    elif case == "output_not_produced":
+        outputs = [("y", None), ("nowhere", None)]
+        want = r"'nowhere'"
+    elif case == "input_twice":
+        inputs = [x, x]
+        want = r"'x'.*twice"
+    elif case == "initializer_twice":
+        extra = [numpy_helper.from_array(rnd(rng, 6), "B")]
+        want = r"'B'.*twice"
+    elif case == "conv_one_input":
+        nodes = [helper.make_node("Conv", ["x"], ["y"], name="c")]
+        want = r"Conv 'c'.*1 inputs"
+    elif case == "weight_rank2":
+        inits["W"] = rnd(rng, 6, 4)
+        want = r"Conv 'c'.*weight has shape \[6, 4\]"
+    elif case == "bn_param_size":
+        inits = {"s": np.ones(4, F), "b": np.ones(3, F), "m": np.ones(4, F), "v": np.ones(4, F)}
+        nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                                  name="bn")]
+        want = r"BatchNormalization 'bn'.*B has shape \[3\]"
+    elif case == "bn_channels":
+        inits = {k: np.ones(3, F) for k in "sbmv"}
+        nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                                  name="bn")]
+        want = r"BatchNormalization 'bn'.*4 channels.*3"
+    elif case == "add_const_channels":
+        inits = {"K": np.ones((3, 1, 1), F)}
+        nodes = [helper.make_node("Add", ["x", "K"], ["y"], name="add")]
+        want = r"Add 'add'.*\[3, 1, 1\].*\[1, 4, 5, 5\]"
+    elif case == "clip_vector":
+        inits = {"lo": np.zeros(2, F)}
+        nodes = [helper.make_node("Clip", ["x", "lo"], ["y"], name="clip")]
+        want = r"Clip 'clip'.*min has shape \[2\]"
+    elif case == "pads_wrong_length":
+        nodes = [conv_node("x", "W", "B", "y", name="c", pads=[1, 1])]
+        want = r"Conv 'c'.*pads \[1, 1\]"
+    elif case == "unknown_auto_pad":
+        nodes = [conv_node("x", "W", "B", "y", name="c", auto_pad="SAME")]
+        want = r"Conv 'c'.*auto_pad 'SAME'"
+    else:
+        nodes = [helper.make_node("", ["x"], ["y"], name="n")]
+        want = r"no op_type"
+    model = make_model(nodes, inputs, outputs, inits, check=False)
+    if extra:
+        model.graph.initializer.extend(extra)
+    with pytest.raises(ModelError, match=want):
+        InferenceSession(model)

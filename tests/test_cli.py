@@ -1,0 +1,441 @@
+"""The `pyconv1x1` command line, through subprocesses (`python -m pyconv1x1`, run from a
+temporary folder so nothing depends on the repository being the current directory).
+
+Exit codes: 0 ok, 1 validation mismatch, 2 bad usage / unloadable model or file (one line
+on stderr, no traceback), 3 internal error."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pyconv1x1
+from pyconv1x1 import cli
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+BUNDLED = sorted(p.name for p in MODELS.glob("*.onnx"))
+EMBED = MODELS / "embed_64to32_relu_torchscript.onnx"
+REDUCE = MODELS / "reduce_64to16_dynamo.onnx"
+# pyconv1x1 as imported here: in place (PYTHONPATH) or installed
+PACKAGE_PARENT = str(Path(pyconv1x1.__file__).resolve().parents[1])
+
+
+def _light_model(name):
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is a dependency
+        return None
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"{name}.onnx"
+    return path if path.is_file() else None
+
+
+def cli_run(*args, cwd, env=None, timeout=180):
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = os.pathsep.join(
+        [PACKAGE_PARENT] + [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    environ.pop("PYCONV1X1_DEBUG", None)
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "pyconv1x1", *map(str, args)], cwd=cwd,
+                          env=environ, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, code=2):
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("pyconv1x1: error: "), proc.stderr
+    return lines[0]
+
+
+def assert_ok(proc):
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+# ---- small models written with onnx.helper -------------------------------------------
+def _save(path, nodes, inputs, outputs, initializers, opset=17):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        [numpy_helper.from_array(np.asarray(a, np.float32), n)
+         for n, a in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="test_cli")
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def residual_model(path):
+    """x[N,8,4,4] -> conv1(8->16) -> bn1 -> relu1 -> conv2(16->8) -> add(+x) -> relu2."""
+    from onnx import helper
+    rng = np.random.default_rng(1)
+    init = {
+        "w1": rng.standard_normal((16, 8, 1, 1)) * 0.3, "b1": rng.standard_normal(16) * 0.1,
+        "s": rng.uniform(0.5, 1.5, 16), "t": rng.standard_normal(16) * 0.1,
+        "m": rng.standard_normal(16) * 0.1, "v": rng.uniform(0.5, 1.5, 16),
+        "w2": rng.standard_normal((8, 16, 1, 1)) * 0.3, "b2": rng.standard_normal(8) * 0.1,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1"),
+        helper.make_node("BatchNormalization", ["c1", "s", "t", "m", "v"], ["n1"],
+                         name="bn1"),
+        helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Add", ["c2", "x"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["y"], name="relu2"),
+    ]
+    return _save(path, nodes, [("x", ["N", 8, 4, 4])], [("y", ["N", 8, 4, 4])], init)
+
+
+def two_input_model(path):
+    from onnx import helper
+    rng = np.random.default_rng(2)
+    init = {"wa": rng.standard_normal((4, 4, 1, 1)), "wb": rng.standard_normal((4, 4, 1, 1))}
+    nodes = [helper.make_node("Conv", ["a", "wa"], ["ya"], name="conv_a"),
+             helper.make_node("Conv", ["b", "wb"], ["yb"], name="conv_b"),
+             helper.make_node("Add", ["ya", "yb"], ["y"], name="add")]
+    return _save(path, nodes, [("a", [1, 4, 3, 3]), ("b", [1, 4, 3, 3])],
+                 [("y", [1, 4, 3, 3])], init)
+
+
+def conv3x3_model(path):
+    from onnx import helper
+    rng = np.random.default_rng(3)
+    init = {"w1": rng.standard_normal((4, 4, 1, 1)), "w3": rng.standard_normal((4, 4, 3, 3))}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="pointwise"),
+             helper.make_node("Conv", ["h", "w3"], ["y"], name="spatial", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["y"], ["z"], name="act")]
+    return _save(path, nodes, [("x", [1, 4, 5, 5])], [("z", [1, 4, 5, 5])], init)
+
+
+def _session_outputs(model, feeds):
+    sess = pyconv1x1.InferenceSession(str(model))
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+# ---- run -----------------------------------------------------------------------------
+def test_run_random_input_is_seeded_and_written(tmp_path):
+    out = assert_ok(cli_run("run", EMBED, "--output", "y.npz", cwd=tmp_path))
+    assert "input  input: [3, 64, 32, 32] float32 (random normal, seed 0)" in out
+    assert "output output: [3, 32, 32, 32] float32  min 0 " in out  # relu: min is 0
+    for word in ("max ", "mean ", "std ", "run time: ", " ms", "kernels: ", "thread"):
+        assert word in out
+    x = np.random.default_rng(0).standard_normal((3, 64, 32, 32), dtype=np.float32)
+    expected = _session_outputs(EMBED, {"input": x})
+    with np.load(tmp_path / "y.npz") as z:
+        assert z.files == ["output"]
+        np.testing.assert_array_equal(z["output"], expected["output"])
+
+    assert_ok(cli_run("run", EMBED, "--seed", "7", "--output", "y7.npz", "--threads", "1",
+                      cwd=tmp_path))
+    x7 = np.random.default_rng(7).standard_normal((3, 64, 32, 32), dtype=np.float32)
+    with np.load(tmp_path / "y7.npz") as z:
+        np.testing.assert_array_equal(z["output"], _session_outputs(EMBED, {"input": x7})
+                                      ["output"])
+
+
+@pytest.mark.parametrize("kind", ["npz", "npy"])
+def test_run_with_input_file_matches_session(tmp_path, kind):
+    x = np.random.default_rng(5).standard_normal((3, 64, 32, 32), dtype=np.float32)
+    if kind == "npz":
+        np.savez(tmp_path / "x.npz", input=x)
+    else:
+        np.save(tmp_path / "x.npy", x)
+    out = assert_ok(cli_run("run", REDUCE, "--input", f"x.{kind}", "--output", "y.npz",
+                            cwd=tmp_path))
+    assert f"(from x.{kind})" in out and "wrote y.npz" in out
+    with np.load(tmp_path / "y.npz") as z:
+        np.testing.assert_array_equal(z["output"], _session_outputs(REDUCE, {"input": x})
+                                      ["output"])
+
+
+def test_run_named_dims_and_two_inputs(tmp_path):
+    out = assert_ok(cli_run("run", residual_model(tmp_path / "res.onnx"), cwd=tmp_path))
+    assert "input  x: [1, 8, 4, 4] float32" in out and "output y: [1, 8, 4, 4]" in out
+
+    model = two_input_model(tmp_path / "two.onnx")
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.standard_normal((1, 4, 3, 3), dtype=np.float32),
+             "b": rng.standard_normal((1, 4, 3, 3), dtype=np.float32)}
+    np.savez(tmp_path / "ab.npz", **feeds)
+    assert_ok(cli_run("run", model, "--input", "ab.npz", "--output", "y.npz", cwd=tmp_path))
+    with np.load(tmp_path / "y.npz") as z:
+        np.testing.assert_array_equal(z["y"], _session_outputs(model, feeds)["y"])
+    # a .npy cannot feed two inputs; an npz must have exactly the input names
+    np.save(tmp_path / "a.npy", feeds["a"])
+    line = assert_one_line_error(cli_run("run", model, "--input", "a.npy", cwd=tmp_path))
+    assert "single-input" in line
+    np.savez(tmp_path / "a_only.npz", a=feeds["a"])
+    line = assert_one_line_error(cli_run("run", model, "--input", "a_only.npz",
+                                         cwd=tmp_path))
+    assert "'b'" in line
+
+
+def test_run_bad_input_files(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
+    assert "junk.npz" in assert_one_line_error(
+        cli_run("run", EMBED, "--input", "junk.npz", cwd=tmp_path))
+    assert "nothere.npy" in assert_one_line_error(
+        cli_run("run", EMBED, "--input", "nothere.npy", cwd=tmp_path))
+    np.save(tmp_path / "x64.npy", np.zeros((3, 64, 32, 32)))  # float64: no silent cast
+    assert "float64" in assert_one_line_error(
+        cli_run("run", EMBED, "--input", "x64.npy", cwd=tmp_path))
+    np.save(tmp_path / "small.npy", np.zeros((3, 64, 8, 8), np.float32))
+    assert "64, 8, 8" in assert_one_line_error(
+        cli_run("run", EMBED, "--input", "small.npy", cwd=tmp_path))
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((3, 64, 32, 32), np.float32))
+    assert "['input']" in assert_one_line_error(
+        cli_run("run", EMBED, "--input", "wrong.npz", cwd=tmp_path))
+    (tmp_path / "x.txt").write_text("1 2 3")
+    assert ".npy or .npz" in assert_one_line_error(
+        cli_run("run", EMBED, "--input", "x.txt", cwd=tmp_path))
+
+
+# ---- info ----------------------------------------------------------------------------
+def test_info_bundled_model(tmp_path):
+    out = assert_ok(cli_run("info", EMBED, cwd=tmp_path))
+    assert "producer: pytorch" in out and "opset 20" in out
+    assert "input  [3, 64, 32, 32]  tensor(float)" in out
+    assert "output  [3, 32, 32, 32]  tensor(float)" in out
+    layer = [line for line in out.splitlines() if "64->32" in line]
+    assert len(layer) == 1
+    for cell in ("Conv+Relu", "/0/Conv+/1/Relu", "relu", "[3, 32, 32, 32]", " 2080 ",
+                 "12582912"):
+        assert cell in layer[0] + " ", (cell, layer[0])
+    assert "total: 2080 parameters" in out and "12582912 (12.58M) FLOPs" in out
+    assert "kernels: " in out and ("OpenMP on" in out or "OpenMP off" in out)
+    assert "rewrite notes:" in out and "fused /1/Relu" in out
+
+
+def test_info_fused_residual_chain(tmp_path):
+    out = assert_ok(cli_run("info", residual_model(tmp_path / "res.onnx"), cwd=tmp_path))
+    assert "x  [N, 8, 4, 4]  tensor(float)" in out
+    first = [line for line in out.splitlines() if "8->16" in line]
+    second = [line for line in out.splitlines() if "16->8" in line]
+    assert len(first) == 1 and len(second) == 1
+    assert "conv1+bn1+relu1" in first[0] and "Conv+BatchNormalization+Relu" in first[0]
+    assert "[1, 16, 4, 4]" in first[0] and "4096" in first[0]
+    assert "+x" in second[0] and "relu" in second[0] and "[1, 8, 4, 4]" in second[0]
+    # params after folding: 16*8+16 + 8*16+8; FLOPs at N=1: 2*16*(16*8) + 2*16*(8*16)
+    assert "total: 280 parameters" in out and " 8192 (8.19k) FLOPs" in out
+
+
+def test_info_unsupported_small_model_names_node_and_op(tmp_path):
+    proc = cli_run("info", conv3x3_model(tmp_path / "k3.onnx"), cwd=tmp_path)
+    line = assert_one_line_error(proc)
+    assert "cannot run" in line and "1 problem" in line
+    out = proc.stdout
+    assert "x  [1, 4, 5, 5]  tensor(float)" in out and "z  [1, 4, 5, 5]" in out
+    assert "Conv 2, Relu 1" in out
+    assert "Conv nodes: 2, of which 1x1: 1" in out
+    problem = [line for line in out.splitlines() if "'spatial'" in line]
+    assert len(problem) == 1 and "Conv" in problem[0] and "3x3" in problem[0]
+
+
+@pytest.mark.parametrize("name, convs, ones, node, op", [
+    ("light_resnet50", 53, 36, "n174", "Gemm"),
+    ("light_squeezenet", 26, 17, "n2", "MaxPool"),
+])
+def test_info_unsupported_onnx_light_models(tmp_path, name, convs, ones, node, op):
+    path = _light_model(name)
+    if path is None:
+        pytest.skip(f"the onnx package does not ship {name}.onnx")
+    proc = cli_run("info", path, cwd=tmp_path)
+    assert "problem(s)" in assert_one_line_error(proc)
+    out = proc.stdout
+    assert f"Conv nodes: {convs}, of which 1x1: {ones}" in out
+    assert f"{op} '{node}'" in out and f"op {op} is not supported" in out
+    full = cli_run("info", path, "--all-problems", cwd=tmp_path)
+    assert full.returncode == 2
+    assert len(full.stdout.splitlines()) > len(out.splitlines())
+
+
+# ---- validate ------------------------------------------------------------------------
+@pytest.mark.parametrize("model", BUNDLED)
+def test_validate_recorded_bundled(tmp_path, model):
+    out = assert_ok(cli_run("validate", MODELS / model, "--against", "recorded",
+                            cwd=tmp_path))
+    assert "ok: all 1 output(s) within tolerance" in out
+    assert "max abs err" in out and "rel err" in out
+
+
+@pytest.mark.parametrize("against", ["onnxruntime", "reference"])
+def test_validate_against_runtimes(tmp_path, against):
+    if against == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    out = assert_ok(cli_run("validate", REDUCE, "--against", against, cwd=tmp_path))
+    assert "ok: all 1 output(s)" in out
+    out = assert_ok(cli_run("validate", residual_model(tmp_path / "res.onnx"), "--against",
+                            against, "--seed", "3", cwd=tmp_path))
+    assert "ok:" in out and "seed 3" in out
+
+
+def test_validate_against_torch(tmp_path):
+    pytest.importorskip("torch")
+    out = assert_ok(cli_run("validate", residual_model(tmp_path / "res.onnx"), "--against",
+                            "torch", cwd=tmp_path))
+    assert "PyTorch" in out and "ok:" in out
+
+
+def test_validate_torch_missing_is_one_line(tmp_path):
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("raise ImportError('no torch here (test)')\n")
+    proc = cli_run("validate", REDUCE, "--against", "torch", cwd=tmp_path,
+                   env={"PYTHONPATH": os.pathsep.join([PACKAGE_PARENT, str(fake)])})
+    assert "torch" in assert_one_line_error(proc).lower()
+
+
+def _copy_with_recorded(tmp_path, name="embed_64to32_relu_torchscript"):
+    for suffix in (".onnx", ".inputs.npz", ".outputs.npz"):
+        shutil.copy(MODELS / (name + suffix), tmp_path / (name + suffix))
+    return tmp_path / (name + ".onnx"), tmp_path / (name + ".outputs.npz")
+
+
+def test_validate_tampered_recording_exits_1(tmp_path):
+    model, outputs = _copy_with_recorded(tmp_path)
+    with np.load(outputs) as z:
+        y = z["output"].copy()
+    y.flat[12345] += 1e-3 * np.abs(y).max()
+    np.savez(outputs, output=y)
+    proc = cli_run("validate", model.name, "--against", "recorded", cwd=tmp_path)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "FAIL" in proc.stdout and "MISMATCH" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    # the same error is within a loose relative or absolute tolerance
+    assert_ok(cli_run("validate", model.name, "--against", "recorded", "--rtol", "2e-3",
+                      cwd=tmp_path))
+    assert_ok(cli_run("validate", model.name, "--against", "recorded", "--atol", "1",
+                      cwd=tmp_path))
+
+
+def test_validate_recorded_problems_exit_2(tmp_path):
+    model, outputs = _copy_with_recorded(tmp_path)
+    np.savez(outputs, output=np.zeros((3, 32, 32, 31), np.float32))   # wrong shape
+    proc = cli_run("validate", model.name, "--against", "recorded", cwd=tmp_path)
+    assert proc.returncode == 1 and "reference shape" in proc.stdout
+    outputs.unlink()
+    assert "outputs.npz" in assert_one_line_error(
+        cli_run("validate", model.name, "--against", "recorded", cwd=tmp_path))
+    np.save(tmp_path / "x.npy", np.zeros((3, 64, 32, 32), np.float32))
+    assert "--input" in assert_one_line_error(
+        cli_run("validate", model.name, "--against", "recorded", "--input", "x.npy",
+                cwd=tmp_path))
+
+
+def test_compare_tolerance_rule():
+    ref = np.array([1.0, -4.0, 2.0], np.float32)
+    assert cli.compare(ref, ref, 0, 0) == (0.0, 0.0, True)
+    got = ref + np.float32(4e-5)
+    err, rel, ok = cli.compare(got, ref, 1e-5, 0)
+    assert err == pytest.approx(4e-5, rel=1e-2) and rel == pytest.approx(1e-5, rel=1e-2)
+    assert not cli.compare(got, ref, 0.9e-5, 0)[2] and cli.compare(got, ref, 1.1e-5, 0)[2]
+    assert cli.compare(got, ref, 0, 5e-5)[2]
+    nan = np.array([np.nan, 1.0], np.float32)
+    assert cli.compare(nan, nan, 0, 0)[2]
+    assert not cli.compare(nan, np.array([0.0, 1.0], np.float32), 1, 1)[2]
+    inf = np.array([np.inf, 1.0], np.float32)
+    assert cli.compare(inf, inf, 0, 0)[2]
+    assert not cli.compare(inf, np.array([-np.inf, 1.0], np.float32), 1, 1)[2]
+
+
+# ---- bench ---------------------------------------------------------------------------
+def test_bench_prints_numbers(tmp_path):
+    out = assert_ok(cli_run("bench", REDUCE, "--repeat", "3", "--warmup", "1", "--threads",
+                            "1", cwd=tmp_path))
+    row = [line.split() for line in out.splitlines() if line.strip().startswith("pyconv1x1")]
+    assert len(row) == 1 and row[0][1] == "3"
+    median, p90, low, gfs = map(float, row[0][2:6])
+    assert 0 < low <= median <= p90 and gfs > 0
+    assert "6.29M FLOPs" in out and "1 thread" in out
+
+
+def test_bench_compare_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = assert_ok(cli_run("bench", REDUCE, "--repeat", "4", "--warmup", "1", "--compare",
+                            "onnxruntime", cwd=tmp_path))
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.strip().startswith(("pyconv1x1", "onnxruntime"))}
+    assert rows["pyconv1x1"][1] == "4" and rows["onnxruntime"][1] == "4"
+    assert float(rows["onnxruntime"][2]) > 0
+    assert "ratio onnxruntime/pyconv1x1" in out
+
+
+# ---- usage and load errors -----------------------------------------------------------
+@pytest.mark.parametrize("args", [
+    [], ["frobnicate", "m.onnx"], ["run"], ["validate", "m.onnx"],
+    ["validate", "m.onnx", "--against", "tensorflow"], ["run", "m.onnx", "--threads", "0"],
+    ["bench", "m.onnx", "--repeat", "2", "--seconds", "1"], ["bench", "m.onnx", "--repeat",
+                                                            "x"],
+])
+def test_bad_usage_exits_2(tmp_path, args):
+    proc = cli_run(*args, cwd=tmp_path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("usage: pyconv1x1") and "error: " in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "info", "bench", "validate"])
+def test_missing_model_exits_2(tmp_path, command):
+    extra = ["--against", "onnxruntime"] if command == "validate" else []
+    line = assert_one_line_error(cli_run(command, "missing.onnx", *extra, cwd=tmp_path))
+    assert "missing.onnx" in line
+
+
+def test_corrupt_and_unsupported_models_exit_2(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(os.urandom(64))
+    assert "junk.onnx" in assert_one_line_error(cli_run("run", "junk.onnx", cwd=tmp_path))
+    assert_one_line_error(cli_run("info", "junk.onnx", cwd=tmp_path))
+    conv3x3_model(tmp_path / "k3.onnx")
+    line = assert_one_line_error(cli_run("run", "k3.onnx", cwd=tmp_path))
+    assert "'spatial'" in line and "3x3" in line
+
+
+def test_version_and_help(tmp_path):
+    assert pyconv1x1.__version__ in assert_ok(cli_run("--version", cwd=tmp_path))
+    out = assert_ok(cli_run("--help", cwd=tmp_path))
+    for command in ("run", "info", "validate", "bench"):
+        assert command in out
+
+
+# ---- in process: the entry point function and internal errors ------------------------
+def test_main_in_process(capsys):
+    assert cli.main(["info", str(EMBED)]) == 0
+    assert "64->32" in capsys.readouterr().out
+    assert cli.main(["run", str(MODELS / "missing.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pyconv1x1: error: ") and err.count("\n") == 1
+
+
+def test_internal_error_exits_3(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("boom\nsecond line")
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    monkeypatch.delenv("PYCONV1X1_DEBUG", raising=False)
+    assert cli.main(["info", str(EMBED)]) == 3
+    err = capsys.readouterr().err
+    assert "internal error" in err and "RuntimeError: boom" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    monkeypatch.setenv("PYCONV1X1_DEBUG", "1")
+    assert cli.main(["info", str(EMBED)]) == 3
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_cli_imports_are_lazy(tmp_path):
+    code = ("import sys, pyconv1x1.cli as c; c.build_parser().parse_args(['info', 'm.onnx']); "
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'torch', 'google.protobuf') "
+            "if m in sys.modules))")
+    environ = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environ,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

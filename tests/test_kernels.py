@@ -1,0 +1,460 @@
+"""The Cython kernels of every runnable ISA variant against a float64 numpy reference:
+odd and remainder shapes, groups, strides and pads, each epilogue, residuals, chains,
+1, 2 and 3 threads (bitwise identical), the element-wise kernels, and the planner's
+block and tile arithmetic."""
+import math
+
+import numpy as np
+import pytest
+
+from conftest import act_ref, assert_close, conv1x1_ref
+from pyconv1x1 import _backend, plan
+from pyconv1x1.program import (RES_AFTER_ACT, RES_BEFORE_ACT, RES_NONE, Activation,
+                               ChainStep, ConvLayer, Program)
+from pyconv1x1.ir import ValueInfo
+
+VARIANTS = _backend.runnable_variants()
+THREADS = (1, 2, 3)
+INF = math.inf
+
+EPILOGUES = {
+    "none": Activation(),
+    "relu": Activation("relu", 0.0, INF, 1.0),
+    "clip": Activation("clip", -0.5, 0.75, 1.0),
+    "relu6": Activation("clip", 0.0, 6.0, 1.0),
+    "clip_lo": Activation("clip", -0.25, INF, 1.0),
+    "clip_hi": Activation("clip", -INF, 0.3, 1.0),
+    "leaky": Activation("leaky", -INF, INF, 0.1),
+    "leaky_clip": Activation("leaky", -0.05, 0.5, 0.2),
+}
+
+
+@pytest.fixture(params=VARIANTS)
+def kern(request):
+    return _backend.kernels(request.param)
+
+
+def make_layer(rng, cin, cout, group=1, act=Activation(), res_mode=RES_NONE,
+               strides=(1, 1), pads=(0, 0, 0, 0), scale=None):
+    scale = scale if scale is not None else 1.0 / math.sqrt(max(1, cin // group))
+    w = (rng.standard_normal((cout, cin // group)) * scale).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32) * 0.1
+    return ConvLayer(names=(f"l{cin}x{cout}",), weight=w, bias=b, group=group,
+                     strides=strides, pads=pads, act=act,
+                     residual="r" if res_mode else None, res_mode=res_mode)
+
+
+def make_chain(kern, layers):
+    specs = []
+    for layer in layers:
+        packed, blocks = plan.pack_layer(layer, kern.MAX_BLOCK_ROWS)
+        specs.append((packed, np.ascontiguousarray(layer.bias, np.float32), blocks,
+                      layer.cin, layer.cout, layer.weight.shape[1], float(layer.act.lo),
+                      float(layer.act.hi), float(layer.act.alpha), int(layer.res_mode)))
+    return kern.Chain(specs)
+
+
+def out_geometry(layer, h, w):
+    ho, wo, pt, pl = layer.out_hw(h, w)
+    return ho, wo, pt, pl
+
+
+def reference(x, layers, residuals):
+    """float64 reference of a chain; the first layer's strides/pads set the geometry."""
+    v = np.asarray(x, np.float64)
+    for i, layer in enumerate(layers):
+        if i == 0:
+            h, w = v.shape[2:]
+            ho, wo, pt, pl = out_geometry(layer, h, w)
+            sh, sw = layer.strides
+            pb = max(0, (ho - 1) * sh + 1 - h - pt)
+            pr = max(0, (wo - 1) * sw + 1 - w - pl)
+            v = conv1x1_ref(v, layer.weight, layer.bias, layer.strides, (pt, pl, pb, pr),
+                            layer.group)
+            v = v[:, :, :ho, :wo]
+        else:
+            v = conv1x1_ref(v, layer.weight, layer.bias, group=layer.group)
+        r = residuals[i]
+        a = layer.act
+        if layer.res_mode == RES_BEFORE_ACT:
+            v = act_ref(v + r, a.lo, a.hi, a.alpha)
+        elif layer.res_mode == RES_AFTER_ACT:
+            v = act_ref(v, a.lo, a.hi, a.alpha) + r
+        else:
+            v = act_ref(v, a.lo, a.hi, a.alpha)
+    return v
+
+
+def run_chain(kern, chain, layers, x, residuals, nthreads, tile=None):
+    n, _, h, w = x.shape
+    first = layers[0]
+    ho, wo, pt, pl = out_geometry(first, h, w)
+    y = np.full((n, layers[-1].cout, ho, wo), np.nan, np.float32)
+    if tile is None:
+        max_c = max(max(l.cin, l.cout) for l in layers)
+        tile = plan.tile_pixels(kern.PANEL_WIDTH, max_c, ho * wo)
+    res = tuple(None if r is None else np.ascontiguousarray(r, np.float32)
+                for r in residuals)
+    chain.run(x, y, res, n, h, w, ho, wo, first.strides[0], first.strides[1], pt, pl,
+              tile, nthreads)
+    return y
+
+
+def check_chain(kern, rng, layers, x, tiles=(None,), what=""):
+    """Run at every thread count (and tile), compare bitwise and with the reference."""
+    n, _, h, w = x.shape
+    ho, wo, _, _ = out_geometry(layers[0], h, w)
+    residuals = [rng.standard_normal((n, l.cout, ho, wo)).astype(np.float32)
+                 if l.res_mode else None for l in layers]
+    chain = make_chain(kern, layers)
+    ref = reference(x, layers, residuals)
+    x_before = x.copy()
+    first = None
+    for tile in tiles:
+        for t in THREADS:
+            y = run_chain(kern, chain, layers, x, residuals, t, tile)
+            if first is None:
+                first = y
+                assert_close(y, ref)
+            else:
+                assert np.array_equal(y, first), \
+                    f"{what}: {kern.VARIANT} threads={t} tile={tile} differs from threads=1"
+    if hasattr(chain, "bind"):           # the planner's pre-bound form
+        ho, wo, pt, pl = out_geometry(layers[0], h, w)
+        max_c = max(max(l.cin, l.cout) for l in layers)
+        tile = plan.tile_pixels(kern.PANEL_WIDTH, max_c, ho * wo)
+        res = tuple(None if r is None else np.ascontiguousarray(r) for r in residuals)
+        bound = chain.bind((n, layers[-1].cout, ho, wo), n, h, w, ho, wo,
+                           layers[0].strides[0], layers[0].strides[1], pt, pl, tile, 2)
+        y = bound(x, res)
+        assert y.shape == first.shape and y.dtype == np.float32
+        assert np.array_equal(y, first), f"{what}: bound chain differs"
+    assert np.array_equal(x, x_before)
+    return first
+
+
+# ----------------------------------------------------------------------------------
+# the module's constants
+# ----------------------------------------------------------------------------------
+def test_variants_are_consistent(kern):
+    assert kern.VARIANT in ("generic", "v3", "v4")
+    assert kern.PANEL_WIDTH >= 8 and kern.PANEL_WIDTH % 8 == 0
+    assert 1 <= kern.MAX_BLOCK_ROWS <= 16
+    names = kern.kernel_names()
+    assert len(names) == kern.MAX_BLOCK_ROWS
+    assert all(kern.VARIANT in n and f"x{kern.PANEL_WIDTH}_" in n for n in names)
+    assert "generic" in _backend.built_variants()
+    assert "generic" in VARIANTS
+
+
+def test_forced_variant_that_cannot_run_is_an_error():
+    from pyconv1x1 import Error
+    with pytest.raises(Error):
+        _backend.kernels("no-such-variant")
+
+
+# ----------------------------------------------------------------------------------
+# single layers: odd / remainder shapes
+# ----------------------------------------------------------------------------------
+COUTS = list(range(1, 14)) + [29, 64, 65]
+CINS = (1, 3, 17, 256)
+PIXELS = ((1, 1), (3, 5), (4, 4), (1, 17), (3, 11), (25, 40))   # 1, 15, 16, 17, 33, 1000
+
+
+@pytest.mark.parametrize("cout", COUTS)
+def test_single_layer_odd_shapes(kern, cout):
+    rng = np.random.default_rng(cout)
+    for cin in CINS:
+        for h, w in PIXELS:
+            if cin * cout * h * w > 4_000_000:
+                continue
+            layer = make_layer(rng, cin, cout)
+            n = 2 if h * w < 100 else 1
+            x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+            check_chain(kern, rng, [layer], x, what=f"cin={cin} cout={cout} {h}x{w}")
+
+
+def test_one_channel_one_pixel(kern):
+    rng = np.random.default_rng(0)
+    layer = make_layer(rng, 1, 1)
+    x = np.array([[[[2.5]]]], np.float32)
+    y = check_chain(kern, rng, [layer], x)
+    assert y.shape == (1, 1, 1, 1)
+    np.testing.assert_allclose(y[0, 0, 0, 0], 2.5 * layer.weight[0, 0] + layer.bias[0],
+                               rtol=1e-6)
+
+
+def test_batch_and_empty_batch(kern):
+    rng = np.random.default_rng(1)
+    layer = make_layer(rng, 5, 7)
+    x = rng.standard_normal((3, 5, 6, 7)).astype(np.float32)
+    check_chain(kern, rng, [layer], x)
+    chain = make_chain(kern, [layer])
+    empty = np.zeros((0, 5, 6, 7), np.float32)
+    y = run_chain(kern, chain, [layer], empty, [None], 2)
+    assert y.shape == (0, 7, 6, 7)
+
+
+def test_results_do_not_depend_on_tile(kern):
+    rng = np.random.default_rng(2)
+    nr = kern.PANEL_WIDTH
+    layers = [make_layer(rng, 13, 11, act=EPILOGUES["relu"]), make_layer(rng, 11, 9)]
+    x = rng.standard_normal((2, 13, 9, 21)).astype(np.float32)
+    check_chain(kern, rng, layers, x, tiles=(nr, 2 * nr, 3 * nr, 13 * nr, 64 * nr),
+                what="tiles")
+
+
+# ----------------------------------------------------------------------------------
+# epilogues and residuals
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("epilogue", sorted(EPILOGUES))
+@pytest.mark.parametrize("res_mode", [RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT])
+def test_epilogues(kern, epilogue, res_mode):
+    rng = np.random.default_rng(3)
+    layer = make_layer(rng, 17, 13, act=EPILOGUES[epilogue], res_mode=res_mode)
+    x = rng.standard_normal((2, 17, 5, 7)).astype(np.float32)
+    y = check_chain(kern, rng, [layer], x, what=epilogue)
+    a = EPILOGUES[epilogue]
+    if res_mode != RES_AFTER_ACT:
+        assert y.min() >= a.lo and y.max() <= a.hi
+
+
+def test_nan_and_inf_pass_through_the_epilogue(kern):
+    rng = np.random.default_rng(4)
+    layer = make_layer(rng, 3, 4, act=EPILOGUES["relu"])
+    x = rng.standard_normal((1, 3, 4, 5)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    x[0, 0, 0, 0] = np.inf
+    chain = make_chain(kern, [layer])
+    y = run_chain(kern, chain, [layer], x, [None], 1)
+    mask = np.ones((4, 5), bool)
+    mask[2, 3] = mask[0, 0] = False
+    assert np.isfinite(y[:, :, mask]).all()
+    assert np.isnan(y[0, :, 2, 3]).all()
+
+
+# ----------------------------------------------------------------------------------
+# groups, strides, pads
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("cin,cout,group", [(4, 4, 4), (6, 9, 3), (16, 14, 2),
+                                            (24, 48, 8), (3, 3, 1), (65, 13, 13)])
+def test_groups(kern, cin, cout, group):
+    rng = np.random.default_rng(5)
+    layer = make_layer(rng, cin, cout, group=group, act=EPILOGUES["leaky"])
+    x = rng.standard_normal((2, cin, 5, 9)).astype(np.float32)
+    check_chain(kern, rng, [layer], x, what=f"group={group}")
+
+
+@pytest.mark.parametrize("strides,pads", [
+    ((2, 2), (0, 0, 0, 0)), ((1, 1), (1, 1, 1, 1)), ((2, 2), (1, 1, 1, 1)),
+    ((2, 3), (0, 2, 1, 0)), ((3, 1), (2, 0, 0, 3)), ((1, 2), (0, 0, 2, 2)),
+    ((5, 5), (0, 0, 0, 0)), ((1, 1), (3, 0, 0, 0))])
+@pytest.mark.parametrize("hw", [(7, 9), (1, 1), (16, 5)])
+def test_strides_and_pads(kern, strides, pads, hw):
+    rng = np.random.default_rng(6)
+    layer = make_layer(rng, 6, 7, act=EPILOGUES["clip"], strides=strides, pads=pads)
+    x = rng.standard_normal((2, 6) + hw).astype(np.float32)
+    y = check_chain(kern, rng, [layer], x, what=f"strides={strides} pads={pads}")
+    # a padding pixel is the epilogue applied to the bias
+    if pads[0] > 0:
+        a = layer.act
+        expect = act_ref(layer.bias.astype(np.float64), a.lo, a.hi, a.alpha)
+        np.testing.assert_allclose(y[0, :, 0, 0], expect, rtol=1e-6, atol=1e-7)
+
+
+def test_stride_and_pad_with_residual_and_chain(kern):
+    rng = np.random.default_rng(7)
+    layers = [make_layer(rng, 5, 12, strides=(2, 2), pads=(1, 0, 1, 2),
+                         act=EPILOGUES["relu"], res_mode=RES_AFTER_ACT),
+              make_layer(rng, 12, 7, act=EPILOGUES["leaky"], res_mode=RES_BEFORE_ACT),
+              make_layer(rng, 7, 3, group=1)]
+    x = rng.standard_normal((3, 5, 11, 13)).astype(np.float32)
+    check_chain(kern, rng, layers, x, what="strided chain")
+
+
+# ----------------------------------------------------------------------------------
+# chains
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("widths", [(3, 5), (17, 64, 13), (8, 1, 8), (1, 29, 7, 65),
+                                    (256, 16, 256), (12, 6, 6, 6, 6, 6)])
+def test_chains(kern, widths):
+    rng = np.random.default_rng(len(widths) * 100 + widths[0])
+    acts = list(EPILOGUES.values())
+    layers = []
+    for i in range(len(widths) - 1):
+        res = (RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT)[i % 3]
+        layers.append(make_layer(rng, widths[i], widths[i + 1], act=acts[i % len(acts)],
+                                 res_mode=res))
+    for h, w in ((1, 1), (3, 11), (5, 7), (20, 50)):
+        x = rng.standard_normal((2, widths[0], h, w)).astype(np.float32)
+        check_chain(kern, rng, layers, x, what=f"chain {widths} {h}x{w}")
+
+
+def test_grouped_layers_in_a_chain(kern):
+    rng = np.random.default_rng(8)
+    layers = [make_layer(rng, 12, 24, group=4, act=EPILOGUES["relu"]),
+              make_layer(rng, 24, 24, group=3, act=EPILOGUES["relu6"]),
+              make_layer(rng, 24, 10, group=2)]
+    x = rng.standard_normal((2, 12, 7, 9)).astype(np.float32)
+    check_chain(kern, rng, layers, x, what="grouped chain")
+
+
+def test_threads_more_than_tiles(kern):
+    rng = np.random.default_rng(9)
+    layer = make_layer(rng, 4, 4)
+    x = rng.standard_normal((1, 4, 1, 3)).astype(np.float32)
+    chain = make_chain(kern, [layer])
+    a = run_chain(kern, chain, [layer], x, [None], 1)
+    b = run_chain(kern, chain, [layer], x, [None], 64)
+    assert np.array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------
+# flush-to-zero
+# ----------------------------------------------------------------------------------
+def test_subnormal_weights_and_inputs(kern):
+    rng = np.random.default_rng(10)
+    tiny = np.float32(1e-40)          # subnormal in float32
+    assert 0 < tiny < np.finfo(np.float32).tiny
+    layer = make_layer(rng, 9, 7)
+    layer.weight = np.full_like(layer.weight, tiny)
+    x = rng.standard_normal((1, 9, 5, 6)).astype(np.float32)
+    chain = make_chain(kern, [layer])
+    for t in THREADS:
+        y = run_chain(kern, chain, [layer], x, [None], t)
+        np.testing.assert_allclose(y, np.broadcast_to(layer.bias[None, :, None, None],
+                                                      y.shape), rtol=0, atol=1e-30)
+    layer2 = make_layer(rng, 9, 7)
+    xs = np.full((1, 9, 5, 6), tiny, np.float32)
+    chain2 = make_chain(kern, [layer2])
+    y = run_chain(kern, chain2, [layer2], xs, [None], 2)
+    np.testing.assert_allclose(y, np.broadcast_to(layer2.bias[None, :, None, None],
+                                                  y.shape), rtol=0, atol=1e-30)
+    # the caller's floating-point mode is restored: numpy still produces subnormals
+    v = np.array([1e-38], np.float32) / np.float32(1000.0)
+    assert v[0] != 0.0
+
+
+# ----------------------------------------------------------------------------------
+# element-wise kernels
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 17), (1, 5, 1000), (2, 7, 9973)])
+@pytest.mark.parametrize("epilogue", ["none", "relu", "clip", "leaky_clip"])
+def test_affine_act(kern, shape, epilogue):
+    rng = np.random.default_rng(11)
+    n, c, p = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    scale = rng.standard_normal(c).astype(np.float32)
+    shift = rng.standard_normal(c).astype(np.float32)
+    a = EPILOGUES[epilogue]
+    ref = act_ref(x.astype(np.float64) * scale[None, :, None] + shift[None, :, None],
+                  a.lo, a.hi, a.alpha)
+    first = None
+    for t in THREADS:
+        y = np.full(shape, np.nan, np.float32)
+        kern.affine_act(x, y, scale, shift, n, c, p, a.lo, a.hi, a.alpha, t)
+        if first is None:
+            first = y
+            assert_close(y, ref)
+        else:
+            assert np.array_equal(y, first)
+
+
+@pytest.mark.parametrize("size", [1, 15, 17, 16384, 16385, 65536 + 13, 200_003])
+@pytest.mark.parametrize("epilogue", ["none", "relu", "leaky", "clip"])
+def test_add_act(kern, size, epilogue):
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal(size).astype(np.float32)
+    b = rng.standard_normal(size).astype(np.float32)
+    e = EPILOGUES[epilogue]
+    ref = act_ref(a.astype(np.float64) + b, e.lo, e.hi, e.alpha)
+    first = None
+    for t in THREADS:
+        y = np.full(size, np.nan, np.float32)
+        kern.add_act(a, b, y, size, e.lo, e.hi, e.alpha, t)
+        if first is None:
+            first = y
+            assert_close(y, ref)
+        else:
+            assert np.array_equal(y, first)
+
+
+# ----------------------------------------------------------------------------------
+# planner arithmetic
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mr", [1, 4, 6, 8])
+def test_split_rows(mr):
+    for count in list(range(0, 40)) + [64, 65, 127, 1000]:
+        rows = plan.split_rows(count, mr)
+        assert sum(rows) == count
+        assert all(1 <= r <= mr for r in rows)
+        assert len(rows) == -(-count // mr)
+        if rows:
+            assert max(rows) - min(rows) <= 1
+    assert plan.split_rows(16, 6) == [6, 5, 5]
+
+
+@pytest.mark.parametrize("nr", [8, 16, 24, 32, 48])
+def test_tile_pixels(nr):
+    for max_c in (1, 3, 64, 256, 2048, 100_000):
+        for pixels in (1, 7, 15, 16, 17, 33, 1000, 3136, 12544, 1 << 20):
+            tile = plan.tile_pixels(nr, max_c, pixels)
+            assert tile % nr == 0 and tile >= nr, (nr, max_c, pixels, tile)
+            tiles = -(-pixels // tile)
+            assert tiles * tile >= pixels
+            assert (tiles - 1) * tile < pixels   # no empty tile
+            # the padding in the last tile is less than one panel per tile
+            assert tiles * tile - pixels < tiles * nr
+            assert tile <= 512 + nr
+
+
+@pytest.mark.parametrize("cin,cout,group", [(1, 1, 1), (17, 13, 1), (12, 18, 3),
+                                            (64, 65, 1), (8, 8, 8)])
+@pytest.mark.parametrize("mr", [4, 6])
+def test_pack_layer_roundtrip(cin, cout, group, mr):
+    rng = np.random.default_rng(13)
+    layer = make_layer(rng, cin, cout, group=group)
+    packed, blocks = plan.pack_layer(layer, mr)
+    assert packed.dtype == np.float32 and packed.flags.c_contiguous
+    assert blocks.dtype == np.intp and blocks.shape[1] == 4
+    k = cin // group
+    rebuilt = np.full((cout, k), np.nan, np.float32)
+    for rows, cout0, cin0, offset in blocks:
+        assert 1 <= rows <= mr
+        assert cin0 == (cout0 // (cout // group)) * k
+        panel = packed[offset:offset + rows * k].reshape(k, rows)
+        rebuilt[cout0:cout0 + rows] = panel.T
+    assert np.array_equal(rebuilt, layer.weight)
+    assert packed.size == cout * k
+
+
+# ----------------------------------------------------------------------------------
+# through the planner: Program -> KernelSet -> ShapePlan
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("auto_pad,strides,pads", [
+    ("NOTSET", (1, 1), (0, 0, 0, 0)), ("NOTSET", (2, 2), (1, 0, 0, 1)),
+    ("SAME_UPPER", (2, 2), (0, 0, 0, 0)), ("SAME_LOWER", (3, 2), (0, 0, 0, 0)),
+    ("VALID", (2, 3), (0, 0, 0, 0))])
+def test_shape_plan(kern, auto_pad, strides, pads):
+    rng = np.random.default_rng(14)
+    layer = make_layer(rng, 6, 10, strides=strides, pads=pads, act=EPILOGUES["relu"])
+    layer.auto_pad = auto_pad
+    layer2 = make_layer(rng, 10, 3)
+    step = ChainStep("x", "y", [layer, layer2])
+    program = Program(inputs=(ValueInfo("x", "float32", (None, 6, None, None)),),
+                      outputs=(ValueInfo("y", "float32", None),), steps=[step])
+    kset = plan.KernelSet(program, kern)
+    x = rng.standard_normal((2, 6, 9, 10)).astype(np.float32)
+    ref = reference(x, [layer, layer2], [None, None])
+    first = None
+    for t in THREADS:
+        sp = plan.ShapePlan(program, kset, {"x": x.shape}, t)
+        env = sp.execute({"x": x})
+        y = env["y"]
+        assert set(env) == {"x", "y"}
+        if first is None:
+            first = y
+            assert_close(y, ref)
+        else:
+            assert np.array_equal(first, y)
+    assert sp.flops == layer.flops(2, *ref.shape[2:]) + layer2.flops(2, *ref.shape[2:])

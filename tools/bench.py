@@ -1,0 +1,681 @@
+#!/usr/bin/env python
+"""Benchmark pyconv1x1 against onnxruntime, numpy and torch on the issue-4 workloads.
+
+Usage::
+
+    python tools/bench.py [MODEL.onnx ...] [--threads 1,2] [--quick] [--markdown]
+                          [--plot FILE.png] [--workloads big256,tiny] [--peak GF/s]
+
+Every thread count runs in a fresh subprocess whose OMP_NUM_THREADS, OPENBLAS_NUM_THREADS
+and MKL_NUM_THREADS are set before numpy is imported, so numpy's BLAS (and torch) use that
+many threads too; pyconv1x1 gets ``threads=t``, onnxruntime ``intra_op_num_threads=t``
+(inter_op 1, sequential execution, all graph optimizations) and torch
+``torch.set_num_threads(t)``.
+
+Engines run interleaved in rounds: each round times a block of calls (about --block-ms of
+work) per engine, in an order that rotates from round to round, so machine drift hits every
+engine alike while no engine's spinning threads land in the middle of another's block.
+Reported per workload and engine: the median per-call time over all rounds, GF/s, % of the
+sgemm peak (a large numpy float32 matmul at the same thread count, or --peak x threads), the
+ratio onnxruntime_time / engine_time, and the max relative error against onnxruntime.
+A separate settled block per engine gives CPU time / wall time, and the CPU burnt in the
+100 ms after the last call returns (spinning threads show up there).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENGINES = ("pyconv1x1", "onnxruntime", "numpy", "torch")
+SHORT = {"pyconv1x1": "ours", "onnxruntime": "ort", "numpy": "numpy", "torch": "torch"}
+
+TARGET_GEOMEAN = 1.2
+TARGET_MIN_RATIO = 0.9
+TARGET_BIG256_PEAK = 90.0
+TARGET_TINY_US = 3.0
+
+
+# ---------------------------------------------------------------------------------------
+# engines (constructed inside the worker process)
+
+class Engine:
+    name = "?"
+
+    def __call__(self):
+        raise NotImplementedError
+
+
+class Ours(Engine):
+    name = "pyconv1x1"
+
+    def __init__(self, wl, threads):
+        import pyconv1x1
+        src = wl.path if wl.path is not None else wl.model_bytes()
+        self.sess = pyconv1x1.InferenceSession(src, threads=threads)
+        self.feed = {wl.input_name: wl.x}
+        self.variant = self.sess.kernel_variant
+
+    def __call__(self):
+        return self.sess.run(None, self.feed)[0]
+
+
+class Ort(Engine):
+    name = "onnxruntime"
+
+    def __init__(self, wl, threads):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.sess = ort.InferenceSession(wl.ort_source(), sess_options=so,
+                                         providers=["CPUExecutionProvider"])
+        self.feed = {wl.input_name: wl.x}
+
+    def __call__(self):
+        return self.sess.run(None, self.feed)[0]
+
+
+class Numpy(Engine):
+    """W @ X per image (one batched matmul), then bias and activation in place."""
+    name = "numpy"
+
+    def __init__(self, wl, threads):
+        import numpy as np
+        if wl.layers is None:
+            raise NotImplementedError("no numpy version of a model given by path")
+        self.np = np
+        n, c, h, w = wl.x.shape
+        self.x = wl.x.reshape(n, c, h * w)
+        self.out_shape = (n, wl.layers[-1].weight.shape[0], h, w)
+        self.layers = [(l.weight, l.bias[:, None], l.act) for l in wl.layers]
+
+    def __call__(self):
+        np = self.np
+        y = self.x
+        for weight, bias, act in self.layers:
+            y = np.matmul(weight, y)
+            y += bias
+            if act == "relu":
+                np.maximum(y, 0.0, out=y)
+            elif act == "relu6":
+                np.clip(y, 0.0, 6.0, out=y)
+        return y.reshape(self.out_shape)
+
+
+class Torch(Engine):
+    name = "torch"
+
+    def __init__(self, wl, threads):
+        import torch
+        import torch.nn.functional as F
+        if wl.layers is None:
+            raise NotImplementedError("no torch version of a model given by path")
+        torch.set_num_threads(threads)
+        self.torch, self.F = torch, F
+        self.x = torch.from_numpy(wl.x)
+        self.layers = [(torch.from_numpy(l.weight.reshape(*l.weight.shape, 1, 1).copy()),
+                        torch.from_numpy(l.bias.copy()), l.act) for l in wl.layers]
+
+    def __call__(self):
+        torch, F = self.torch, self.F
+        with torch.inference_mode():
+            y = self.x
+            for weight, bias, act in self.layers:
+                y = F.conv2d(y, weight, bias)
+                if act == "relu":
+                    y = torch.relu(y)
+                elif act == "relu6":
+                    y = torch.clamp(y, 0.0, 6.0)
+            return y.numpy()
+
+
+ENGINE_CLASSES = {"pyconv1x1": Ours, "onnxruntime": Ort, "numpy": Numpy, "torch": Torch}
+
+
+def _engine_available(name):
+    if name == "torch":
+        try:
+            import torch  # noqa: F401
+        except Exception:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# measurement (worker side)
+
+def measure_peak(threads, reps=5, n=2048):
+    """GF/s of a float32 n x n x n numpy matmul: the best of `reps` calls."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    c = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=c)
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def _err(msg):
+    return msg.strip().splitlines()[-1][:160] if msg.strip() else "error"
+
+
+def time_block(fn, reps, out):
+    pc = time.perf_counter
+    for _ in range(reps):
+        t0 = pc()
+        fn()
+        out.append(pc() - t0)
+
+
+def bench_workload(wl, engines, threads, cfg, log):
+    """Interleaved rounds over the engines that built; returns {engine: result dict}."""
+    import numpy as np
+    res = {}
+    live = {}
+    for name in engines:
+        r = res[name] = {"error": None}
+        try:
+            eng = ENGINE_CLASSES[name](wl, threads)
+            y = eng()
+            eng()  # a second warm-up (first calls build plans / allocate)
+            t0 = time.perf_counter()
+            eng()
+            est = max(time.perf_counter() - t0, 1e-7)
+            r["reps"] = int(min(cfg["max_reps"], max(cfg["min_reps"],
+                                                    round(cfg["block_s"] / est))))
+            r["_y"] = np.asarray(y, dtype=np.float32)
+            if name == "pyconv1x1":
+                r["variant"] = eng.variant
+            live[name] = eng
+        except NotImplementedError as e:
+            r["error"] = f"n/a: {e}"
+        except Exception:
+            r["error"] = _err(traceback.format_exc())
+    ref = res.get("onnxruntime", {}).get("_y")
+    for name, r in res.items():
+        y = r.pop("_y", None)
+        if y is not None and ref is not None and name != "onnxruntime":
+            if y.shape != ref.shape:
+                r["error"] = f"output shape {list(y.shape)} != onnxruntime {list(ref.shape)}"
+                live.pop(name, None)
+            else:
+                scale = float(np.max(np.abs(ref))) or 1.0
+                r["max_rel_err"] = float(np.max(np.abs(y - ref))) / scale
+
+    order = list(live)
+    times = {name: [] for name in order}
+    for rnd in range(cfg["rounds"]):
+        k = rnd % max(1, len(order))
+        for name in order[k:] + order[:k]:
+            if name not in live:
+                continue
+            try:
+                time_block(live[name], res[name]["reps"], times[name])
+            except Exception:
+                res[name]["error"] = _err(traceback.format_exc())
+                live.pop(name)
+    for name in order:
+        if name in live and times[name]:
+            t = sorted(times[name])
+            res[name]["ms"] = 1e3 * t[len(t) // 2]
+            res[name]["p90_ms"] = 1e3 * t[min(len(t) - 1, int(0.9 * len(t)))]
+            res[name]["samples"] = len(t)
+
+    # settled blocks: CPU time vs wall time per call, then CPU burnt after return
+    for name in order:
+        if name not in live:
+            continue
+        eng = live[name]
+        time.sleep(cfg["settle_s"])
+        reps = res[name]["reps"]
+        c0, w0 = time.process_time(), time.perf_counter()
+        for _ in range(reps):
+            eng()
+        c1, w1 = time.process_time(), time.perf_counter()
+        time.sleep(cfg["idle_s"])
+        c2 = time.process_time()
+        res[name]["cpu_per_wall"] = (c1 - c0) / max(w1 - w0, 1e-9)
+        res[name]["idle_cpu_ms"] = 1e3 * (c2 - c1) * (0.1 / cfg["idle_s"])
+    live.clear()
+    return res
+
+
+def worker(args):
+    """One thread count, in this (fresh) process; writes a JSON result file."""
+    import numpy as np  # noqa: F401  (after the parent set the BLAS thread env)
+    sys.path.insert(0, HERE)
+    import workloads
+
+    threads = args.worker
+    cfg = config(args)
+    out = {"threads": threads, "workloads": [], "versions": versions(),
+           "load_before": _loadavg()}
+    if args.peak:
+        out["peak"] = args.peak * threads
+        out["peak_source"] = f"--peak {args.peak:g} GF/s per core x {threads}"
+    else:
+        out["peak"] = measure_peak(threads, reps=3 if args.quick else 5)
+        out["peak_source"] = "numpy float32 sgemm 2048^3, best of " + \
+            ("3" if args.quick else "5")
+    engines = [e for e in args.engines.split(",") if e]
+    engines = [e for e in engines if _engine_available(e)]
+    out["engines"] = engines
+    items = [("builtin", n) for n in selected_workloads(args)] + \
+        [("path", p) for p in args.models]
+    for kind, what in items:
+        try:
+            wl = workloads.build(what) if kind == "builtin" else workloads.from_path(what)
+        except Exception:
+            out["workloads"].append({"name": os.path.basename(what), "builtin": False,
+                                     "error": _err(traceback.format_exc())})
+            continue
+        t0 = time.perf_counter()
+        res = bench_workload(wl, engines, threads, cfg, None)
+        print(f"  [threads={threads}] {wl.name}: {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr, flush=True)
+        out["workloads"].append({"name": wl.name, "builtin": kind == "builtin",
+                                 "flops": wl.flops, "shape": list(wl.x.shape),
+                                 "engines": res})
+    out["load_after"] = _loadavg()
+    with open(args.json_out, "w") as f:
+        json.dump(out, f)
+    return 0
+
+
+def _loadavg():
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def config(args):
+    if args.quick:
+        cfg = {"rounds": 3, "block_s": 0.015, "min_reps": 1, "max_reps": 3000,
+               "settle_s": 0.1, "idle_s": 0.05}
+    else:
+        cfg = {"rounds": 9, "block_s": 0.06, "min_reps": 2, "max_reps": 20000,
+               "settle_s": 0.3, "idle_s": 0.1}
+    if args.rounds:
+        cfg["rounds"] = args.rounds
+    if args.block_ms:
+        cfg["block_s"] = args.block_ms / 1e3
+    return cfg
+
+
+def versions():
+    v = {"python": platform.python_version()}
+    for mod in ("numpy", "onnxruntime", "torch", "onnx"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    try:
+        import pyconv1x1
+        v["pyconv1x1"] = pyconv1x1.__version__
+    except Exception:
+        pass
+    return v
+
+
+def selected_workloads(args):
+    sys.path.insert(0, HERE)
+    import workloads
+    if args.workloads in ("all", ""):
+        return list(workloads.NAMES)
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+    if names == ["none"]:
+        return []
+    bad = [n for n in names if n not in workloads.NAMES]
+    if bad:
+        raise SystemExit(f"bench.py: unknown workload(s) {bad}; known: {workloads.NAMES}")
+    return names
+
+
+# ---------------------------------------------------------------------------------------
+# parent: run workers, print tables
+
+def run_worker(threads, args, argv):
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        env[var] = str(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, os.path.abspath(__file__), *argv,
+               "--_worker", str(threads), "--_json", out]
+        proc = subprocess.run(cmd, env=env)
+        if proc.returncode != 0 or not os.path.exists(out):
+            return {"threads": threads, "error": f"worker exited with {proc.returncode}",
+                    "workloads": []}
+        with open(out) as f:
+            return json.load(f)
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count()
+    return cpu, cores
+
+
+def kernel_variant(results):
+    for run in results:
+        for wl in run.get("workloads", []):
+            v = wl.get("engines", {}).get("pyconv1x1", {}).get("variant")
+            if v:
+                return v
+    return "?"
+
+
+def _fmt_ms(ms):
+    if ms is None:
+        return "-"
+    return f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 1 else f"{ms:.4f}"
+
+
+def _fmt_idle(ms):
+    return "-" if ms is None else f"{ms:.1f}ms"
+
+
+def _fmt(x, spec, missing="-"):
+    return missing if x is None else format(x, spec)
+
+
+def gflops(wl, r):
+    if r.get("ms") and wl.get("flops"):
+        return wl["flops"] / (r["ms"] * 1e-3) / 1e9
+    return None
+
+
+def summarize(run):
+    """Per thread count: ratios ort/ours on built-in workloads and the target checks."""
+    ratios = {}
+    big_pct = tiny_us = None
+    for wl in run.get("workloads", []):
+        eng = wl.get("engines", {})
+        ours, ort = eng.get("pyconv1x1", {}), eng.get("onnxruntime", {})
+        if ours.get("ms") and ort.get("ms"):
+            ratios[wl["name"]] = (ort["ms"] / ours["ms"], wl["builtin"])
+        if wl["name"] == "big256" and wl.get("builtin") and ours.get("ms"):
+            big_pct = 100 * gflops(wl, ours) / run["peak"]
+        if wl["name"] == "tiny" and wl.get("builtin") and ours.get("ms"):
+            tiny_us = ours["ms"] * 1e3
+    builtin = [r for r, b in ratios.values() if b]
+    geo = math.exp(sum(map(math.log, builtin)) / len(builtin)) if builtin else None
+    mn = min(builtin) if builtin else None
+    checks = [
+        (f"geomean ort/ours >= {TARGET_GEOMEAN}", geo, geo is not None and geo >= TARGET_GEOMEAN,
+         _fmt(geo, ".2f")),
+        (f"no workload < {TARGET_MIN_RATIO}", mn, mn is not None and mn >= TARGET_MIN_RATIO,
+         _fmt(mn, ".2f")),
+        (f"big256 >= {TARGET_BIG256_PEAK:.0f}% of sgemm peak", big_pct,
+         big_pct is not None and big_pct >= TARGET_BIG256_PEAK, _fmt(big_pct, ".0f") + "%"),
+        (f"tiny <= {TARGET_TINY_US:g} us per run()", tiny_us,
+         tiny_us is not None and tiny_us <= TARGET_TINY_US, _fmt(tiny_us, ".2f") + " us"),
+    ]
+    return {"geomean": geo, "min": mn, "n": len(builtin), "checks": checks,
+            "ratios": {k: v for k, (v, _) in ratios.items()}}
+
+
+def print_text(results, engines, cpu, cores):
+    variant = kernel_variant(results)
+    print(f"\nmachine: {cpu}, {cores} cores; pyconv1x1 kernel variant: {variant}")
+    if results and results[0].get("versions"):
+        print("versions: " + ", ".join(f"{k} {v}" for k, v in results[0]["versions"].items()))
+    for run in results:
+        t = run["threads"]
+        if run.get("error"):
+            print(f"\n=== threads={t}: {run['error']}")
+            continue
+        print(f"\n=== threads={t}   peak {run['peak']:.1f} GF/s ({run['peak_source']});  "
+              f"1-min load average {_fmt(run.get('load_before'), '.2f')} before, "
+              f"{_fmt(run.get('load_after'), '.2f')} after (this run adds up to {t}; more "
+              "means other processes competed)")
+        hdr = (f"{'workload':16s} {'engine':12s} {'ms':>9s} {'p90 ms':>9s} {'GF/s':>7s} "
+               f"{'%peak':>6s} {'ort/x':>6s} {'rel err':>8s} {'cpu/wall':>8s} "
+               f"{'idle cpu':>8s}")
+        print(hdr)
+        print("-" * len(hdr))
+        for wl in run["workloads"]:
+            if wl.get("error"):
+                print(f"{wl['name']:16s} ERROR: {wl['error']}")
+                continue
+            ort_ms = wl["engines"].get("onnxruntime", {}).get("ms")
+            first = True
+            for name in engines:
+                r = wl["engines"].get(name)
+                if r is None:
+                    continue
+                label = (wl["name"] if first else "")[:16]
+                first = False
+                if r.get("error") and not r.get("ms"):
+                    print(f"{label:16s} {name:12s} {r['error']}")
+                    continue
+                gf = gflops(wl, r)
+                pct = 100 * gf / run["peak"] if gf else None
+                ratio = ort_ms / r["ms"] if ort_ms else None
+                err = r.get("max_rel_err")
+                print(f"{label:16s} {name:12s} {_fmt_ms(r['ms']):>9s} "
+                      f"{_fmt_ms(r['p90_ms']):>9s} "
+                      f"{_fmt(gf, '7.1f'):>7s} {_fmt(pct, '5.0f'):>5s}% "
+                      f"{_fmt(ratio, '6.2f'):>6s} {_fmt(err, '8.1e'):>8s} "
+                      f"{_fmt(r.get('cpu_per_wall'), '8.2f'):>8s} "
+                      f"{_fmt_idle(r.get('idle_cpu_ms')):>8s}"
+                      + (f"  ({r['error']})" if r.get("error") else ""))
+        s = summarize(run)
+        print(f"\nthreads={t}: geomean ort/ours {_fmt(s['geomean'], '.3f')} over {s['n']} "
+              f"built-in workloads, min {_fmt(s['min'], '.3f')}")
+        for label, _, ok, shown in s["checks"]:
+            print(f"  [{'PASS' if ok else 'FAIL'}] {label}: {shown}")
+    print("\nms = median per-call time over interleaved rounds; ort/x = onnxruntime time / "
+          "engine time (>1: faster than onnxruntime);\nrel err = max|y - y_ort| / max|y_ort|; "
+          "cpu/wall = process CPU time / wall time over a settled block (<= threads means "
+          "no oversubscription);\nidle cpu = CPU burnt in the 100 ms after the last call "
+          "returned (spinning threads). numpy's BLAS and torch use the same thread count "
+          "(env set before import).")
+
+
+def print_markdown(results, engines, cpu, cores):
+    variant = kernel_variant(results)
+    v = results[0].get("versions", {}) if results else {}
+    print(f"\nMachine: {cpu}, {cores} cores, Linux; pyconv1x1 kernel variant `{variant}`; "
+          + ", ".join(f"{k} {val}" for k, val in v.items()) + ".\n")
+    others = [e for e in engines if e != "pyconv1x1"]
+    cols = ["workload", "threads", "MFLOP", "pyconv1x1 ms", "GF/s", "% peak"] + \
+        [f"{e} ms" for e in others] + ["onnxruntime / pyconv1x1"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("---" if i < 1 else "---:" for i in range(len(cols))) + "|")
+    for run in results:
+        if run.get("error"):
+            continue
+        for wl in run["workloads"]:
+            if wl.get("error"):
+                continue
+            e = wl["engines"]
+            ours = e.get("pyconv1x1", {})
+            gf = gflops(wl, ours)
+            pct = 100 * gf / run["peak"] if gf else None
+            ort_ms = e.get("onnxruntime", {}).get("ms")
+            ratio = ort_ms / ours["ms"] if ort_ms and ours.get("ms") else None
+            row = [wl["name"], str(run["threads"]), f"{wl['flops'] / 1e6:.1f}",
+                   _fmt_ms(ours.get("ms")), _fmt(gf, ".1f"), _fmt(pct, ".0f")]
+            row += [_fmt_ms(e.get(o, {}).get("ms")) for o in others]
+            row += [_fmt(ratio, ".2f")]
+            print("| " + " | ".join(row) + " |")
+    print()
+    for run in results:
+        if run.get("error"):
+            continue
+        s = summarize(run)
+        print(f"- {run['threads']} thread(s), sgemm peak {run['peak']:.0f} GF/s: geomean "
+              f"onnxruntime/pyconv1x1 **{_fmt(s['geomean'], '.2f')}**, min "
+              f"{_fmt(s['min'], '.2f')}; " + "; ".join(
+                  f"{label} {'yes' if ok else 'NO'} ({shown})"
+                  for label, _, ok, shown in s["checks"][2:]))
+
+
+def plot(results, engines, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib import ticker
+    except Exception:
+        print(f"--plot: matplotlib is not importable; no plot written ({path})")
+        return
+    runs = [r for r in results if not r.get("error")]
+    others = [e for e in engines if e != "pyconv1x1"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.5), squeeze=False,
+                             sharey=True)
+    for ax, run in zip(axes[0], runs):
+        names = [w["name"] for w in run["workloads"] if not w.get("error")]
+        width = 0.8 / max(1, len(others))
+        for i, eng in enumerate(others):
+            vals = []
+            for w in run["workloads"]:
+                if w.get("error"):
+                    continue
+                ours = w["engines"].get("pyconv1x1", {}).get("ms")
+                theirs = w["engines"].get(eng, {}).get("ms")
+                vals.append(theirs / ours if ours and theirs else float("nan"))
+            xs = [j + (i - (len(others) - 1) / 2) * width for j in range(len(names))]
+            bars = ax.bar(xs, vals, width, label=f"{eng} time / pyconv1x1 time")
+            if eng == "onnxruntime":
+                ax.bar_label(bars, labels=["" if v != v else f"{v:.2f}" for v in vals],
+                             fontsize=7)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.axhline(TARGET_GEOMEAN, color="green", lw=0.8, ls="--")
+        s = summarize(run)
+        ax.set_title(f"{run['threads']} thread(s): geomean ort/ours "
+                     f"{_fmt(s['geomean'], '.2f')}")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.yaxis.set_major_locator(ticker.FixedLocator(
+            [0.1, 0.2, 0.5, 0.9, 1.2, 2, 5, 10, 20, 50, 100, 200, 500, 1000]))
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.set_ylabel("speed-up of pyconv1x1 (higher is better)")
+        ax.legend(fontsize=8)
+    cpu, cores = machine()
+    fig.suptitle(f"pyconv1x1 vs others, {cpu}, {cores} cores, kernels "
+                 f"{kernel_variant(results)}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="*", help="extra .onnx models to time")
+    ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
+    ap.add_argument("--workloads", default="all",
+                    help="built-in workloads, comma-separated, 'all' or 'none'")
+    ap.add_argument("--engines", default=",".join(ENGINES),
+                    help=f"engines to run (default {','.join(ENGINES)})")
+    ap.add_argument("--quick", action="store_true", help="a short run (fewer, shorter rounds)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 9, quick 3)")
+    ap.add_argument("--block-ms", type=float,
+                    help="work per engine per round in ms (default 60, quick 15)")
+    ap.add_argument("--peak", type=float, metavar="GF/s",
+                    help="peak GF/s per core (default: measure numpy sgemm per thread count)")
+    ap.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    ap.add_argument("--plot", metavar="FILE.png", help="bar chart of speed-ups (matplotlib)")
+    ap.add_argument("--json", metavar="FILE", help="also save the raw results as JSON")
+    ap.add_argument("--_worker", dest="worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--_json", dest="json_out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    unknown = [e for e in args.engines.split(",") if e and e not in ENGINES]
+    if unknown:
+        ap.error(f"unknown engine(s) {unknown}; known: {list(ENGINES)}")
+    if "pyconv1x1" not in args.engines.split(","):
+        ap.error("--engines must include pyconv1x1")
+    for m in args.models:
+        if not os.path.isfile(m):
+            ap.error(f"no such model file: {m}")
+    args.models = [os.path.abspath(m) for m in args.models]
+    return args
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    try:
+        threads = [int(t) for t in args.threads.split(",") if t.strip()]
+        assert threads and all(t >= 1 for t in threads)
+    except (ValueError, AssertionError):
+        raise SystemExit(f"bench.py: --threads must be positive integers, got {args.threads!r}")
+    selected_workloads(args)  # validate names before spawning
+    # workers get the same options minus the parent-only ones; model paths made absolute
+    child_argv = [a for a in _strip_parent_only(argv)]
+    results = []
+    for t in threads:
+        print(f"running threads={t} in a fresh process ...", file=sys.stderr, flush=True)
+        results.append(run_worker(t, args, child_argv))
+    engines = [e for e in ENGINES if any(e in r.get("engines", []) for r in results)]
+    cpu, cores = machine()
+    print_text(results, engines, cpu, cores)
+    if args.markdown:
+        print_markdown(results, engines, cpu, cores)
+    if args.plot:
+        plot(results, engines, args.plot)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": {"cpu": cpu, "cores": cores}, "runs": results}, f,
+                      indent=1)
+    return 0
+
+
+def _strip_parent_only(argv):
+    """Drop --plot/--json/--markdown/--threads (and their values) and make model paths
+    absolute for the worker."""
+    out, skip = [], False
+    takes_value = {"--plot", "--json", "--threads"}
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        key = a.split("=", 1)[0]
+        if key in takes_value:
+            skip = "=" not in a
+            continue
+        if a == "--markdown":
+            continue
+        if not a.startswith("-") and os.path.isfile(a):
+            a = os.path.abspath(a)
+        out.append(a)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

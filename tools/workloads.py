@@ -1,0 +1,215 @@
+"""The issue-4 benchmark workloads as ONNX models, shared by tools/bench.py and
+tools/footprint.py.
+
+Each workload is a chain of 1x1 convolutions (float32, NCHW, with bias), each followed by
+its activation. ``build(name)`` returns a :class:`Workload` holding the ONNX ModelProto,
+the input array, the FLOPs of one run and the layers as plain numpy arrays (so a numpy or
+torch reference can run the same chain without parsing ONNX).
+
+    python tools/workloads.py --save DIR     # write every workload as DIR/<name>.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import numpy as np
+
+OPSET = 13
+
+# name -> (input shape N,C,H,W, [(cout, activation), ...]); activation in
+# "relu", "relu6", None.
+SPECS = {
+    "big256": ((1, 256, 56, 56), [(256, "relu")]),
+    "bottleneck": ((1, 256, 56, 56), [(64, "relu"), (64, "relu"), (256, "relu")]),
+    "narrow16x32": ((1, 32, 224, 224), [(32, "relu")] * 16),
+    "expand_project": ((1, 24, 56, 56), [(144, "relu6"), (24, None)]),
+    "batch16": ((16, 64, 28, 28), [(128, "relu"), (64, "relu")]),
+    "tiny": ((1, 8, 16, 16), [(16, "relu"), (8, "relu")]),
+}
+NAMES = list(SPECS)
+
+
+@dataclasses.dataclass
+class Layer:
+    weight: np.ndarray          # [cout, cin] float32
+    bias: np.ndarray            # [cout] float32
+    act: str | None             # "relu", "relu6" or None
+
+
+@dataclasses.dataclass
+class Workload:
+    name: str
+    model: object = dataclasses.field(repr=False)  # onnx.ModelProto; None for a path
+    x: np.ndarray = dataclasses.field(repr=False)  # the input (first graph input)
+    flops: float = 0.0          # 2*N*H*W*Cin*Cout summed over the 1x1 convs
+    layers: list | None = dataclasses.field(default=None, repr=False)  # [Layer] or None
+    path: str | None = None     # the .onnx path for a model given on the command line
+    input_name: str = "input"
+    output_name: str = "output"
+
+    def model_bytes(self):
+        if self.path is not None:
+            with open(self.path, "rb") as f:
+                return f.read()
+        return self.model.SerializeToString()
+
+    def ort_source(self):
+        """What onnxruntime.InferenceSession takes: a path (keeps external data) or bytes."""
+        return self.path if self.path is not None else self.model_bytes()
+
+    def save(self, path):
+        import onnx
+        if self.path is not None:
+            raise ValueError("a model given by path is already on disk")
+        onnx.save(self.model, path)
+        return path
+
+
+def _layers(name, seed):
+    shape, chain = SPECS[name]
+    rng = np.random.default_rng(seed)
+    cin = shape[1]
+    layers = []
+    for cout, act in chain:
+        w = (rng.standard_normal((cout, cin)) / np.sqrt(cin)).astype(np.float32)
+        b = (0.1 * rng.standard_normal(cout)).astype(np.float32)
+        layers.append(Layer(w, b, act))
+        cin = cout
+    return layers
+
+
+def chain_flops(shape, layers):
+    n, _, h, w = shape
+    return float(sum(2 * n * h * w * l.weight.shape[0] * l.weight.shape[1] for l in layers))
+
+
+def build_model(name, layers, shape):
+    """A ModelProto of the chain: Conv (1x1, bias) then Relu / Clip(0, 6) per layer."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    nodes, inits = [], []
+    cur = "input"
+    for i, layer in enumerate(layers):
+        cout, cin = layer.weight.shape
+        wname, bname = f"conv{i}.weight", f"conv{i}.bias"
+        inits.append(numpy_helper.from_array(layer.weight.reshape(cout, cin, 1, 1), wname))
+        inits.append(numpy_helper.from_array(layer.bias, bname))
+        last = i == len(layers) - 1
+        conv_out = "output" if last and layer.act is None else f"conv{i}"
+        nodes.append(helper.make_node("Conv", [cur, wname, bname], [conv_out],
+                                      name=f"conv{i}", kernel_shape=[1, 1]))
+        cur = conv_out
+        if layer.act is not None:
+            act_out = "output" if last else f"act{i}"
+            if layer.act == "relu":
+                nodes.append(helper.make_node("Relu", [cur], [act_out], name=f"relu{i}"))
+            elif layer.act == "relu6":
+                lo, hi = f"clip{i}.min", f"clip{i}.max"
+                inits.append(numpy_helper.from_array(np.array(0.0, np.float32), lo))
+                inits.append(numpy_helper.from_array(np.array(6.0, np.float32), hi))
+                nodes.append(helper.make_node("Clip", [cur, lo, hi], [act_out],
+                                              name=f"clip{i}"))
+            else:
+                raise ValueError(f"unknown activation {layer.act!r}")
+            cur = act_out
+    n, _, h, w = shape
+    cout = layers[-1].weight.shape[0]
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [n, cout, h, w])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="pyconv1x1-tools-workloads")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def build(name, seed=0):
+    """The named issue-4 workload (see SPECS)."""
+    if name not in SPECS:
+        raise KeyError(f"unknown workload {name!r}; known: {NAMES}")
+    shape, _ = SPECS[name]
+    layers = _layers(name, seed)
+    rng = np.random.default_rng(seed + 1000)
+    x = rng.standard_normal(shape).astype(np.float32)
+    return Workload(name=name, model=build_model(name, layers, shape), x=x,
+                    flops=chain_flops(shape, layers), layers=layers)
+
+
+def _dim(d, default=1):
+    return d if isinstance(d, int) and d > 0 else default
+
+
+def from_path(path, seed=0):
+    """A workload from an .onnx file: random input of its first input's shape (unknown
+    dims -> 1); FLOPs counted over its Conv nodes with onnx shape inference (0 if that
+    fails). The model stays on disk so external data resolves."""
+    import onnx
+    model = onnx.load(path, load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in inits]
+    inp = graph_inputs[0]
+    dims = inp.type.tensor_type.shape.dim
+    shape = tuple(_dim(d.dim_value) for d in dims)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    flops = _conv_flops(path, shape, inp.name)
+    name = os.path.splitext(os.path.basename(path))[0]
+    return Workload(name=name, model=None, x=x, flops=flops, path=os.path.abspath(path),
+                    input_name=inp.name, output_name=model.graph.output[0].name)
+
+
+def _conv_flops(path, shape, input_name):
+    """2 * N*Ho*Wo * Cout * Cin/group * kh*kw summed over Conv nodes (0 when unknown)."""
+    try:
+        import onnx
+        from onnx import shape_inference
+        model = onnx.load(path, load_external_data=False)
+        for inp in model.graph.input:
+            if inp.name == input_name:
+                for d, v in zip(inp.type.tensor_type.shape.dim, shape):
+                    d.ClearField("dim_param")
+                    d.dim_value = v
+        model = shape_inference.infer_shapes(model)
+        shapes = {}
+        for vi in list(model.graph.value_info) + list(model.graph.output) + \
+                list(model.graph.input):
+            shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        wshapes = {t.name: list(t.dims) for t in model.graph.initializer}
+        total = 0.0
+        for node in model.graph.node:
+            if node.op_type != "Conv":
+                continue
+            out = shapes.get(node.output[0])
+            wsh = wshapes.get(node.input[1])
+            if not out or not wsh or 0 in out:
+                return 0.0
+            k = int(np.prod(wsh[1:]))
+            total += 2.0 * out[0] * int(np.prod(out[2:])) * wsh[0] * k
+        return total
+    except Exception:  # FLOPs are informative only; any model still runs
+        return 0.0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--save", metavar="DIR", help="write every workload as DIR/<name>.onnx")
+    args = ap.parse_args(argv)
+    for name in NAMES:
+        wl = build(name)
+        line = f"{name:16s} input {list(wl.x.shape)}  {wl.flops / 1e6:9.1f} MFLOP"
+        if args.save:
+            os.makedirs(args.save, exist_ok=True)
+            line += "  -> " + wl.save(os.path.join(args.save, name + ".onnx"))
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
