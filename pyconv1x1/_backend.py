@@ -17,6 +17,7 @@ _loaded = {}
 
 def _import(name):
     if name not in _loaded:
+        _quiet_openmp()
         _loaded[name] = importlib.import_module(f"pyconv1x1._kernels_{name}")
     return _loaded[name]
 
@@ -28,18 +29,41 @@ def built_variants():
             if importlib.util.find_spec(f"pyconv1x1._kernels_{name}") is not None]
 
 
-def runnable_variants():
-    """Variants that this CPU can run, widest first."""
+def _linux_cpu_flags():
+    """CPU flags the kernel reports (it hides those the OS does not enable), or None."""
     try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def runnable_variants():
+    """Variants that this CPU can run, widest first. On Linux /proc/cpuinfo answers, so
+    only the chosen kernel module is ever loaded; elsewhere the baseline build asks the
+    CPU (__builtin_cpu_supports)."""
+    built = built_variants()
+    if "generic" not in built:
+        raise Error("pyconv1x1 kernels are not built; install with `pip install .`")
+    flags = _linux_cpu_flags()
+    if flags is None:
         generic = _import("generic")
-    except ImportError as exc:  # the package was not built
-        raise Error("pyconv1x1 kernels are not built; install with `pip install .` "
-                    f"({exc})") from None
-    out = []
-    for name in built_variants():
-        if all(generic.cpu_has(f) for f in _REQUIRES[name]):
-            out.append(name)
-    return out
+        has = generic.cpu_has
+    else:
+        has = flags.__contains__
+    return [name for name in built if all(has(f) for f in _REQUIRES[name])]
+
+
+def _quiet_openmp():
+    """libgomp's threads otherwise spin for a while after each parallel region: CPU
+    burnt after run() returns, and a spinning worker that a busy machine deschedules
+    stalls the next region's barrier. Passive waiting measured no slower here (see the
+    README). Must be set before libgomp initialises; the user's own setting wins."""
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def kernels(name=None):

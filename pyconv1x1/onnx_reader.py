@@ -9,6 +9,7 @@ import stat
 
 import numpy as np
 
+from ._protowire import parse_model
 from .errors import ModelError, UnsupportedError
 from .ir import Graph, Node, ValueInfo
 
@@ -58,12 +59,12 @@ def load(model, base_dir=None):
 
 
 def _read_proto(model, base_dir):
-    try:
-        from onnx import ModelProto
-    except ImportError as exc:  # pragma: no cover - onnx is a dependency
-        raise ModelError(f"reading .onnx files needs the onnx package: {exc}") from None
-    if isinstance(model, ModelProto):
-        return model, _opt_dir(base_dir)
+    if type(model).__name__ == "ModelProto" and hasattr(model, "SerializeToString"):
+        try:
+            data = model.SerializeToString()
+        except Exception as exc:  # protobuf refuses to serialize a broken message
+            raise ModelError(f"the given ModelProto cannot be serialized: {exc}") from None
+        return _parse(data, "the given ModelProto"), _opt_dir(base_dir)
     if isinstance(model, (bytes, bytearray, memoryview)):
         data = bytes(model)
         where = "the given bytes"
@@ -80,7 +81,8 @@ def _read_proto(model, base_dir):
                              f"{MAX_MODEL_BYTES}")
         try:
             with open(path, "rb") as f:
-                data = f.read(MAX_MODEL_BYTES + 1)
+                # read(n) allocates n bytes up front: ask for what the file holds
+                data = f.read(min(st.st_size, MAX_MODEL_BYTES) + 1)
         except OSError as exc:
             raise ModelError(f"cannot read model {path!r}: {exc}") from None
         where = repr(path)
@@ -93,13 +95,18 @@ def _read_proto(model, base_dir):
         raise ModelError(f"{where} is empty, not an ONNX model")
     if len(data) > MAX_MODEL_BYTES:
         raise ModelError(f"{where} is larger than {MAX_MODEL_BYTES} bytes")
-    proto = ModelProto()
+    return _parse(data, where), _opt_dir(base_dir)
+
+
+def _parse(data, where):
+    """Our own wire-format reader (_protowire): no protobuf import, and every malformed
+    byte is a ModelError naming its offset."""
     try:
-        proto.ParseFromString(data)
-    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
-        raise ModelError(f"{where} is not a valid ONNX model (protobuf: "
-                         f"{type(exc).__name__}: {exc})") from None
-    return proto, _opt_dir(base_dir)
+        return parse_model(data)
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise ModelError(f"{where} is not a valid ONNX model: nested too deeply") from None
 
 
 def _opt_dir(base_dir):
@@ -250,15 +257,17 @@ def _attr_value(a, base_dir, what):
     if kind == 2:
         return int(a.i)
     if kind == 3:
-        return a.s.decode("utf-8", errors="replace")
+        return bytes(a.s).decode("utf-8", errors="replace")
     if kind == 4:
+        if a.t is None:
+            raise ModelError(f"{what}: of type TENSOR but holds no tensor")
         return tensor_to_array(a.t, base_dir, what)
     if kind == 6:
         return tuple(float(x) for x in a.floats)
     if kind == 7:
         return tuple(int(x) for x in a.ints)
     if kind == 8:
-        return tuple(s.decode("utf-8", errors="replace") for s in a.strings)
+        return tuple(bytes(s).decode("utf-8", errors="replace") for s in a.strings)
     if kind in (5, 10):
         return _Unsupported("a subgraph")
     if kind in (11, 12):
@@ -351,7 +360,9 @@ def _read_external(t, base_dir, what, nbytes):
         raise ModelError(f"{what}: external data length {length} bytes; the tensor's "
                          f"shape and type need {nbytes}")
     path = _safe_external_path(base_dir, location, what)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    # O_NONBLOCK: opening a FIFO planted as the data file must not wait for a writer
+    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+             | getattr(os, "O_NONBLOCK", 0))
     try:
         fd = os.open(path, flags)
     except OSError as exc:

@@ -52,15 +52,40 @@ class Context:
 
 
 def _attrs(node, spec):
-    """Bind attributes with defaults; unknown attributes are refused, not ignored."""
+    """Bind attributes with defaults; unknown attributes are refused, not ignored, and
+    a value of the wrong kind (e.g. an int where ONNX has ints) is a ModelError."""
     out = dict(spec)
     for key, value in node.attrs.items():
         if key not in spec:
             raise Refused(f"attribute {key!r} is not supported")
         if isinstance(value, _Unsupported):
             raise Refused(f"attribute {key!r} is {value.why}")
-        out[key] = value
+        out[key] = _attr_kind(node, key, value)
     return out
+
+
+_ATTR_KINDS = {"auto_pad": "string", "dilations": "ints", "group": "int",
+               "kernel_shape": "ints", "pads": "ints", "strides": "ints", "alpha": "float",
+               "min": "float", "max": "float", "epsilon": "float", "momentum": "float",
+               "spatial": "int", "training_mode": "int", "is_test": "int",
+               "consumed_inputs": "ints", "broadcast": "int", "axis": "int",
+               "ratio": "float", "seed": "int"}
+
+
+def _attr_kind(node, key, value):
+    kind = _ATTR_KINDS.get(key)
+    ok = {"string": isinstance(value, str),
+          "int": isinstance(value, int),
+          "float": isinstance(value, (int, float)),
+          "ints": isinstance(value, tuple) and all(isinstance(v, int) for v in value),
+          None: True}[kind]
+    if not ok:
+        got = type(value).__name__
+        if isinstance(value, tuple):
+            got = "floats" if any(isinstance(v, float) for v in value) else "a list"
+        raise ModelError(f"{node.label()}: attribute {key!r} is {got} {value!r}; ONNX "
+                         f"defines it as {kind}")
+    return float(value) if kind == "float" else value
 
 
 def _inputs(node, lo, hi):
@@ -90,7 +115,8 @@ def conv(node, ctx):
     a = _attrs(node, {"auto_pad": "NOTSET", "dilations": None, "group": 1,
                       "kernel_shape": None, "pads": None, "strides": None})
     ks = a["kernel_shape"]
-    if ks is not None and any(k != 1 for k in ks):
+    if node.inputs[1] not in ctx.constants and ks is not None and any(k != 1 for k in ks):
+        # the weight is computed at run time: the kernel size is still the first reason
         raise Refused(f"kernel {'x'.join(map(str, ks))}; only 1x1 kernels run")
     w = ctx.const(node, 1, "weight")
     if w.ndim not in (3, 4):
@@ -270,6 +296,8 @@ def _binary(node, ctx, kind):
     _inputs(node, 2, 2)
     _single_output(node)
     a, b = node.inputs
+    if b == "":
+        raise ModelError(f"{node.label()}: its second input is empty; {kind} needs two")
     ca, cb = ctx.constants.get(a), ctx.constants.get(b)
     if ca is not None and cb is not None:
         raise Refused("both operands are constants (constant folding is not supported)")

@@ -54,12 +54,13 @@ def unpack_layer(layer):
     return weight
 
 
-def tile_pixels(nr, max_channels, pixels):
+def tile_pixels(nr, max_channels, pixels, min_tiles=8):
     """Pixels per tile: a multiple of nr that keeps two tile buffers in L2 and cuts an
-    image into balanced tiles. Depends on shapes only, never on the thread count."""
+    image into balanced tiles (at least ~min_tiles when it is big enough, so threads
+    share it). Depends on shapes only, never on the thread count."""
     budget = TILE_BUDGET_BYTES // (4 * max(1, max_channels))
     t_cache = max(nr, min(512, budget // nr * nr))
-    t_split = -(-max(1, -(-pixels // 8)) // nr) * nr      # ~8 tiles per image
+    t_split = -(-max(1, -(-pixels // min_tiles)) // nr) * nr
     t = max(nr, min(t_cache, t_split))
     tiles = max(1, -(-pixels // t))
     return -(-(-(-pixels // tiles)) // nr) * nr
@@ -127,6 +128,7 @@ class ShapePlan:
                 and self.calls[0][1][0] == program.inputs[0].name
                 and self.calls[0][1][1] == program.outputs[0].name):
             self.direct = self.calls[0][1][2]
+            self.direct.set_input_shape(tuple(input_shapes[program.inputs[0].name]))
 
     # ----------------------------------------------------------------------------
     def _chain(self, step, kset, shapes, nr, threads):
@@ -149,6 +151,7 @@ class ShapePlan:
                 raise InputError(f"Conv '{first.name}': input {list(x)} gives an empty "
                                  f"output {ho}x{wo}")
         out = (n, step.layers[-1].cout) + ((ho, wo) if first.spatial_rank == 2 else (wo,))
+        _check_size(out, first.name, step.input, x)
         residuals = []
         flops = 0
         for layer in step.layers:
@@ -166,8 +169,9 @@ class ShapePlan:
         shapes[step.output] = out
         p = ho * wo
         max_c = max(max(l.cin, l.cout) for l in step.layers)
-        tile = tile_pixels(nr, max_c, p)
-        nthreads = 1 if flops < SERIAL_FLOPS else threads
+        serial = flops < SERIAL_FLOPS
+        tile = tile_pixels(nr, max_c, p, 1 if serial else 8)
+        nthreads = 1 if serial else threads
         bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
                                            first.strides[1], pt, pl, tile, nthreads)
         if not any(residuals):
@@ -209,6 +213,17 @@ class ShapePlan:
             for t in free:
                 env.pop(t, None)
         return env
+
+
+MAX_TENSOR_BYTES = 1 << 36  # 64 GiB: beyond any machine this runtime targets
+
+
+def _check_size(shape, name, src, src_shape):
+    nbytes = 4 * int(np.prod(shape, dtype=object))
+    if nbytes > MAX_TENSOR_BYTES:
+        raise UnsupportedError(f"Conv '{name}': input {src!r} {list(src_shape)} gives an "
+                               f"output {list(shape)} of {nbytes} bytes; the limit is "
+                               f"{MAX_TENSOR_BYTES}")
 
 
 def _vector(v, c, default, step, shape):

@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import stat
 import struct
 
 import numpy as np
@@ -43,6 +44,8 @@ def is_plan(data_or_path):
     if isinstance(data_or_path, (bytes, bytearray, memoryview)):
         return bytes(data_or_path[:8]) == MAGIC
     try:
+        if not stat.S_ISREG(os.stat(data_or_path).st_mode):
+            return False  # a FIFO or device: never block on it here
         with open(data_or_path, "rb") as f:
             return f.read(8) == MAGIC
     except (OSError, TypeError, ValueError):

@@ -64,7 +64,7 @@ class InferenceSession:
         self._input_info = {v.name: v for v in self._program.inputs}
         self._output_names = [v.name for v in self._program.outputs]
         self._plans = collections.OrderedDict()
-        self._direct = {}
+        self._direct = None
         self._direct_name = (self._program.inputs[0].name
                              if len(self._program.inputs) == 1 else None)
         self._lock = threading.Lock()
@@ -90,19 +90,24 @@ class InferenceSession:
 
     def run(self, output_names, input_feed, run_options=None):
         """Run the model. output_names: None or [] for all. Returns new float32 arrays."""
-        if not output_names and type(input_feed) is dict and len(input_feed) == 1:
-            # fast path: a single fused chain and a feed shape validated before
-            x = input_feed.get(self._direct_name)
-            if type(x) is np.ndarray:
-                call = self._direct.get(x.shape)
-                if call is not None and x.dtype == _F32 and x.flags.c_contiguous:
-                    return [call(x)]
+        direct = self._direct
+        if direct is not None and not output_names and type(input_feed) is dict \
+                and len(input_feed) == 1:
+            # fast path: a single fused chain, fed the shape validated last time (the
+            # kernel object checks type, dtype, layout and shape in C)
+            y = direct.try_call(input_feed.get(self._direct_name))
+            if y is not None:
+                return [y]
         names = self._check_output_names(output_names)
         feeds = self._check_feed(input_feed)
         plan = self._plan({k: v.shape for k, v in feeds.items()})
         if plan.direct is not None:  # this shape passed _check_feed: later runs may skip it
-            self._direct[feeds[self._direct_name].shape] = plan.direct
-        env = plan.execute(dict(feeds))
+            self._direct = plan.direct
+        try:
+            env = plan.execute(dict(feeds))
+        except MemoryError:
+            raise Error(f"out of memory running the model at input shapes "
+                        f"{ {k: list(v.shape) for k, v in feeds.items()} }") from None
         out, seen = [], set()
         for name in names:
             arr = env[name]
@@ -214,7 +219,6 @@ class InferenceSession:
                 self._plans[key] = plan
                 while len(self._plans) > PLAN_CACHE_SIZE:
                     self._plans.popitem(last=False)
-                    self._direct.clear()
 
         return plan
 

@@ -13,12 +13,12 @@ import os
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .errors import InputError, ModelError, UnsupportedError
+from .errors import Error, InputError, ModelError, UnsupportedError
 
 EXPORTERS = ("dynamo", "torchscript")
 
@@ -70,7 +70,6 @@ class MatchReport:
     threads: Optional[int] = None
     op_types: Tuple[str, ...] = ()     # ops of the exported graph, in file order
     runs: int = 1                      # input sets compared (several for dynamic shapes)
-    extra: Dict[str, object] = field(default_factory=dict)
 
     @property
     def ok(self):
@@ -437,7 +436,6 @@ def assert_matches_torch(module, example_input, exporter="dynamo", *, rtol=1e-5,
 
 
 def _relabel(o, name):
-    from dataclasses import replace
     return replace(o, name=name)
 
 
@@ -599,6 +597,11 @@ def run_torch_reference(model, feeds, base_dir=None):
         if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f":
             raise InputError(f"input {name!r} must be a float numpy array, got "
                              f"{getattr(arr, 'dtype', type(arr).__name__)}")
+        decl = next(v.shape for v in graph.inputs if v.name == name)
+        if decl is not None and (arr.ndim != len(decl) or any(
+                isinstance(d, int) and d != n for d, n in zip(decl, arr.shape))):
+            raise InputError(f"input {name!r} has shape {list(arr.shape)}; the model "
+                             f"declares {list(decl)}")
         env[name] = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
 
     with torch.no_grad():
@@ -609,32 +612,44 @@ def run_torch_reference(model, feeds, base_dir=None):
                 if a is not None and a.is_floating_point() and a.dtype != torch.float32:
                     raise UnsupportedError(f"{node.label()}: {a.dtype} tensor; the "
                                            "reference runs float32")
-            op = node.op_type
-            if op == "Conv":
-                out = _ref_conv(torch, F, node, args)
-            elif op == "Relu":
-                out = [torch.relu(args[0])]
-            elif op == "LeakyRelu":
-                out = [F.leaky_relu(args[0], float(node.attrs.get("alpha", 0.01)))]
-            elif op == "Clip":
-                out = _ref_clip(torch, F, node, args, graph.opset)
-            elif op == "BatchNormalization":
-                out = _ref_batch_norm(torch, F, node, args)
-            elif op == "Add":
-                out = [args[0] + args[1]]
-            elif op == "Mul":
-                out = [args[0] * args[1]]
-            elif op == "Constant":
-                out = _ref_constant(torch, node)
-            elif op == "Dropout":
-                if len(args) > 2 and args[2] is not None and bool(args[2].reshape(-1)[0]):
-                    raise UnsupportedError(f"{node.label()}: training_mode is true; the "
-                                           "reference runs inference Dropout")
-                out = [args[0].clone(), torch.ones(args[0].shape, dtype=torch.bool)]
-            else:  # Identity
-                out = [args[0].clone()]
+            try:
+                out = _run_reference_node(torch, F, node, args, graph.opset)
+            except Error:
+                raise
+            except (RuntimeError, ValueError, IndexError, TypeError, AttributeError,
+                    ArithmeticError) as exc:
+                raise ModelError(f"{node.label()}: torch cannot run it with inputs "
+                                 f"{[None if a is None else list(a.shape) for a in args]}"
+                                 f" and attributes {dict(node.attrs)}: {exc}") from None
             for name, value in zip(node.outputs, out):
                 if name:
                     env[name] = value
     return {v.name: env[v.name].numpy().astype(np.float32, copy=True)
             for v in graph.outputs}
+
+
+def _run_reference_node(torch, F, node, args, opset):
+    """One ONNX node as torch ops -> the list of its outputs."""
+    op = node.op_type
+    if op == "Conv":
+        return _ref_conv(torch, F, node, args)
+    if op == "Relu":
+        return [torch.relu(args[0])]
+    if op == "LeakyRelu":
+        return [F.leaky_relu(args[0], float(node.attrs.get("alpha", 0.01)))]
+    if op == "Clip":
+        return _ref_clip(torch, F, node, args, opset)
+    if op == "BatchNormalization":
+        return _ref_batch_norm(torch, F, node, args)
+    if op == "Add":
+        return [args[0] + args[1]]
+    if op == "Mul":
+        return [args[0] * args[1]]
+    if op == "Constant":
+        return _ref_constant(torch, node)
+    if op == "Dropout":
+        if len(args) > 2 and args[2] is not None and bool(args[2].reshape(-1)[0]):
+            raise UnsupportedError(f"{node.label()}: training_mode is true; the reference "
+                                   "runs inference Dropout")
+        return [args[0].clone(), torch.ones(args[0].shape, dtype=torch.bool)]
+    return [args[0].clone()]  # Identity

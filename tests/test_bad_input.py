@@ -345,3 +345,22 @@ def test_inconsistent_models(rng, case):
         model.graph.initializer.extend(extra)
     with pytest.raises(ModelError, match=want):
         InferenceSession(model)
+
+
+@pytest.mark.parametrize("pads,x_shape", [([1 << 20] * 4, [1, 4, 1, 1]),     # 128 TiB
+                                          ([200_000] * 4, [1, 4, 1, 1]),     # 4.7 TiB
+                                          ([0, 0, 1 << 20, 1 << 20], [2, 4, 1, 1])])
+def test_huge_outputs_are_an_error_not_a_memory_error(rng, pads, x_shape):
+    """A pad the model allows can still ask for an output of terabytes: refuse it with a
+    pyconv1x1.Error (at load or at run), never numpy's MemoryError."""
+    inits = {"W": rnd(rng, 8, 4, 1, 1)}
+    model = make_model([conv_node("x", "W", None, "y", name="c", pads=pads)],
+                       [("x", x_shape)], [("y", [None] * 4)], inits)
+    try:
+        s = InferenceSession(model, threads=1)
+        s.run(None, {"x": np.ones(x_shape, F)})
+    except Error:
+        return
+    except MemoryError as exc:
+        pytest.fail(f"MemoryError escaped: {exc}")
+    pytest.fail("an output of this size should be refused")

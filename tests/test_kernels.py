@@ -458,3 +458,49 @@ def test_shape_plan(kern, auto_pad, strides, pads):
         else:
             assert np.array_equal(first, y)
     assert sp.flops == layer.flops(2, *ref.shape[2:]) + layer2.flops(2, *ref.shape[2:])
+
+
+# ----------------------------------------------------------------------------------
+# strided / padded layers on images large enough for multi-panel tiles; in a subprocess
+# so that a memory error in the gather path fails this test instead of the whole run
+# ----------------------------------------------------------------------------------
+LARGE_GEOMETRIES = [((1, 1), (0, 1, 0, 0), (32, 32)), ((2, 2), (1, 1, 1, 1), (57, 41)),
+                    ((1, 1), (79, 1, 7, 5), (32, 32)), ((3, 2), (0, 0, 2, 0), (5, 999)),
+                    ((2, 2), (0, 0, 0, 0), (64, 64)), ((1, 2), (2, 2, 2, 2), (40, 40))]
+
+
+def check_large_geometries():
+    """Run every variant on LARGE_GEOMETRIES; returns a list of problems."""
+    problems = []
+    rng = np.random.default_rng(15)
+    for name in VARIANTS:
+        kern = _backend.kernels(name)
+        for strides, pads, hw in LARGE_GEOMETRIES:
+            layers = [make_layer(rng, 24, 16, strides=strides, pads=pads,
+                                 act=EPILOGUES["relu"]), make_layer(rng, 16, 8)]
+            x = rng.standard_normal((2, 24) + hw).astype(np.float32)
+            try:
+                check_chain(kern, rng, layers, x, what=f"{strides} {pads} {hw}")
+            except AssertionError as exc:
+                problems.append(f"{name} strides={strides} pads={pads} {hw}: {exc}")
+    return problems
+
+
+def test_strides_and_pads_on_large_images(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import pyconv1x1
+    tests = os.path.dirname(os.path.abspath(__file__))
+    code = ("import sys\n"
+            f"sys.path[:0] = [{tests!r}]\n"
+            "import test_kernels\n"
+            "problems = test_kernels.check_large_geometries()\n"
+            "print('\\n'.join(problems) or 'ok')\n"
+            "sys.exit(1 if problems else 0)\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(pyconv1x1.__file__)))
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (f"exit {r.returncode}\n{r.stdout[-3000:]}\n"
+                               f"{r.stderr[-3000:]}")

@@ -593,3 +593,86 @@ def test_onnx_backend_node_tests():
     # the ones we refuse are the non-float ones, the broadcast sum and training mode
     for name in refused:
         assert re.search(r"int|uint|bcast|training", name), name
+
+
+# ----------------------------------------------------------------------------------
+# random DAGs of every supported op against onnxruntime: the rewrite passes (folding,
+# fusion, chaining, copies) must not change any output
+# ----------------------------------------------------------------------------------
+def random_graph(seed):
+    import random
+    r = random.Random(seed)
+    rng = np.random.default_rng(seed)
+    shapes = {"x": (2, 4, 9, 7)}
+    order = ["x"]
+    nodes, inits = [], {}
+    count = [0]
+
+    def new(prefix):
+        count[0] += 1
+        return f"{prefix}{count[0]}"
+
+    for _ in range(r.randint(3, 12)):
+        src = r.choice(order[-3:])
+        n, c, h, w = shapes[src]
+        op = r.choice(["Conv", "Conv", "Conv", "Relu", "LeakyRelu", "Clip", "BN", "AddC",
+                       "MulC", "Add", "Identity", "Dropout"])
+        out = new("t")
+        if op == "Conv":
+            group = r.choice([g for g in (1, 1, 2, 4) if c % g == 0])
+            cout = group * r.randint(1, 5)
+            wname, bname = new("W"), new("B")
+            inits[wname] = rnd(rng, cout, c // group, 1, 1, scale=1 / np.sqrt(c))
+            attrs = {"group": group} if group > 1 else {}
+            ho, wo = h, w
+            if r.random() < 0.25:
+                s = r.choice([1, 2])
+                pads = [r.randint(0, 1) for _ in range(4)]
+                attrs.update(strides=[s, s], pads=pads)
+                ho = (h + pads[0] + pads[2] - 1) // s + 1
+                wo = (w + pads[1] + pads[3] - 1) // s + 1
+            bias = r.random() < 0.6
+            if bias:
+                inits[bname] = rnd(rng, cout)
+            nodes.append(conv_node(src, wname, bname if bias else None, out, name=out,
+                                   **attrs))
+            shapes[out] = (n, cout, ho, wo)
+        elif op == "Add":
+            same = [t for t in order if shapes[t] == shapes[src]]
+            other = r.choice(same)
+            nodes.append(helper.make_node("Add", [src, other][::r.choice([1, -1])], [out],
+                                          name=out))
+            shapes[out] = shapes[src]
+        else:
+            if op in ("Relu", "Identity", "Dropout"):
+                nodes.append(helper.make_node(op, [src], [out], name=out))
+            elif op == "LeakyRelu":
+                nodes.append(helper.make_node(op, [src], [out], name=out,
+                                              alpha=r.choice([0.01, 0.2, 2.0])))
+            elif op == "Clip":
+                lo, hi = new("lo"), new("hi")
+                inits[lo] = np.array(r.choice([-1.0, 0.0, -0.25]), F)
+                inits[hi] = np.array(r.choice([0.5, 1.0, 6.0]), F)
+                nodes.append(helper.make_node(op, [src, lo, hi], [out], name=out))
+            elif op == "BN":
+                p = new("bn")
+                inits.update(bn_inits(rng, c, prefix=p))
+                nodes.append(bn_node(src, out, prefix=p))
+            else:
+                k = new("K")
+                inits[k] = rnd(rng, *r.choice([(c, 1, 1), (1, c, 1, 1), ()]))
+                nodes.append(helper.make_node("Add" if op == "AddC" else "Mul", [src, k],
+                                              [out], name=out))
+            shapes[out] = shapes[src]
+        order.append(out)
+    outs = [order[-1]] + r.sample(order[1:-1], min(len(order) - 2, r.randint(0, 2)))
+    model = make_model(nodes, [("x", list(shapes["x"]))],
+                       [(o, list(shapes[o])) for o in outs], inits, opset=13)
+    return model
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_random_graphs(seed):
+    model = random_graph(seed)
+    x = np.random.default_rng(seed).standard_normal((2, 4, 9, 7)).astype(F)
+    check(model, {"x": x}, ref=False, rtol=1e-4, threads=(1, 3))

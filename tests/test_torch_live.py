@@ -271,6 +271,20 @@ def test_dynamic_session_declares_named_dims(exporter, tmp_path):
     assert shape[1] == 8
 
 
+@pytest.mark.parametrize("exporter", EXPORTER_PARAMS)
+def test_dynamic_shapes_spec(exporter, tmp_path):
+    # torch.export's spec; converted to dynamic_axes for the TorchScript exporter
+    from torch.export import Dim
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(4, 6, 1), nn.ReLU())
+    rep = assert_matches_torch(module, _x(2, 4, 3, 3), exporter, threads=2,
+                               dynamic_shapes=({0: Dim("batch"), 3: Dim("width")},),
+                               check_inputs=[_x(3, 4, 3, 7, seed=1)], save_dir=tmp_path)
+    assert rep.runs == 2
+    sess = pyconv1x1.InferenceSession(str(tmp_path / f"model_{exporter}.onnx"))
+    assert sess.get_inputs()[0].shape == ["batch", 4, 3, "width"]
+
+
 def test_both_exporters_and_module_state_restored():
     if not HAVE_ONNXSCRIPT:
         pytest.skip("the dynamo exporter needs onnxscript")
@@ -509,6 +523,18 @@ def test_reference_bad_feeds():
         run_torch_reference(model, {"X": _rand(2, 6, 7, 8), "Q": _rand(1)})
     with pytest.raises(pyconv1x1.InputError, match="float"):
         run_torch_reference(model, {"X": np.zeros((2, 6, 7, 8), np.int32)})
+
+
+def test_reference_bad_shapes_are_pyconv1x1_errors():
+    model = _conv_case({})
+    with pytest.raises(pyconv1x1.InputError, match="declares"):
+        run_torch_reference(model, {"X": _rand(2, 5, 7, 8)})
+    # a weight whose channels do not fit the input: torch's own error, as a ModelError
+    w = _rand(4, 3, 1, 1)
+    bad = _model([helper.make_node("Conv", ["X", "W"], ["Y"], name="conv")],
+                 [("X", [1, 6, "h", "w"])], ["Y"], [("W", w)])
+    with pytest.raises(pyconv1x1.ModelError, match="Conv 'conv'"):
+        run_torch_reference(bad, {"X": _rand(1, 6, 2, 2)})
 
 
 def test_reference_on_bundled_models_matches_recorded():

@@ -14,7 +14,9 @@ many threads too; pyconv1x1 gets ``threads=t``, onnxruntime ``intra_op_num_threa
 
 Engines run interleaved in rounds: each round times a block of calls (about --block-ms of
 work) per engine, in an order that rotates from round to round, so machine drift hits every
-engine alike while no engine's spinning threads land in the middle of another's block.
+engine alike; before each block the process waits until no thread of the previous engine
+still spins (OpenBLAS threads spin ~0.1 s after a call), so no engine's spinning threads
+steal cycles from another's block.
 Reported per workload and engine: the median per-call time over all rounds, GF/s, % of the
 sgemm peak (a large numpy float32 matmul at the same thread count, or --peak x threads), the
 ratio onnxruntime_time / engine_time, and the max relative error against onnxruntime.
@@ -175,6 +177,18 @@ def _err(msg):
     return msg.strip().splitlines()[-1][:160] if msg.strip() else "error"
 
 
+def settle(max_s, window_s=0.005):
+    """Wait (up to max_s) until this process burns (almost) no CPU while sleeping, so the
+    threads an engine left spinning (OpenBLAS spins ~0.1 s, onnxruntime and OpenMP a few
+    ms) do not steal cycles from the next engine's block."""
+    end = time.perf_counter() + max_s
+    while time.perf_counter() < end:
+        c0 = time.process_time()
+        time.sleep(window_s)
+        if time.process_time() - c0 < 0.1 * window_s:
+            return
+
+
 def time_block(fn, reps, out):
     pc = time.perf_counter
     for _ in range(reps):
@@ -183,7 +197,7 @@ def time_block(fn, reps, out):
         out.append(pc() - t0)
 
 
-def bench_workload(wl, engines, threads, cfg, log):
+def bench_workload(wl, engines, threads, cfg):
     """Interleaved rounds over the engines that built; returns {engine: result dict}."""
     import numpy as np
     res = {}
@@ -226,6 +240,7 @@ def bench_workload(wl, engines, threads, cfg, log):
             if name not in live:
                 continue
             try:
+                settle(cfg["gap_s"])
                 time_block(live[name], res[name]["reps"], times[name])
             except Exception:
                 res[name]["error"] = _err(traceback.format_exc())
@@ -242,7 +257,8 @@ def bench_workload(wl, engines, threads, cfg, log):
         if name not in live:
             continue
         eng = live[name]
-        time.sleep(cfg["settle_s"])
+        settle(cfg["settle_s"])
+        time.sleep(0.01)
         reps = res[name]["reps"]
         c0, w0 = time.process_time(), time.perf_counter()
         for _ in range(reps):
@@ -270,9 +286,9 @@ def worker(args):
         out["peak"] = args.peak * threads
         out["peak_source"] = f"--peak {args.peak:g} GF/s per core x {threads}"
     else:
-        out["peak"] = measure_peak(threads, reps=3 if args.quick else 5)
-        out["peak_source"] = "numpy float32 sgemm 2048^3, best of " + \
-            ("3" if args.quick else "5")
+        # this machine's speed drifts over minutes: measure before and after, keep the max
+        peak_reps = 3 if args.quick else 5
+        peak_start = measure_peak(threads, reps=peak_reps)
     engines = [e for e in args.engines.split(",") if e]
     engines = [e for e in engines if _engine_available(e)]
     out["engines"] = engines
@@ -286,12 +302,17 @@ def worker(args):
                                      "error": _err(traceback.format_exc())})
             continue
         t0 = time.perf_counter()
-        res = bench_workload(wl, engines, threads, cfg, None)
+        res = bench_workload(wl, engines, threads, cfg)
         print(f"  [threads={threads}] {wl.name}: {time.perf_counter() - t0:.1f} s",
               file=sys.stderr, flush=True)
         out["workloads"].append({"name": wl.name, "builtin": kind == "builtin",
                                  "flops": wl.flops, "shape": list(wl.x.shape),
                                  "engines": res})
+    if not args.peak:
+        peak_end = measure_peak(threads, reps=peak_reps)
+        out["peak"] = max(peak_start, peak_end)
+        out["peak_source"] = (f"numpy float32 sgemm 2048^3, best of {peak_reps}; max of "
+                              f"{peak_start:.1f} at start, {peak_end:.1f} at end")
     out["load_after"] = _loadavg()
     with open(args.json_out, "w") as f:
         json.dump(out, f)
@@ -308,10 +329,10 @@ def _loadavg():
 def config(args):
     if args.quick:
         cfg = {"rounds": 3, "block_s": 0.015, "min_reps": 1, "max_reps": 3000,
-               "settle_s": 0.1, "idle_s": 0.05}
+               "settle_s": 0.3, "idle_s": 0.1, "gap_s": 0.3}
     else:
         cfg = {"rounds": 9, "block_s": 0.06, "min_reps": 2, "max_reps": 20000,
-               "settle_s": 0.3, "idle_s": 0.1}
+               "settle_s": 0.5, "idle_s": 0.1, "gap_s": 0.5}
     if args.rounds:
         cfg["rounds"] = args.rounds
     if args.block_ms:
@@ -351,8 +372,18 @@ def selected_workloads(args):
 # ---------------------------------------------------------------------------------------
 # parent: run workers, print tables
 
+def _child_pythonpath(env):
+    """Make an in-place build in the repo importable when pyconv1x1 is not installed."""
+    import importlib.util
+    repo = os.path.dirname(HERE)
+    if importlib.util.find_spec("pyconv1x1") is None and \
+            os.path.isdir(os.path.join(repo, "pyconv1x1")):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+
+
 def run_worker(threads, args, argv):
     env = dict(os.environ)
+    _child_pythonpath(env)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
         env[var] = str(threads)
@@ -436,7 +467,7 @@ def summarize(run):
         (f"no workload < {TARGET_MIN_RATIO}", mn, mn is not None and mn >= TARGET_MIN_RATIO,
          _fmt(mn, ".2f")),
         (f"big256 >= {TARGET_BIG256_PEAK:.0f}% of sgemm peak", big_pct,
-         big_pct is not None and big_pct >= TARGET_BIG256_PEAK, _fmt(big_pct, ".0f") + "%"),
+         big_pct is not None and big_pct >= TARGET_BIG256_PEAK, _fmt(big_pct, ".1f") + "%"),
         (f"tiny <= {TARGET_TINY_US:g} us per run()", tiny_us,
          tiny_us is not None and tiny_us <= TARGET_TINY_US, _fmt(tiny_us, ".2f") + " us"),
     ]
@@ -492,8 +523,9 @@ def print_text(results, engines, cpu, cores):
         s = summarize(run)
         print(f"\nthreads={t}: geomean ort/ours {_fmt(s['geomean'], '.3f')} over {s['n']} "
               f"built-in workloads, min {_fmt(s['min'], '.3f')}")
-        for label, _, ok, shown in s["checks"]:
-            print(f"  [{'PASS' if ok else 'FAIL'}] {label}: {shown}")
+        for label, value, ok, shown in s["checks"]:
+            verdict = "n/a " if value is None else "PASS" if ok else "FAIL"
+            print(f"  [{verdict}] {label}: {shown if value is not None else 'not measured'}")
     print("\nms = median per-call time over interleaved rounds; ort/x = onnxruntime time / "
           "engine time (>1: faster than onnxruntime);\nrel err = max|y - y_ort| / max|y_ort|; "
           "cpu/wall = process CPU time / wall time over a settled block (<= threads means "
@@ -537,8 +569,8 @@ def print_markdown(results, engines, cpu, cores):
         print(f"- {run['threads']} thread(s), sgemm peak {run['peak']:.0f} GF/s: geomean "
               f"onnxruntime/pyconv1x1 **{_fmt(s['geomean'], '.2f')}**, min "
               f"{_fmt(s['min'], '.2f')}; " + "; ".join(
-                  f"{label} {'yes' if ok else 'NO'} ({shown})"
-                  for label, _, ok, shown in s["checks"][2:]))
+                  f"{label} {'n/a' if value is None else 'yes' if ok else 'NO'} ({shown})"
+                  for label, value, ok, shown in s["checks"][2:]))
 
 
 def plot(results, engines, path):

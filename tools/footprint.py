@@ -20,6 +20,8 @@ Figures:
 * peak RSS a run adds: the process's peak RSS is reset (``/proc/self/clear_refs``) right
   before the first run, then read after it and after 10 runs; the output size is given
   apart (every run must return a new output array).
+* time to the first result: imports (numpy included) + session + one run, from the start
+  of a fresh process's script: what a short-lived process on a small device pays.
 * file sizes: .onnx (+ external data) vs .pc1.
 """
 from __future__ import annotations
@@ -109,6 +111,26 @@ del s
 t2 = time.perf_counter(); s = make(); t3 = time.perf_counter()
 print(json.dumps({{"cold": t1 - t0, "warm": t3 - t2, "onnx_loaded": "onnx" in sys.modules,
                   "protobuf_loaded": "google.protobuf" in sys.modules}}))
+"""
+
+FIRST_RESULT_CODE = r"""
+import time
+t0 = time.perf_counter()
+import json, sys
+engine, path, threads, shape = {engine!r}, {path!r}, {threads!r}, {shape!r}
+import numpy as np
+if engine == "pyconv1x1":
+    import pyconv1x1
+    s = pyconv1x1.InferenceSession(path, threads=threads)
+else:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    s = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+x = np.zeros(shape, np.float32)
+y = s.run(None, {{s.get_inputs()[0].name: x}})[0]
+print(json.dumps({{"s": time.perf_counter() - t0}}))
 """
 
 RSS_CODE = r"""
@@ -295,9 +317,28 @@ def measure(args, model_path, work):
     else:
         notes.append("compiled plan (.pc1): not available (no pyconv1x1.planfile module)")
 
+    # time to the first result: imports + session + one run, in a fresh process
+    print("measuring time to first result ...", file=sys.stderr, flush=True)
+    shape = input_shape(model_path)
+    first = {}
+    for label, engine, path in (("onnx", "pyconv1x1", model_path),
+                                ("pc1", "pyconv1x1", pc1_path if pc1_size else None),
+                                ("ort", "onnxruntime", model_path)):
+        if path is None:
+            continue
+        code = FIRST_RESULT_CODE.format(engine=engine, path=path, threads=args.threads,
+                                        shape=shape)
+        try:
+            first[label] = median_of(code, env, work, reps, "s")[0]
+        except RuntimeError as e:
+            notes.append(f"time to first result ({label}): failed: {e}")
+    row("import + session + 1st run, from .onnx", first.get("onnx"), first.get("ort"), _ms)
+    if "pc1" in first:
+        row("import + session + 1st run, from .pc1", first.get("pc1"), first.get("ort"),
+            _ms)
+
     # memory
     print("measuring peak RSS ...", file=sys.stderr, flush=True)
-    shape = input_shape(model_path)
     mem = {}
     for engine in ("pyconv1x1", "onnxruntime"):
         code = RSS_CODE.format(engine=engine, path=model_path, threads=args.threads,

@@ -1,0 +1,241 @@
+"""Issue 5: compiled plans, pickling, caller-provided outputs, light imports."""
+import concurrent.futures
+import glob
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pyconv1x1
+from pyconv1x1 import planfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = sorted(glob.glob(os.path.join(ROOT, "models", "*.onnx")))
+DYNAMO = os.path.join(ROOT, "models", "embed_64to32_relu_dynamo.onnx")
+
+
+def _feeds(path):
+    return dict(np.load(path[:-5] + ".inputs.npz"))
+
+
+def _residual_model():
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(3)
+    inits = []
+    for i, (co, ci) in enumerate([(12, 7), (7, 12)]):
+        inits.append(numpy_helper.from_array(rng.standard_normal((co, ci, 1, 1)).astype(
+            np.float32), f"w{i}"))
+        inits.append(numpy_helper.from_array(rng.standard_normal(co).astype(np.float32),
+                                             f"b{i}"))
+    inits.append(numpy_helper.from_array(np.array([0.5, 2, 1, 1, 1, 1, 3], np.float32)
+                                         .reshape(1, 7, 1, 1), "scale"))
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="c0"),
+        helper.make_node("Clip", ["c0"], ["r0"], name="relu6", min=0.0, max=6.0),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="c1"),
+        helper.make_node("Add", ["c1", "x"], ["s"], name="add"),
+        helper.make_node("Mul", ["s", "scale"], ["y"], name="mul"),
+        helper.make_node("LeakyRelu", ["x"], ["z"], name="leaky", alpha=0.2),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", 1, ["N", 7, "H", "W"])],
+        [helper.make_tensor_value_info("y", 1, None),
+         helper.make_tensor_value_info("z", 1, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+
+
+@pytest.mark.parametrize("path", MODELS, ids=os.path.basename)
+def test_plan_file_round_trip(path, tmp_path):
+    out = tmp_path / "m.pc1"
+    size = planfile.compile_model(path, out)
+    assert size == out.stat().st_size > 0
+    feeds = _feeds(path)
+    want = pyconv1x1.InferenceSession(path).run(None, feeds)
+    sess = pyconv1x1.InferenceSession(str(out))
+    got = sess.run(None, feeds)
+    assert all(np.array_equal(a, b) for a, b in zip(want, got))
+    assert [(i.name, i.shape, i.type) for i in sess.get_inputs()] == \
+        [(i.name, i.shape, i.type) for i in pyconv1x1.InferenceSession(path).get_inputs()]
+
+
+def test_plan_weights_are_memory_mapped(tmp_path):
+    out = tmp_path / "m.pc1"
+    planfile.compile_model(DYNAMO, out)
+    program = planfile.load(str(out))
+    layer = next(program.layers())
+    packed = layer.packed[1]
+    assert isinstance(packed.base, np.memmap) or isinstance(packed, np.memmap) or \
+        isinstance(getattr(packed, "base", None), np.ndarray) and \
+        isinstance(packed.base.base, np.memmap)
+    assert not packed.flags.writeable
+
+
+def test_plan_of_fused_dag_matches(tmp_path):
+    model = _residual_model()
+    out = tmp_path / "r.pc1"
+    planfile.compile_model(model.SerializeToString(), out)
+    x = np.random.default_rng(0).standard_normal((2, 7, 5, 3)).astype(np.float32)
+    want = pyconv1x1.InferenceSession(model).run(None, {"x": x})
+    got = pyconv1x1.InferenceSession(out.read_bytes()).run(None, {"x": x})
+    assert all(np.array_equal(a, b) for a, b in zip(want, got))
+
+
+def test_plan_loads_without_onnx(tmp_path):
+    out = tmp_path / "m.pc1"
+    planfile.compile_model(DYNAMO, out)
+    x = _feeds(DYNAMO)["input"]
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import sys, builtins\n"
+        "real = builtins.__import__\n"
+        "def guard(name, *a, **k):\n"
+        "    if name == 'onnx' or name.startswith(('onnx.', 'google.protobuf')):\n"
+        "        raise ImportError('onnx is not installed here')\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guard\n"
+        "import numpy as np, pyconv1x1\n"
+        f"s = pyconv1x1.InferenceSession({str(out)!r})\n"
+        f"y = s.run(None, {{'input': np.load({str(tmp_path / 'x.npy')!r})}})[0]\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, y)\n"
+        "assert 'onnx' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    want = pyconv1x1.InferenceSession(DYNAMO).run(None, {"input": x})[0]
+    assert np.array_equal(np.load(tmp_path / "y.npy"), want)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_blob", "flip_header", "version",
+                                    "magic", "empty", "extend"])
+def test_corrupt_plan_is_model_error(tmp_path, damage):
+    out = tmp_path / "m.pc1"
+    planfile.compile_model(DYNAMO, out)
+    data = bytearray(out.read_bytes())
+    if damage == "truncate":
+        data = data[:len(data) - 100]
+    elif damage == "flip_blob":
+        data[-10] ^= 0xFF
+    elif damage == "flip_header":
+        data[70] ^= 0x01
+    elif damage == "version":
+        data[8] = 99
+    elif damage == "magic":
+        data[0:8] = b"PC1PLAN\x01"
+    elif damage == "empty":
+        data = data[:8]
+    elif damage == "extend":
+        data += b"\x00" * 64
+    bad = tmp_path / "bad.pc1"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(pyconv1x1.Error) as info:
+        pyconv1x1.InferenceSession(str(bad))
+    assert isinstance(info.value, pyconv1x1.ModelError) or damage == "magic"
+    if damage == "version":
+        assert "version 99" in str(info.value)
+
+
+def test_crafted_plan_with_valid_checksum_is_checked(tmp_path):
+    """An attacker can recompute the checksum: the structure is checked anyway."""
+    import hashlib
+    import json
+    out = tmp_path / "m.pc1"
+    planfile.compile_model(DYNAMO, out)
+    data = out.read_bytes()
+    magic, version, hlen, boff, blen, _ = planfile.PREFIX.unpack(data[:64])
+    meta = json.loads(data[64:64 + hlen])
+    blocks = meta["steps"][0]["layers"][0]["blocks"]
+    blob = bytearray(data[boff:])
+    entry = meta["arrays"][blocks]
+    table = np.frombuffer(blob, np.int64, entry["nbytes"] // 8, entry["offset"]).copy()
+    table[3] = 10 ** 9  # an offset far past the packed weights
+    blob[entry["offset"]:entry["offset"] + entry["nbytes"]] = table.tobytes()
+    header = data[64:64 + hlen]
+    digest = hashlib.sha256(header + bytes(blob)).digest()
+    forged = planfile.PREFIX.pack(magic, version, hlen, boff, blen, digest) + \
+        data[64:boff] + bytes(blob)
+    with pytest.raises(pyconv1x1.ModelError, match="blocks"):
+        pyconv1x1.InferenceSession(forged)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pickle_round_trip(threads):
+    model = _residual_model()
+    sess = pyconv1x1.InferenceSession(model, threads=threads)
+    x = np.random.default_rng(1).standard_normal((1, 7, 6, 6)).astype(np.float32)
+    clone = pickle.loads(pickle.dumps(sess))
+    assert clone.threads == sess.threads
+    for a, b in zip(sess.run(None, {"x": x}), clone.run(None, {"x": x})):
+        assert np.array_equal(a, b)
+
+
+def _run_in_worker(sess, x):
+    return sess.run(None, {"input": x})[0]
+
+
+def test_session_in_process_pool():
+    sess = pyconv1x1.InferenceSession(DYNAMO, threads=1)
+    x = _feeds(DYNAMO)["input"]
+    want = sess.run(None, {"input": x})[0]
+    ctx = __import__("multiprocessing").get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+        results = list(pool.map(_run_in_worker, [sess, sess], [x, x[::-1].copy()]))
+    assert np.array_equal(results[0], want)
+    assert np.array_equal(results[1], want[::-1])
+
+
+def test_run_into_writes_caller_arrays():
+    model = _residual_model()
+    sess = pyconv1x1.InferenceSession(model)
+    x = np.random.default_rng(2).standard_normal((2, 7, 4, 5)).astype(np.float32)
+    want_y, want_z = sess.run(None, {"x": x})
+    y = np.full(want_y.shape, np.nan, np.float32)
+    z = np.full(want_z.shape, np.nan, np.float32)
+    out = sess.run_into({"x": x}, {"y": y, "z": z})
+    assert out["y"] is y and out["z"] is z
+    assert np.array_equal(y, want_y) and np.array_equal(z, want_z)
+    only = np.empty_like(want_y)
+    sess.run_into({"x": x}, {"y": only})
+    assert np.array_equal(only, want_y)
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "fortran", "readonly", "name", "alias",
+                                 "empty"])
+def test_run_into_rejects_bad_buffers(bad):
+    sess = pyconv1x1.InferenceSession(DYNAMO)
+    x = _feeds(DYNAMO)["input"]
+    y = np.empty((3, 32, 32, 32), np.float32)
+    outputs = {"output": y}
+    if bad == "shape":
+        outputs = {"output": np.empty((3, 32, 32, 31), np.float32)}
+    elif bad == "dtype":
+        outputs = {"output": y.astype(np.float64)}
+    elif bad == "fortran":
+        outputs = {"output": np.asfortranarray(y)}
+    elif bad == "readonly":
+        y.flags.writeable = False
+    elif bad == "name":
+        outputs = {"nope": y}
+    elif bad == "alias":
+        big = np.zeros(x.size + y.size, np.float32)
+        x = big[:x.size].reshape(x.shape)
+        outputs = {"output": big[:y.size].reshape(y.shape)}
+    elif bad == "empty":
+        outputs = {}
+    with pytest.raises(pyconv1x1.InputError):
+        sess.run_into({"input": x}, outputs)
+
+
+def test_import_does_not_load_onnx_or_numpy_heavy_parts():
+    code = ("import sys, pyconv1x1\n"
+            "bad = [m for m in ('onnx', 'google.protobuf', 'onnxruntime', 'torch') "
+            "if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_loading_onnx_file_does_not_import_onnx():
+    code = ("import sys, pyconv1x1\n"
+            f"s = pyconv1x1.InferenceSession({DYNAMO!r})\n"
+            "assert 'onnx' not in sys.modules and 'google.protobuf' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

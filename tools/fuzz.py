@@ -1,0 +1,778 @@
+#!/usr/bin/env python
+"""Fuzz pyconv1x1's loader and runtime with mutated models.
+
+Every case takes a valid model (the bundled ones and a few built here with onnx.helper),
+mutates it (flipped / inserted / truncated bytes; changed dims, dtypes and raw data of
+initializers and graph inputs; changed attributes, ops, inputs and opsets; changed
+external-data fields and data files), loads it from a path, bytes or a ModelProto and,
+when it loads, runs it. A case passes when it ends in a pyconv1x1.Error subclass or in a
+run whose outputs are float32 arrays; any other exception, a crash or a hang fails it.
+
+The cases run in a worker subprocess so that a segfault or a hang is reported with the
+case that caused it (and the fuzzing goes on from the next case):
+
+    python tools/fuzz.py --iterations 5000 --seed 7            # fuzz
+    python tools/fuzz.py --seed 7 --replay 1234                # rerun one case here
+
+Exit status: 0 when every case passed, 1 otherwise.
+"""
+import argparse
+import collections
+import json
+import math
+import os
+import queue
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+MODELS = os.path.join(REPO, "models")
+FAMILIES = ("bytes", "dims", "attrs", "graph", "external")
+MAX_FEED_ELEMENTS = 1 << 22
+MEMORY_LIMIT = 3 << 30       # address-space cap of the worker: huge allocations fail fast
+
+ODD_INTS = [0, 1, 2, 3, 5, 7, 64, 4096, 65536, 2 ** 20, -1, -2, -(2 ** 31), 2 ** 31 - 1,
+            2 ** 31, 2 ** 32 + 1,
+            2 ** 40, 2 ** 62, 2 ** 63 - 1, -(2 ** 63)]
+ODD_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 6.0, 1e-45, 3.4e38, -3.4e38, 1e300, math.inf,
+              -math.inf, math.nan]
+ODD_STRINGS = ["", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID", "SAME", "same_upper",
+               "\x00", "x" * 300, "\u00e9\u4e2d"]
+ODD_LOCATIONS = ["", ".", "..", "../x.data", "/etc/passwd", "/dev/zero", "sub/../../x",
+                 "C:\\x.data", "\\\\server\\share", "a\x00b", "missing.data", "sub",
+                 "model.onnx", "./model.onnx.data", "model.onnx.data/", "x" * 4000]
+OPS = ["Conv", "Relu", "Clip", "LeakyRelu", "BatchNormalization", "Add", "Mul", "Identity",
+       "Dropout", "Sigmoid", "Constant", "MaxPool", "Reshape", "Loop", "If", ""]
+ATTR_NAMES = ["strides", "pads", "dilations", "kernel_shape", "group", "auto_pad", "alpha",
+              "min", "max", "epsilon", "momentum", "spatial", "training_mode", "ratio",
+              "is_test", "value", "value_float", "consumed_inputs", "bogus"]
+
+
+# --------------------------------------------------------------------------------------
+# seed models
+# --------------------------------------------------------------------------------------
+def _built_models():
+    """Small models that use every supported op and attribute form (name -> ModelProto)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def t(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    def model(nodes, inputs, outputs, inits, opset=17, ir=8):
+        g = helper.make_graph(nodes, "fuzz", inputs, outputs, initializer=inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
+                                 ir_version=ir)
+
+    f = TensorProto.FLOAT
+    out = {}
+    var = numpy_helper.from_array(np.abs(rng.standard_normal(8)).astype(np.float32) + .5,
+                                  "bn_v")
+    out["rich"] = model(
+        [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="c1", strides=[2, 2],
+                          pads=[1, 0, 0, 1], kernel_shape=[1, 1]),
+         helper.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"],
+                          ["n1"], name="bn", epsilon=1e-3),
+         helper.make_node("Relu", ["n1"], ["r1"], name="relu"),
+         helper.make_node("Conv", ["r1", "W2"], ["c2"], name="c2", group=2),
+         helper.make_node("Add", ["c2", "r1"], ["a2"], name="res"),
+         helper.make_node("Clip", ["a2", "lo", "hi"], ["k2"], name="clip"),
+         helper.make_node("Mul", ["k2", "M"], ["m2"], name="mul"),
+         helper.make_node("Add", ["m2", "A"], ["d2"], name="addc"),
+         helper.make_node("LeakyRelu", ["d2"], ["l2"], name="leaky", alpha=0.1),
+         helper.make_node("Dropout", ["l2"], ["o2"], name="drop"),
+         helper.make_node("Conv", ["o2", "W3"], ["y"], name="c3", auto_pad="SAME_UPPER",
+                          strides=[2, 1]),
+         helper.make_node("Identity", ["r1"], ["z"], name="id")],
+        [helper.make_tensor_value_info("x", f, ["N", 4, "H", "W"])],
+        [helper.make_tensor_value_info("y", f, None),
+         helper.make_tensor_value_info("z", f, None)],
+        [t("W1", 8, 4, 1, 1), t("B1", 8), t("bn_s", 8), t("bn_b", 8), t("bn_m", 8), var,
+         t("W2", 8, 4, 1, 1), numpy_helper.from_array(np.array(-1.0, np.float32), "lo"),
+         numpy_helper.from_array(np.array(2.0, np.float32), "hi"), t("M", 8, 1, 1),
+         t("A", 1, 8, 1, 1), t("W3", 3, 8, 1, 1)])
+    out["old_opset"] = model(
+        [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="c"),
+         helper.make_node("Clip", ["c"], ["k"], name="clip", min=0.0, max=6.0),
+         helper.make_node("Dropout", ["k"], ["y"], name="drop", ratio=0.2)],
+        [helper.make_tensor_value_info("x", f, [1, 3, 5, 5]),
+         helper.make_tensor_value_info("W", f, [2, 3, 1, 1]),
+         helper.make_tensor_value_info("B", f, [2])],
+        [helper.make_tensor_value_info("y", f, [1, 2, 5, 5])],
+        [t("W", 2, 3, 1, 1), t("B", 2)], opset=7, ir=3)
+    out["conv1d"] = model(
+        [helper.make_node("Constant", [], ["hi"], name="k",
+                          value=numpy_helper.from_array(np.array(0.5, np.float32))),
+         helper.make_node("Conv", ["x", "W"], ["c"], name="c", strides=[2], pads=[1, 1]),
+         helper.make_node("Clip", ["c", "", "hi"], ["y"], name="clip")],
+        [helper.make_tensor_value_info("x", f, [2, 6, None])],
+        [helper.make_tensor_value_info("y", f, None)],
+        [t("W", 4, 3, 1)], opset=13)
+    out["two_inputs"] = model(
+        [helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+         helper.make_node("Conv", ["s", "W"], ["y"], name="c")],
+        [helper.make_tensor_value_info("a", f, ["N", 5, 3, 3]),
+         helper.make_tensor_value_info("b", f, ["N", 5, 3, 3])],
+        [helper.make_tensor_value_info("y", f, ["N", 2, 3, 3])],
+        [t("W", 2, 5, 1, 1)])
+    return out
+
+
+class Seeds:
+    """The seed models, serialized once: name -> (bytes, data file bytes or None)."""
+
+    def __init__(self):
+        self.items = {}
+        for f in sorted(os.listdir(MODELS)):
+            if f.endswith(".onnx"):
+                with open(os.path.join(MODELS, f), "rb") as fh:
+                    data = fh.read()
+                ext = os.path.join(MODELS, f + ".data")
+                ext_bytes = None
+                if os.path.exists(ext):
+                    with open(ext, "rb") as fh:
+                        ext_bytes = fh.read()
+                self.items[f[:-5]] = (data, ext_bytes, f + ".data")
+        for name, m in _built_models().items():
+            self.items[name] = (m.SerializeToString(), None, None)
+        self.names = sorted(self.items)
+
+
+# --------------------------------------------------------------------------------------
+# mutations: each returns a description; proto mutations edit the ModelProto in place
+# --------------------------------------------------------------------------------------
+def mutate_bytes(rng, data):
+    data = bytearray(data)
+    kind = rng.choice(["flip", "flip", "set", "insert", "delete", "truncate", "dup",
+                       "varint"])
+    if not data:
+        return bytes(data), "empty"
+    if kind == "flip":
+        n = rng.randint(1, 16)
+        for _ in range(n):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == "set":
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.choice([0, 0x7f, 0x80, 0xff, rng.randrange(256)])
+    elif kind == "insert":
+        pos = rng.randrange(len(data) + 1)
+        data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 12)))
+    elif kind == "delete":
+        pos = rng.randrange(len(data))
+        del data[pos:pos + rng.randint(1, 64)]
+    elif kind == "truncate":
+        del data[rng.randrange(len(data)):]
+    elif kind == "dup":
+        a = rng.randrange(len(data))
+        b = min(len(data), a + rng.randint(1, 200))
+        pos = rng.randrange(len(data) + 1)
+        data[pos:pos] = data[a:b]
+    else:  # an over-long varint somewhere
+        pos = rng.randrange(len(data))
+        data[pos:pos + 1] = b"\xff" * rng.randint(2, 11) + b"\x01"
+    return bytes(data), kind
+
+
+def _odd_int(rng):
+    return rng.choice(ODD_INTS) if rng.random() < 0.8 else rng.randint(-10, 100)
+
+
+def mutate_dims(rng, proto):
+    g = proto.graph
+    choices = []
+    if len(g.initializer):
+        choices += ["init_dim", "init_dim", "init_rank", "init_raw", "init_dtype",
+                    "init_typed"]
+    if len(g.input):
+        choices += ["input_dim", "input_rank", "input_dtype"]
+    kind = rng.choice(choices or ["input_dim"])
+    if kind.startswith("init"):
+        t = rng.choice(list(g.initializer))
+        if kind == "init_dim":
+            if len(t.dims):
+                t.dims[rng.randrange(len(t.dims))] = _odd_int(rng)
+            else:
+                t.dims.append(_odd_int(rng))
+        elif kind == "init_rank":
+            if len(t.dims) and rng.random() < 0.5:
+                del t.dims[rng.randrange(len(t.dims))]
+            else:
+                t.dims.insert(rng.randrange(len(t.dims) + 1), rng.choice([1, 2, 0, 2 ** 20]))
+        elif kind == "init_raw":
+            if t.raw_data:
+                n = len(t.raw_data)
+                t.raw_data = t.raw_data[:rng.randrange(n)] if rng.random() < 0.5 \
+                    else t.raw_data + bytes(rng.randint(1, 9))
+            else:
+                t.raw_data = bytes(rng.randint(0, 64))
+        elif kind == "init_dtype":
+            t.data_type = rng.choice(list(range(0, 17)) + [22, 99, -1, 2 ** 30])
+        else:
+            t.float_data.extend([rng.choice(ODD_FLOATS)] * rng.randint(1, 3))
+        return f"{kind} {t.name!r}"
+    v = rng.choice(list(g.input))
+    tt = v.type.tensor_type
+    if kind == "input_dim" and len(tt.shape.dim):
+        d = tt.shape.dim[rng.randrange(len(tt.shape.dim))]
+        r = rng.random()
+        if r < 0.6:
+            d.dim_value = _odd_int(rng)
+        elif r < 0.8:
+            d.dim_param = rng.choice(["N", "H", "", "\x00", "x" * 100])
+        else:
+            d.Clear()
+    elif kind == "input_rank":
+        if len(tt.shape.dim) and rng.random() < 0.5:
+            del tt.shape.dim[rng.randrange(len(tt.shape.dim))]
+        elif rng.random() < 0.3:
+            tt.ClearField("shape")
+        else:
+            tt.shape.dim.add().dim_value = rng.choice([1, 2, 0])
+    else:
+        tt.elem_type = rng.choice(list(range(0, 17)) + [99])
+    return f"{kind} {v.name!r}"
+
+
+def _set_attr(rng, node):
+    from onnx import helper
+    name = rng.choice(ATTR_NAMES)
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    shape = rng.random()
+    if shape < 0.35:
+        value = [_odd_int(rng) for _ in range(rng.choice([0, 1, 2, 3, 4, 5]))]
+    elif shape < 0.55:
+        value = _odd_int(rng)
+    elif shape < 0.75:
+        value = rng.choice(ODD_FLOATS)
+    elif shape < 0.9:
+        value = rng.choice(ODD_STRINGS)
+    else:
+        value = [rng.choice(ODD_FLOATS) for _ in range(rng.randint(1, 3))]
+    try:
+        node.attribute.append(helper.make_attribute(name, value))
+    except Exception:
+        return f"attr {name} (not settable)"
+    return f"attr {node.name!r}.{name}={value!r}"[:200]
+
+
+def _set_conv_attr(rng, node):
+    """A well-formed but extreme Conv attribute: right length, odd values."""
+    from onnx import helper
+    spatial = 2
+    for a in node.attribute:
+        if a.name in ("strides", "dilations", "kernel_shape") and len(a.ints):
+            spatial = len(a.ints)
+    name = rng.choice(["strides", "pads", "dilations", "kernel_shape", "group", "auto_pad"])
+    big = [0, 1, 2, 3, 7, 4096, 65536, 2 ** 20, 2 ** 20 + 1, 2 ** 31]
+    if name == "pads":
+        value = [rng.choice(big) if rng.random() < 0.4 else rng.randint(0, 2)
+                 for _ in range(2 * spatial)]
+    elif name == "group":
+        value = rng.choice([0, 2, 3, 5, 16, 64, 2 ** 31, -1])
+    elif name == "auto_pad":
+        value = rng.choice(ODD_STRINGS)
+    else:
+        value = [rng.choice(big) if rng.random() < 0.5 else 1 for _ in range(spatial)]
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+    return f"conv attr {node.name!r}.{name}={value!r}"
+
+
+def mutate_attrs(rng, proto):
+    nodes = list(proto.graph.node)
+    if not nodes:
+        return "no nodes"
+    node = rng.choice(nodes)
+    kind = rng.choice(["set", "set", "set", "conv", "conv", "drop", "dup", "type"])
+    if kind == "conv":
+        convs = [n for n in nodes if n.op_type == "Conv"]
+        if convs:
+            return _set_conv_attr(rng, rng.choice(convs))
+        kind = "set"
+    if kind == "set":
+        return _set_attr(rng, node)
+    if kind == "drop" and len(node.attribute):
+        del node.attribute[rng.randrange(len(node.attribute))]
+        return f"drop attr of {node.name!r}"
+    if kind == "dup" and len(node.attribute):
+        node.attribute.append(node.attribute[rng.randrange(len(node.attribute))])
+        return f"duplicate attr of {node.name!r}"
+    if len(node.attribute):
+        a = node.attribute[rng.randrange(len(node.attribute))]
+        a.type = rng.randrange(15)      # python protobuf accepts only known enum values
+        return f"attr type of {node.name!r}.{a.name}"
+    return _set_attr(rng, node)
+
+
+def mutate_graph(rng, proto):
+    g = proto.graph
+    nodes = g.node
+    kind = rng.choice(["op", "domain", "input", "output", "drop_node", "dup_node", "swap",
+                       "drop_init", "dup_init", "opset", "ir", "drop_output", "name",
+                       "add_input_slot"])
+    if not len(nodes) and kind in ("op", "domain", "input", "output", "drop_node",
+                                   "dup_node", "swap", "name", "add_input_slot"):
+        kind = "opset"
+    if kind == "op":
+        n = rng.choice(list(nodes))
+        n.op_type = rng.choice(OPS)
+    elif kind == "domain":
+        rng.choice(list(nodes)).domain = rng.choice(["ai.onnx", "com.microsoft", "x"])
+    elif kind == "input":
+        n = rng.choice(list(nodes))
+        if len(n.input):
+            n.input[rng.randrange(len(n.input))] = rng.choice(
+                ["", "ghost", n.output[0] if len(n.output) else "y"]
+                + [t.name for t in g.initializer] + [v.name for v in g.input])
+    elif kind == "output":
+        n = rng.choice(list(nodes))
+        if len(n.output):
+            n.output[rng.randrange(len(n.output))] = rng.choice(
+                ["", "x", "y"] + [t.name for t in g.initializer] + [o for m in nodes
+                                                                    for o in m.input])
+        else:
+            n.output.append("extra")
+    elif kind == "drop_node":
+        del nodes[rng.randrange(len(nodes))]
+    elif kind == "dup_node":
+        nodes.append(nodes[rng.randrange(len(nodes))])
+    elif kind == "swap" and len(nodes) > 1:
+        i, j = rng.sample(range(len(nodes)), 2)
+        a, b = type(nodes[i])(), type(nodes[j])()
+        a.CopyFrom(nodes[i])
+        b.CopyFrom(nodes[j])
+        nodes[i].CopyFrom(b)
+        nodes[j].CopyFrom(a)
+    elif kind == "drop_init" and len(g.initializer):
+        del g.initializer[rng.randrange(len(g.initializer))]
+    elif kind == "dup_init" and len(g.initializer):
+        g.initializer.append(g.initializer[rng.randrange(len(g.initializer))])
+    elif kind == "opset":
+        if len(proto.opset_import):
+            proto.opset_import[0].version = rng.choice([0, 1, 6, 7, 10, 11, 12, 13, 23, 28,
+                                                        29, 1000, -1, 2 ** 40])
+        else:
+            proto.opset_import.add().version = 13
+    elif kind == "ir":
+        proto.ir_version = rng.choice([0, 1, 2, 3, 4, 7, 10, 11, 12, 99, -5])
+    elif kind == "drop_output" and len(g.output):
+        del g.output[rng.randrange(len(g.output))]
+    elif kind == "name":
+        rng.choice(list(nodes)).name = rng.choice(["", "\x00", "é" * 50, "a'b\"c"])
+    elif kind == "add_input_slot":
+        n = rng.choice(list(nodes))
+        n.input.append(rng.choice(["", "ghost", "x"]))
+    return kind
+
+
+def mutate_external(rng, proto, folder, data_name):
+    """Edit external-data fields, or the data file itself."""
+    from onnx import TensorProto
+    g = proto.graph
+    ext = [t for t in g.initializer if t.data_location == TensorProto.EXTERNAL]
+    kind = rng.choice(["location", "offset", "length", "drop_key", "make_external",
+                       "data_file", "data_file", "symlink", "dup_key"])
+    data_path = os.path.join(folder, data_name) if data_name else None
+    if kind == "data_file" and data_path and os.path.isfile(data_path) \
+            and not os.path.islink(data_path):
+        action = rng.choice(["truncate", "extend", "garble", "empty", "dir", "remove"])
+        if action == "truncate":
+            size = os.path.getsize(data_path)
+            with open(data_path, "r+b") as f:
+                f.truncate(rng.randrange(size + 1))
+        elif action == "extend":
+            with open(data_path, "ab") as f:
+                f.write(bytes(rng.randint(1, 100)))
+        elif action == "garble":
+            with open(data_path, "r+b") as f:
+                size = os.path.getsize(data_path)
+                for _ in range(8):
+                    f.seek(rng.randrange(max(1, size)))
+                    f.write(bytes([rng.randrange(256)]))
+        elif action == "empty":
+            open(data_path, "wb").close()
+        elif action == "dir":
+            os.remove(data_path)
+            os.mkdir(data_path)
+        else:
+            os.remove(data_path)
+        return f"data file {action}"
+    if kind == "symlink" and data_path and os.path.isfile(data_path) \
+            and not os.path.islink(data_path) and hasattr(os, "symlink"):
+        outside = os.path.join(os.path.dirname(folder), "outside.data")
+        shutil.copy(data_path, outside)
+        os.remove(data_path)
+        os.symlink(outside if rng.random() < 0.5 else os.path.relpath(outside, folder),
+                   data_path)
+        return "data file is a symlink out"
+    if kind == "make_external" or not ext:
+        inline = [t for t in g.initializer if t.data_location != TensorProto.EXTERNAL]
+        if not inline:
+            return "nothing to externalize"
+        t = rng.choice(inline)
+        t.data_location = TensorProto.EXTERNAL
+        if rng.random() < 0.7:
+            e = t.external_data.add()
+            e.key, e.value = "location", rng.choice(ODD_LOCATIONS + [data_name or "x"])
+        if rng.random() < 0.5:
+            t.ClearField("raw_data")
+        return f"externalize {t.name!r}"
+    t = rng.choice(ext)
+    entries = {e.key: e.value for e in t.external_data}
+    if kind == "location":
+        entries["location"] = rng.choice(ODD_LOCATIONS)
+    elif kind in ("offset", "length"):
+        entries[kind] = rng.choice([str(_odd_int(rng)), "abc", "", "1.5", " 12", "0x10",
+                                    "1e3", "-0", "٣", str(2 ** 70)])
+    elif kind == "drop_key" and entries:
+        entries.pop(rng.choice(sorted(entries)))
+    elif kind == "dup_key":
+        pass
+    del t.external_data[:]
+    for k, v in entries.items():
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    if kind == "dup_key":
+        e = t.external_data.add()
+        e.key, e.value = "offset", "0"
+    return f"external {kind} of {t.name!r}"
+
+
+# --------------------------------------------------------------------------------------
+# one case
+# --------------------------------------------------------------------------------------
+def _feed(rng, sess, np):
+    feeds = {}
+    named = {}
+    for arg in sess.get_inputs():
+        shape = arg.shape
+        if shape is None:
+            shape = [rng.choice([1, 2]), rng.choice([1, 3, 4, 5, 8]), rng.randint(1, 6),
+                     rng.randint(1, 6)]
+        dims = []
+        for d in shape:
+            if isinstance(d, int):
+                dims.append(d)
+            elif isinstance(d, str):
+                dims.append(named.setdefault(d, rng.randint(1, 5)))
+            else:
+                dims.append(rng.randint(1, 5))
+        if any(d < 0 for d in dims) or math.prod(dims) > MAX_FEED_ELEMENTS:
+            return None
+        x = np.asarray(np.random.default_rng(rng.randrange(2 ** 32)).standard_normal(dims),
+                       np.float32)
+        if x.size and rng.random() < 0.2:
+            x.reshape(-1)[rng.randrange(x.size)] = rng.choice([np.nan, np.inf, -np.inf])
+        feeds[arg.name] = x
+    return feeds
+
+
+def run_case(seeds, seed, index, workdir, families=FAMILIES, announce=None, load=True):
+    """Run one case; returns (outcome, description). Raises on a failing case.
+    load=False only builds the mutated model (outcome 'prepared')."""
+    import numpy as np
+    import onnx
+    import pyconv1x1
+
+    rng = random.Random(f"{seed}:{index}")
+    family = rng.choice(list(families))
+    name = rng.choice(seeds.names)
+    data, ext_bytes, data_name = seeds.items[name]
+    if family == "external" and ext_bytes is None:
+        name = rng.choice([n for n in seeds.names if seeds.items[n][1] is not None])
+        data, ext_bytes, data_name = seeds.items[name]
+    folder = os.path.join(workdir, f"case{index}", "model")
+    os.makedirs(folder)
+    if ext_bytes is not None:
+        with open(os.path.join(folder, data_name), "wb") as f:
+            f.write(ext_bytes)
+    desc = [family, name]
+    proto = None
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):
+        if family == "bytes":
+            data, what = mutate_bytes(rng, data)
+        else:
+            if proto is None:
+                proto = onnx.ModelProto()
+                proto.ParseFromString(data)
+            try:
+                if family == "dims":
+                    what = mutate_dims(rng, proto)
+                elif family == "attrs":
+                    what = mutate_attrs(rng, proto)
+                elif family == "graph":
+                    what = mutate_graph(rng, proto)
+                else:
+                    what = mutate_external(rng, proto, folder, data_name)
+            except (ValueError, TypeError, OSError) as exc:  # protobuf or the OS said no
+                what = f"mutation not applied ({type(exc).__name__})"
+        desc.append(what)
+    if proto is not None:
+        try:
+            data = proto.SerializeToString()
+        except Exception:   # protobuf refuses some edits (e.g. bad UTF-8): use the bytes
+            proto = None
+    path = os.path.join(folder, name + ".onnx")
+    with open(path, "wb") as f:
+        f.write(data)
+    form = rng.choices(["path", "bytes", "proto"], [6, 2, 2 if proto is not None else 0])[0]
+    desc.append(f"from {form}")
+    description = "; ".join(desc)
+    if announce:
+        announce(description, path, data)
+    if not load:
+        return "prepared", description
+    try:
+        if form == "path":
+            sess = pyconv1x1.InferenceSession(path, threads=rng.choice([1, 2]))
+        elif form == "bytes":
+            sess = pyconv1x1.InferenceSession(data, threads=rng.choice([1, 2]),
+                                              base_dir=folder)
+        else:
+            sess = pyconv1x1.InferenceSession(proto, threads=rng.choice([1, 2]),
+                                              base_dir=folder)
+    except pyconv1x1.Error as exc:
+        return f"load:{type(exc).__name__}", description
+    feeds = _feed(rng, sess, np)
+    if feeds is None:
+        return "loaded:feed too large", description
+    try:
+        outs = sess.run(None, feeds)
+    except pyconv1x1.Error as exc:
+        return f"run:{type(exc).__name__}", description
+    names = [o.name for o in sess.get_outputs()]
+    if len(outs) != len(names):
+        raise AssertionError(f"{len(outs)} outputs for {len(names)} names")
+    for o in outs:
+        if not isinstance(o, np.ndarray) or o.dtype != np.float32:
+            raise AssertionError(f"output is {type(o).__name__} {getattr(o, 'dtype', '')}")
+        if any((not isinstance(d, int)) or d < 0 for d in o.shape):
+            raise AssertionError(f"output shape {o.shape}")
+    return "ran", description
+
+
+# --------------------------------------------------------------------------------------
+# worker (a subprocess) and driver
+# --------------------------------------------------------------------------------------
+def _limit_memory():
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = MEMORY_LIMIT if hard == resource.RLIM_INFINITY else min(MEMORY_LIMIT, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _selftest(index):
+    """Let the tests check that a crash or a hang is caught and blamed on its case."""
+    if os.environ.get("PYCONV1X1_FUZZ_SELFTEST_CRASH") == str(index):
+        import signal
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if os.environ.get("PYCONV1X1_FUZZ_SELFTEST_HANG") == str(index):
+        time.sleep(3600)
+
+
+def worker(seed, start, stop, families):
+    import warnings
+    warnings.simplefilter("ignore")
+    _limit_memory()
+    seeds = Seeds()
+    out = sys.stdout
+    with tempfile.TemporaryDirectory(prefix="pyconv1x1-fuzz-") as workdir:
+        for index in range(start, stop):
+            out.write(json.dumps({"start": index}) + "\n")
+            out.flush()
+            _selftest(index)
+            try:
+                outcome, desc = run_case(seeds, seed, index, workdir, families)
+                record = {"case": index, "outcome": outcome}
+            except BaseException as exc:  # a failing case: report it and go on
+                record = {"case": index, "outcome": "FAIL",
+                          "error": f"{type(exc).__name__}: {exc}"[:2000],
+                          "traceback": traceback.format_exc()[-4000:]}
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+            shutil.rmtree(os.path.join(workdir, f"case{index}"), ignore_errors=True)
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+    out.write(json.dumps({"done": True}) + "\n")
+    out.flush()
+
+
+class Report:
+    def __init__(self, seed):
+        self.seed = seed
+        self.counts = collections.Counter()
+        self.failures = []
+
+    @property
+    def ok(self):
+        return not self.failures
+
+    def summary(self):
+        lines = [f"seed {self.seed}: {sum(self.counts.values())} cases"]
+        for k, v in sorted(self.counts.items()):
+            lines.append(f"  {k:32s} {v}")
+        for f in self.failures:
+            lines.append(f"FAIL case {f['case']} ({f['kind']}): {f['error']}")
+            lines.append(f"  replay: python tools/fuzz.py --seed {self.seed} "
+                         f"--replay {f['case']}")
+            if f.get("traceback"):
+                lines.append("  " + f["traceback"].rstrip().replace("\n", "\n  "))
+        return "\n".join(lines)
+
+
+def _package_parent():
+    """The folder holding the pyconv1x1 this process imports (the repo or site-packages),
+    so that the workers test the same build."""
+    try:
+        import pyconv1x1
+    except ImportError:
+        return REPO
+    return os.path.dirname(os.path.dirname(os.path.abspath(pyconv1x1.__file__)))
+
+
+def fuzz(iterations, seed, families=FAMILIES, case_timeout=60.0, env=None, cwd=None,
+         python=None):
+    """Run cases [0, iterations) in worker subprocesses; a crash or a hang is recorded
+    against the case that caused it and the next worker resumes after it."""
+    report = Report(seed)
+    env = dict(os.environ if env is None else env)
+    env.setdefault("OMP_NUM_THREADS", "2")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_package_parent(), env.get("PYTHONPATH")) if p)
+    start = 0
+    while start < iterations:
+        cmd = [python or sys.executable, os.path.abspath(__file__), "--worker",
+               "--seed", str(seed), "--start", str(start), "--stop", str(iterations),
+               "--families", ",".join(families)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=cwd or tempfile.gettempdir())
+        lines = queue.Queue()
+        err_chunks = []
+
+        def pump(stream, sink, eof):
+            for line in stream:
+                sink(line)
+            if eof:
+                sink(None)
+
+        t_out = threading.Thread(target=pump, args=(proc.stdout, lines.put, True),
+                                 daemon=True)
+        t_err = threading.Thread(target=pump, args=(proc.stderr, err_chunks.append, False),
+                                 daemon=True)
+        t_out.start()
+        t_err.start()
+        current, finished = None, False
+        while True:
+            try:
+                line = lines.get(timeout=case_timeout)
+            except queue.Empty:
+                proc.kill()
+                proc.wait()
+                report.failures.append({"case": current, "kind": "hang",
+                                        "error": f"no progress in {case_timeout:.0f} s"})
+                report.counts["FAIL"] += 1
+                break
+            if line is None:
+                break
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "start" in msg:
+                current = msg["start"]
+            elif "case" in msg:
+                if msg["outcome"] == "FAIL":
+                    report.failures.append({"case": msg["case"], "kind": "exception",
+                                            "error": msg["error"],
+                                            "traceback": msg.get("traceback")})
+                report.counts[msg["outcome"]] += 1
+                current = None
+            elif msg.get("done"):
+                finished = True
+        proc.wait()
+        if finished:
+            break
+        if current is None:   # died between cases, or before the first one
+            stderr = "".join(c for c in err_chunks if c)[-3000:]
+            report.failures.append({"case": start, "kind": "worker",
+                                    "error": f"worker exited {proc.returncode}: {stderr}"})
+            report.counts["FAIL"] += 1
+            break
+        if not report.failures or report.failures[-1]["case"] != current:
+            stderr = "".join(c for c in err_chunks if c)[-3000:]
+            report.failures.append({"case": current, "kind": "crash",
+                                    "error": f"worker died with exit code {proc.returncode}"
+                                             f"\n{stderr}"})
+            report.counts["FAIL"] += 1
+        start = current + 1
+    return report
+
+
+def replay(seed, index, families=FAMILIES, save=None):
+    """Run one case in this process, saying what it is first (it may crash)."""
+    _limit_memory()
+    seeds = Seeds()
+
+    def announce(description, path, data):
+        print(f"case {index}: {description}", flush=True)
+        if save:
+            folder = os.path.dirname(path)
+            shutil.copytree(folder, save, symlinks=True, dirs_exist_ok=True)
+            print(f"  saved the case's folder to {save}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="pyconv1x1-fuzz-") as workdir:
+        outcome, desc = run_case(seeds, seed, index, workdir, families, announce)
+    print(f"  outcome: {outcome}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--iterations", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--families", default=",".join(FAMILIES),
+                    help=f"comma-separated subset of {','.join(FAMILIES)}")
+    ap.add_argument("--case-timeout", type=float, default=60.0,
+                    help="seconds without progress before a case counts as a hang")
+    ap.add_argument("--replay", type=int, help="run one case in this process")
+    ap.add_argument("--save", help="with --replay: copy the case's model folder here")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--stop", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    families = tuple(f for f in args.families.split(",") if f)
+    bad = set(families) - set(FAMILIES)
+    if bad:
+        ap.error(f"unknown families {sorted(bad)}")
+    if args.worker:
+        worker(args.seed, args.start, args.stop, families)
+        return 0
+    if args.replay is not None:
+        replay(args.seed, args.replay, families, args.save)
+        return 0
+    t0 = time.perf_counter()
+    report = fuzz(args.iterations, args.seed, families, args.case_timeout)
+    print(report.summary())
+    print(f"{time.perf_counter() - t0:.1f} s")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
