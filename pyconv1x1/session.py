@@ -1,6 +1,7 @@
 """InferenceSession: the public entry point, shaped like onnxruntime's."""
 import collections
 import os
+import stat
 import threading
 
 import numpy as np
@@ -32,12 +33,28 @@ def _node_arg(v):
     return NodeArg(v.name, shape, f"tensor({'float' if v.elem_type == 'float32' else v.elem_type})")
 
 
+PLAN_MAGIC = b"PC1PLAN\x00"  # = planfile.MAGIC; sniffed here so .onnx loads skip planfile
+
+
+def _looks_like_plan(model):
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model[:8]) == PLAN_MAGIC
+    if not isinstance(model, (str, os.PathLike)):
+        return False
+    try:
+        if not stat.S_ISREG(os.stat(model).st_mode):
+            return False  # a FIFO or device: never block on it here
+        with open(model, "rb") as f:
+            return f.read(8) == PLAN_MAGIC
+    except (OSError, ValueError):
+        return False
+
+
 def _load_program(model, base_dir):
     """Parse, check and rewrite: model -> Program. A compiled plan (.pc1) needs none of
     that: it is validated and memory-mapped with numpy alone (no onnx import)."""
-    from . import planfile
-    if isinstance(model, (str, bytes, bytearray, memoryview, os.PathLike)) \
-            and planfile.is_plan(model):
+    if _looks_like_plan(model):
+        from . import planfile
         return planfile.load(model)
     from . import check, onnx_reader, rewrite
     graph = onnx_reader.load(model, base_dir=base_dir)
