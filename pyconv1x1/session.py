@@ -112,7 +112,10 @@ class InferenceSession:
                 and len(input_feed) == 1:
             # fast path: a single fused chain, fed the shape validated last time (the
             # kernel object checks type, dtype, layout and shape in C)
-            y = direct.try_call(input_feed.get(self._direct_name))
+            try:
+                y = direct.try_call(input_feed.get(self._direct_name))
+            except MemoryError:
+                raise Error("out of memory allocating the output") from None
             if y is not None:
                 return [y]
         names = self._check_output_names(output_names)

@@ -310,3 +310,85 @@ def test_import_is_light(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ok")
+
+
+# ----------------------------------------------------------------------------------
+# a single-chain model: run() may take a fast path once a shape has been validated;
+# it must keep every guarantee of the general path
+# ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def chain_model():
+    rng = np.random.default_rng(21)
+    inits = {"W1": rnd(rng, 16, 8, 1, 1), "B1": rnd(rng, 16), "W2": rnd(rng, 4, 16, 1, 1)}
+    nodes = [conv_node("x", "W1", "B1", "c"), helper.make_node("Relu", ["c"], ["r"]),
+             conv_node("r", "W2", None, "y")]
+    return make_model(nodes, [("x", ["N", 8, "H", "W"])], [("y", ["N", 4, "H", "W"])],
+                      inits)
+
+
+def test_repeated_runs_same_shape(chain_model, rng):
+    s = InferenceSession(chain_model, threads=2)
+    x = rnd(rng, 2, 8, 9, 13)
+    want = run_ort(chain_model, {"x": x})[0]
+    outs = [s.run(None, {"x": x})[0] for _ in range(4)]
+    for o in outs:
+        assert_close(o, want)
+        assert o.dtype == np.float32 and o.flags.writeable
+    for i in range(len(outs)):
+        for j in range(i + 1, len(outs)):
+            assert not np.shares_memory(outs[i], outs[j])
+    keep = outs[-1].copy()
+    outs[-1][...] = 7.0
+    assert np.array_equal(s.run(None, {"x": x})[0], keep)
+
+
+def test_fast_path_still_validates(chain_model, rng):
+    s = InferenceSession(chain_model)
+    x = rnd(rng, 1, 8, 5, 6)
+    good = s.run(None, {"x": x})[0]
+    s.run(None, {"x": x})
+    for bad in (x.astype(np.float64), x.astype(np.float16), x.tolist(), x[:, :4],
+                x.reshape(1, 8, 30), np.ones((1, 9, 5, 6), F)):
+        with pytest.raises(InputError):
+            s.run(None, {"x": bad})
+    with pytest.raises(InputError):
+        s.run(None, {"x": x, "extra": x})
+    with pytest.raises(InputError):
+        s.run(None, {"y": x})
+    with pytest.raises(InputError):
+        s.run(["nope"], {"x": x})
+    # odd layouts of the validated shape take the general path and agree
+    for odd in (np.asfortranarray(x), x.copy()[:, ::-1][:, ::-1],
+                np.ascontiguousarray(np.concatenate([x, x], axis=3))[..., :6]):
+        assert np.array_equal(s.run(None, {"x": odd})[0], good)
+    ro = x.copy()
+    ro.flags.writeable = False
+    assert np.array_equal(s.run(None, {"x": ro})[0], good)
+    assert np.array_equal(s.run(["y"], {"x": x})[0], good)
+    assert s.run(None, {"x": rnd(rng, 2, 8, 3, 3)})[0].shape == (2, 4, 3, 3)
+    assert np.array_equal(s.run(None, {"x": x})[0], good)
+
+
+def test_concurrent_runs_single_chain(chain_model):
+    s = InferenceSession(chain_model, threads=2)
+    rng = np.random.default_rng(5)
+    xs = [rnd(rng, 2, 8, 31, 17) for _ in range(4)] + [rnd(rng, 1, 8, 4, 4)]
+    want = [s.run(None, {"x": x})[0] for x in xs]
+    errors, bad = [], []
+
+    def worker(k):
+        try:
+            for rep in range(20):
+                i = (k + rep) % len(xs)
+                y = s.run(None, {"x": xs[i]})[0]
+                if not np.array_equal(y, want[i]):
+                    bad.append((k, rep, i))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not bad, (errors, bad[:5])

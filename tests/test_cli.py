@@ -291,7 +291,7 @@ def test_validate_torch_missing_is_one_line(tmp_path):
     (fake / "torch").mkdir(parents=True)
     (fake / "torch" / "__init__.py").write_text("raise ImportError('no torch here (test)')\n")
     proc = cli_run("validate", REDUCE, "--against", "torch", cwd=tmp_path,
-                   env={"PYTHONPATH": os.pathsep.join([PACKAGE_PARENT, str(fake)])})
+                   env={"PYTHONPATH": os.pathsep.join([str(fake), PACKAGE_PARENT])})
     assert "torch" in assert_one_line_error(proc).lower()
 
 

@@ -15,6 +15,8 @@ from pyconv1x1 import planfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = sorted(glob.glob(os.path.join(ROOT, "models", "*.onnx")))
 DYNAMO = os.path.join(ROOT, "models", "embed_64to32_relu_dynamo.onnx")
+# subprocesses import the same pyconv1x1 as this test run (installed or in-place build)
+ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pyconv1x1.__file__)))
 
 
 def _feeds(path):
@@ -101,7 +103,7 @@ def test_plan_loads_without_onnx(tmp_path):
         f"y = s.run(None, {{'input': np.load({str(tmp_path / 'x.npy')!r})}})[0]\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, y)\n"
         "assert 'onnx' not in sys.modules\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=ENV)
     want = pyconv1x1.InferenceSession(DYNAMO).run(None, {"input": x})[0]
     assert np.array_equal(np.load(tmp_path / "y.npy"), want)
 
@@ -226,16 +228,16 @@ def test_run_into_rejects_bad_buffers(bad):
         sess.run_into({"input": x}, outputs)
 
 
-def test_import_does_not_load_onnx_or_numpy_heavy_parts():
+def test_import_does_not_load_onnx_or_numpy_heavy_parts(tmp_path):
     code = ("import sys, pyconv1x1\n"
             "bad = [m for m in ('onnx', 'google.protobuf', 'onnxruntime', 'torch') "
             "if m in sys.modules]\n"
             "assert not bad, bad\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=ENV, cwd=tmp_path)
 
 
-def test_loading_onnx_file_does_not_import_onnx():
+def test_loading_onnx_file_does_not_import_onnx(tmp_path):
     code = ("import sys, pyconv1x1\n"
             f"s = pyconv1x1.InferenceSession({DYNAMO!r})\n"
             "assert 'onnx' not in sys.modules and 'google.protobuf' not in sys.modules\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=ENV, cwd=tmp_path)

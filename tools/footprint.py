@@ -45,6 +45,11 @@ TARGET_RSS_RATIO = 0.5
 def child_env():
     """The environment for the fresh processes: pyconv1x1 importable as it is here."""
     env = dict(os.environ)
+    # measure imports as users see them, from cached bytecode: with
+    # PYTHONDONTWRITEBYTECODE set (as in some sandboxes) every import recompiles its
+    # sources, which costs pyconv1x1 ~15 ms and a compiled package like onnxruntime
+    # little; the first (discarded) run of each figure writes the caches
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     spec = importlib.util.find_spec("pyconv1x1")
     if spec is None and os.path.isdir(os.path.join(REPO, "pyconv1x1")):
         env["PYTHONPATH"] = os.pathsep.join(
@@ -64,6 +69,7 @@ def fresh(code, env, cwd):
 
 def median_of(code, env, cwd, reps, key):
     vals, last = [], None
+    fresh(code, env, cwd)  # warm-up: bytecode caches, page cache
     for _ in range(reps):
         last = fresh(code, env, cwd)
         vals.append(last[key])
