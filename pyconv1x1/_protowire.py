@@ -145,7 +145,6 @@ class _Reader:
             self.fail(pos, f"messages nested deeper than {MAX_DEPTH}")
         msg = Message(spec)
         fields = spec[0]
-        d = msg.__dict__
         while pos < end:
             key, pos = self.varint(pos, end)
             num, wire = key >> 3, key & 7
@@ -159,47 +158,24 @@ class _Reader:
                 name, kind, repeated, _ = field
                 if kind not in (VARINT, SVARINT):
                     self.fail(pos, f"field {name!r} has the wrong wire type")
-                value = _signed(value)
-                if repeated:
-                    d[name].append(value)
-                else:
-                    d[name] = value
-                    msg._set.add(name)
-            elif wire == 1:
-                if pos + 8 > end:
-                    self.fail(pos, "truncated fixed64")
+                _store(msg, name, repeated, _signed(value))
+            elif wire in (1, 5):
+                size, want, fmt = (8, DOUBLE, _F64) if wire == 1 else (4, FLOAT, _F32)
+                if pos + size > end:
+                    self.fail(pos, f"truncated fixed{8 * size}")
                 if field is not None:
                     name, kind, repeated, _ = field
-                    if kind != DOUBLE:
+                    if kind != want:
                         self.fail(pos, f"field {name!r} has the wrong wire type")
-                    value = _F64.unpack_from(self.mv, pos)[0]
-                    if repeated:
-                        d[name].append(value)
-                    else:
-                        d[name] = value
-                        msg._set.add(name)
-                pos += 8
-            elif wire == 5:
-                if pos + 4 > end:
-                    self.fail(pos, "truncated fixed32")
-                if field is not None:
-                    name, kind, repeated, _ = field
-                    if kind != FLOAT:
-                        self.fail(pos, f"field {name!r} has the wrong wire type")
-                    value = _F32.unpack_from(self.mv, pos)[0]
-                    if repeated:
-                        d[name].append(value)
-                    else:
-                        d[name] = value
-                        msg._set.add(name)
-                pos += 4
+                    _store(msg, name, repeated, fmt.unpack_from(self.mv, pos)[0])
+                pos += size
             elif wire == 2:
                 length, pos = self.varint(pos, end)
                 stop = pos + length
                 if stop > end:
                     self.fail(pos, f"length {length} runs past the end of its message")
                 if field is not None:
-                    self._length_delimited(msg, d, field, pos, stop, depth)
+                    self._length_delimited(msg, field, pos, stop, depth)
                 pos = stop
             else:
                 self.fail(pos, f"unsupported wire type {wire}")
@@ -207,9 +183,10 @@ class _Reader:
             self.fail(pos, "message overruns its length")
         return msg
 
-    def _length_delimited(self, msg, d, field, pos, stop, depth):
+    def _length_delimited(self, msg, field, pos, stop, depth):
         name, kind, repeated, sub = field
         mv = self.mv
+        d = msg.__dict__
         if kind == MESSAGE:
             value = self.message(sub, pos, stop, depth + 1)
         elif kind == STRING:
@@ -234,11 +211,15 @@ class _Reader:
             return
         else:
             self.fail(pos, f"field {name!r} has the wrong wire type")
-        if repeated:
-            d[name].append(value)
-        else:
-            d[name] = value
-            msg._set.add(name)
+        _store(msg, name, repeated, value)
+
+
+def _store(msg, name, repeated, value):
+    if repeated:
+        msg.__dict__[name].append(value)
+    else:
+        msg.__dict__[name] = value
+        msg._set.add(name)
 
 
 def _signed(value):
