@@ -1,5 +1,6 @@
 """Pick the kernel build for this CPU at import: x86-64-v4 (AVX-512), x86-64-v3 (AVX2 +
 FMA) or the generic baseline. PYCONV1X1_ISA=generic|v3|v4 forces one (tests use it)."""
+import functools
 import importlib
 import importlib.util
 import os
@@ -41,11 +42,12 @@ def _linux_cpu_flags():
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def runnable_variants():
     """Variants that this CPU can run, widest first. On Linux /proc/cpuinfo answers, so
     only the chosen kernel module is ever loaded; elsewhere the baseline build asks the
     CPU (__builtin_cpu_supports)."""
-    built = built_variants()
+    built = built_variants()  # a tuple is returned below: callers cannot alter the cache
     if "generic" not in built:
         raise Error("pyconv1x1 kernels are not built; install with `pip install .`")
     flags = _linux_cpu_flags()
@@ -54,7 +56,7 @@ def runnable_variants():
         has = generic.cpu_has
     else:
         has = flags.__contains__
-    return [name for name in built if all(has(f) for f in _REQUIRES[name])]
+    return tuple(name for name in built if all(has(f) for f in _REQUIRES[name]))
 
 
 def _quiet_openmp():

@@ -16,26 +16,26 @@ MAX_DEPTH = 32  # subgraphs nest through attributes; real models use a few level
 VARINT, SVARINT, FLOAT, DOUBLE, BYTES, STRING, MESSAGE = range(7)
 
 
+def _default(kind, repeated):
+    if repeated:
+        return ()  # read-only view of an empty repeated field; the parser makes lists
+    return {MESSAGE: None, STRING: "", BYTES: b"", FLOAT: 0.0, DOUBLE: 0.0}.get(kind, 0)
+
+
 class Message:
+    """Fields that were never set read as their protobuf defaults (via __getattr__,
+    so building a message costs nothing per absent field)."""
     __slots__ = ("_spec", "_set", "__dict__")
 
     def __init__(self, spec):
         self._spec = spec
         self._set = set()
-        for name, kind, repeated, _ in spec[0].values():
-            if repeated:
-                value = []
-            elif kind == MESSAGE:
-                value = None
-            elif kind == STRING:
-                value = ""
-            elif kind == BYTES:
-                value = b""
-            elif kind in (FLOAT, DOUBLE):
-                value = 0.0
-            else:
-                value = 0
-            self.__dict__[name] = value
+
+    def __getattr__(self, name):
+        try:
+            return self._spec[2][name]
+        except (KeyError, IndexError):
+            raise AttributeError(name) from None
 
     def HasField(self, name):  # noqa: N802 - protobuf's spelling
         return name in self._set
@@ -46,13 +46,11 @@ class Message:
                 return name
         return None
 
-    def __getattr__(self, name):  # an unset sub-message reads as an empty one
-        raise AttributeError(name)
-
 
 def _spec(fields, oneofs=None):
     return ({num: (name, kind, rep, sub) for num, name, kind, rep, sub in fields},
-            oneofs or {})
+            oneofs or {},
+            {name: _default(kind, rep) for num, name, kind, rep, sub in fields})
 
 
 STRING_ENTRY = _spec([(1, "key", STRING, False, None), (2, "value", STRING, False, None)])
@@ -87,7 +85,7 @@ VALUE_INFO = _spec([(1, "name", STRING, False, None), (2, "type", MESSAGE, False
                     (3, "doc_string", STRING, False, None)])
 OPSET = _spec([(1, "domain", STRING, False, None), (2, "version", VARINT, False, None)])
 # GRAPH and ATTRIBUTE refer to each other: filled in below
-GRAPH = ({}, {})
+GRAPH = ({}, {}, {})
 ATTRIBUTE = _spec([
     (1, "name", STRING, False, None), (21, "ref_attr_name", STRING, False, None),
     (13, "doc_string", STRING, False, None), (20, "type", VARINT, False, None),
@@ -102,12 +100,14 @@ NODE = _spec([(1, "input", STRING, True, None), (2, "output", STRING, True, None
               (3, "name", STRING, False, None), (4, "op_type", STRING, False, None),
               (7, "domain", STRING, False, None), (5, "attribute", MESSAGE, True, ATTRIBUTE),
               (6, "doc_string", STRING, False, None)])
-GRAPH[0].update(_spec([
+_graph = _spec([
     (1, "node", MESSAGE, True, NODE), (2, "name", STRING, False, None),
     (5, "initializer", MESSAGE, True, TENSOR),
     (15, "sparse_initializer", MESSAGE, True, SPARSE_TENSOR),
     (10, "doc_string", STRING, False, None), (11, "input", MESSAGE, True, VALUE_INFO),
-    (12, "output", MESSAGE, True, VALUE_INFO), (13, "value_info", MESSAGE, True, VALUE_INFO)])[0])
+    (12, "output", MESSAGE, True, VALUE_INFO), (13, "value_info", MESSAGE, True, VALUE_INFO)])
+GRAPH[0].update(_graph[0])
+GRAPH[2].update(_graph[2])
 MODEL = _spec([
     (1, "ir_version", VARINT, False, None), (8, "opset_import", MESSAGE, True, OPSET),
     (2, "producer_name", STRING, False, None), (3, "producer_version", STRING, False, None),
@@ -145,8 +145,13 @@ class _Reader:
             self.fail(pos, f"messages nested deeper than {MAX_DEPTH}")
         msg = Message(spec)
         fields = spec[0]
+        mv = self.mv
         while pos < end:
-            key, pos = self.varint(pos, end)
+            key = mv[pos]
+            if key < 0x80:  # one-byte key: nearly all of them
+                pos += 1
+            else:
+                key, pos = self.varint(pos, end)
             num, wire = key >> 3, key & 7
             if num == 0:
                 self.fail(pos, "field number 0")
@@ -170,7 +175,11 @@ class _Reader:
                     _store(msg, name, repeated, fmt.unpack_from(self.mv, pos)[0])
                 pos += size
             elif wire == 2:
-                length, pos = self.varint(pos, end)
+                length = mv[pos] if pos < end else 0x80
+                if length < 0x80:
+                    pos += 1
+                else:
+                    length, pos = self.varint(pos, end)
                 stop = pos + length
                 if stop > end:
                     self.fail(pos, f"length {length} runs past the end of its message")
@@ -196,15 +205,15 @@ class _Reader:
         elif repeated and kind == FLOAT:  # packed
             if (stop - pos) % 4:
                 self.fail(pos, f"packed floats of {stop - pos} bytes")
-            d[name].extend(struct.unpack_from(f"<{(stop - pos) // 4}f", mv, pos))
+            d.setdefault(name, []).extend(struct.unpack_from(f"<{(stop - pos) // 4}f", mv, pos))
             return
         elif repeated and kind == DOUBLE:
             if (stop - pos) % 8:
                 self.fail(pos, f"packed doubles of {stop - pos} bytes")
-            d[name].extend(struct.unpack_from(f"<{(stop - pos) // 8}d", mv, pos))
+            d.setdefault(name, []).extend(struct.unpack_from(f"<{(stop - pos) // 8}d", mv, pos))
             return
         elif repeated and kind in (VARINT, SVARINT):
-            out = d[name]
+            out = d.setdefault(name, [])
             while pos < stop:
                 value, pos = self.varint(pos, stop)
                 out.append(_signed(value))
@@ -215,10 +224,14 @@ class _Reader:
 
 
 def _store(msg, name, repeated, value):
+    d = msg.__dict__
     if repeated:
-        msg.__dict__[name].append(value)
+        if name in d:
+            d[name].append(value)
+        else:
+            d[name] = [value]
     else:
-        msg.__dict__[name] = value
+        d[name] = value
         msg._set.add(name)
 
 

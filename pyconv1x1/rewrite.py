@@ -17,9 +17,9 @@ def build_program(graph, steps):
     inputs = {v.name for v in graph.inputs}
     notes = []
     steps = _drop_copies(steps, outputs, inputs, notes)
-    changed = True
-    while changed:
-        changed = _fuse_once(steps, outputs, notes)
+    users, producer = _consumers(steps), {s.output: s for s in steps}
+    while _fuse_once(steps, outputs, notes, users, producer):
+        pass
     steps = _chain(steps, outputs, notes)
     steps = _toposort(steps, inputs)
     return Program(inputs=graph.inputs, outputs=graph.outputs, steps=steps,
@@ -71,9 +71,8 @@ def _drop_copies(steps, outputs, inputs, notes):
     return kept
 
 
-def _fuse_once(steps, outputs, notes):
-    users = _consumers(steps)
-    producer = {s.output: s for s in steps}
+def _fuse_once(steps, outputs, notes, users, producer):
+    """Merge one step into its producer; keeps `users` and `producer` up to date."""
     for s in steps:
         if isinstance(s, AddStep):
             candidates = [(s.a, s.b), (s.b, s.a)]
@@ -90,6 +89,11 @@ def _fuse_once(steps, outputs, notes):
             if _absorb(p, s, other, notes):
                 p.output = s.output
                 steps.remove(s)
+                del users[main]
+                producer.pop(main, None)
+                producer[s.output] = p
+                if other is not None:
+                    users[other] = [p if u is s else u for u in users.get(other, ())]
                 return True
     return False
 
@@ -190,7 +194,9 @@ def _chain(steps, outputs, notes):
             s.layers.extend(d.layers)
             s.output = d.output
             merged.add(id(d))
-            users = _consumers([x for x in steps if id(x) not in merged])
+            del users[t]
+            for r in d.reads[1:]:  # residuals the merged layer reads: now read by s
+                users[r] = [s if u is d else u for u in users.get(r, ())]
             notes.append(f"chained {first.name} after {s.layers[-2].name}")
     return [s for s in steps if id(s) not in merged]
 
