@@ -504,3 +504,16 @@ def test_strides_and_pads_on_large_images(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (f"exit {r.returncode}\n{r.stdout[-3000:]}\n"
                                f"{r.stderr[-3000:]}")
+
+
+@pytest.mark.parametrize("cin", [63, 64, 65, 256])
+@pytest.mark.parametrize("res_mode", [RES_BEFORE_ACT, RES_AFTER_ACT])
+def test_short_and_long_reduction_paths_with_residual(kern, cin, res_mode):
+    """K <= 64 runs one micro-kernel call per weight block over every full panel, longer
+    K one call per panel: both paths, at the boundary, with residuals, full panels and
+    a partial last panel, and a chain whose next layer takes the other path."""
+    rng = np.random.default_rng(cin)
+    layers = [make_layer(rng, cin, 70, act=EPILOGUES["relu"], res_mode=res_mode),
+              make_layer(rng, 70, 11, act=EPILOGUES["leaky"], res_mode=res_mode)]
+    x = rng.standard_normal((2, cin, 9, 23)).astype(np.float32)
+    check_chain(kern, rng, layers, x, tiles=(None, 16, 48), what=f"K={cin}")
