@@ -498,17 +498,8 @@ def _stem(model):
 
 
 def _reference_onnxruntime(model, feeds, threads):
+    sess = _ort_session(model, threads, "--against")
     try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CliError("--against onnxruntime needs onnxruntime, which is not installed "
-                       "(pip install onnxruntime)") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         results = sess.run(None, feeds)
     except Exception as exc:
         raise CliError(f"onnxruntime cannot run {model!r}: {_one_line(exc)}") from None
@@ -631,11 +622,12 @@ def cmd_validate(args):
 # --------------------------------------------------------------------------------------
 # bench
 # --------------------------------------------------------------------------------------
-def _ort_session(model, threads):
+def _ort_session(model, threads, option="--compare"):
+    """An onnxruntime session with the same thread count (one-line errors)."""
     try:
         import onnxruntime as ort
     except ImportError:
-        raise CliError("--compare onnxruntime needs onnxruntime, which is not installed "
+        raise CliError(f"{option} onnxruntime needs onnxruntime, which is not installed "
                        "(pip install onnxruntime)") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

@@ -246,30 +246,41 @@ def test_invalid_threads(two_output_model, threads):
         InferenceSession(two_output_model, threads=threads)
 
 
+def _in_threads(worker, count):
+    """Run worker(k) for k < count in Python threads at once; re-raise what they raised."""
+    errors = []
+
+    def guarded(k):
+        try:
+            worker(k)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a run() hung"
+    assert not errors, errors
+
+
 def test_concurrent_runs_match_sequential(two_output_model):
     s = InferenceSession(two_output_model, threads=2)
     rng = np.random.default_rng(11)
     shapes = [(1, 6, 8, 8), (2, 6, 5, 7), (3, 6, 16, 9), (1, 6, 1, 1), (2, 6, 64, 48)]
     xs = [rnd(rng, *shapes[i % len(shapes)]) for i in range(16)]
     want = [s.run(None, {"x": x}) for x in xs]
-    errors, got = [], {}
+    got = {}
     barrier = threading.Barrier(8)
 
     def worker(k):
-        try:
-            barrier.wait()
-            for rep in range(6):
-                for i in range(k, len(xs), 8):
-                    got[(k, rep, i)] = s.run(None, {"x": xs[i]})
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        barrier.wait()
+        for rep in range(6):
+            for i in range(k, len(xs), 8):
+                got[(k, rep, i)] = s.run(None, {"x": xs[i]})
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    _in_threads(worker, 8)
     assert len(got) == 6 * len(xs)
     for (k, rep, i), outs in got.items():
         for a, b in zip(outs, want[i]):
@@ -374,21 +385,14 @@ def test_concurrent_runs_single_chain(chain_model):
     rng = np.random.default_rng(5)
     xs = [rnd(rng, 2, 8, 31, 17) for _ in range(4)] + [rnd(rng, 1, 8, 4, 4)]
     want = [s.run(None, {"x": x})[0] for x in xs]
-    errors, bad = [], []
+    bad = []
 
     def worker(k):
-        try:
-            for rep in range(20):
-                i = (k + rep) % len(xs)
-                y = s.run(None, {"x": xs[i]})[0]
-                if not np.array_equal(y, want[i]):
-                    bad.append((k, rep, i))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for rep in range(20):
+            i = (k + rep) % len(xs)
+            y = s.run(None, {"x": xs[i]})[0]
+            if not np.array_equal(y, want[i]):
+                bad.append((k, rep, i))
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors and not bad, (errors, bad[:5])
+    _in_threads(worker, 8)
+    assert not bad, bad[:5]
