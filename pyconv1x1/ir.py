@@ -1,41 +1,67 @@
-"""The parsed model: small frozen dataclasses, free of protobuf. The parser builds them;
-every later stage (check, rewrite, plan) reads only these."""
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple, Union
-
-import numpy as np
+"""The parsed model: small immutable records, free of protobuf. The parser builds them;
+every later stage (check, rewrite, plan) reads only these. (Plain classes with
+__slots__: dataclasses cost ~15 ms of import time, which a session pays on creation.)"""
+from typing import Optional, Tuple, Union
 
 Dim = Union[int, str, None]  # static size, named (symbolic) dim, or unknown
 
 
-@dataclass(frozen=True)
-class ValueInfo:
-    name: str
-    elem_type: str                       # numpy dtype name, e.g. 'float32'
-    shape: Optional[Tuple[Dim, ...]]     # None: rank unknown
+class _Record:
+    """Immutable, compared and printed by its fields (the ones in __slots__)."""
+    __slots__ = ()
+
+    def _values(self):
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __setattr__(self, key, value):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _init(self, **values):
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self._values() == other._values()
+
+    def __hash__(self):
+        return hash((type(self).__name__,) + tuple(
+            v if isinstance(v, (str, int, float, tuple, type(None))) else id(v)
+            for v in self._values()))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"{type(self).__name__}({args})"
 
 
-@dataclass(frozen=True)
-class Node:
-    name: str
-    op_type: str
-    domain: str
-    inputs: Tuple[str, ...]              # '' marks an omitted optional input
-    outputs: Tuple[str, ...]
-    attrs: Mapping[str, Any] = field(default_factory=dict)
+class ValueInfo(_Record):
+    __slots__ = ("name", "elem_type", "shape")
+
+    def __init__(self, name: str, elem_type: str, shape: Optional[Tuple[Dim, ...]]):
+        # elem_type: numpy dtype name, e.g. 'float32'; shape None: rank unknown
+        self._init(name=name, elem_type=elem_type, shape=shape)
+
+
+class Node(_Record):
+    __slots__ = ("name", "op_type", "domain", "inputs", "outputs", "attrs")
+
+    def __init__(self, name, op_type, domain, inputs, outputs, attrs=None):
+        # inputs: '' marks an omitted optional input
+        self._init(name=name, op_type=op_type, domain=domain, inputs=tuple(inputs),
+                   outputs=tuple(outputs), attrs=dict(attrs or {}))
 
     def label(self):
         """How error messages name the node: op and name."""
         return f"{self.op_type} '{self.name}'"
 
 
-@dataclass(frozen=True)
-class Graph:
-    nodes: Tuple[Node, ...]
-    inputs: Tuple[ValueInfo, ...]        # feeds (initializers excluded)
-    outputs: Tuple[ValueInfo, ...]
-    constants: Mapping[str, np.ndarray]  # initializers and Constant nodes, read-only
-    value_info: Mapping[str, ValueInfo]
-    opset: int                           # default-domain opset
-    name: str = ""
-    producer: str = ""
+class Graph(_Record):
+    __slots__ = ("nodes", "inputs", "outputs", "constants", "value_info", "opset", "name",
+                 "producer")
+
+    def __init__(self, nodes, inputs, outputs, constants, value_info, opset, name="",
+                 producer=""):
+        # inputs: the feeds (initializers excluded); constants: initializers and
+        # Constant nodes, read-only arrays; opset: of the default domain
+        self._init(nodes=tuple(nodes), inputs=tuple(inputs), outputs=tuple(outputs),
+                   constants=constants, value_info=value_info, opset=opset, name=name,
+                   producer=producer)

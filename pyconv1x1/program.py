@@ -2,22 +2,22 @@
 tensors, free of ONNX and of input shapes. Weights are already folded (BatchNorm, Mul and
 Add constants) and activations fused; a compiled plan file stores exactly this."""
 import math
-from dataclasses import dataclass, field, replace
 from typing import Optional, Tuple
 
 import numpy as np
 
+from .ir import _Record
+
 RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class Activation:
+class Activation(_Record):
     """y = clamp(x if x >= 0 else alpha * x, lo, hi): covers identity, Relu, Clip, ReLU6
     and LeakyRelu with one epilogue."""
-    kind: str = "none"
-    lo: float = -math.inf
-    hi: float = math.inf
-    alpha: float = 1.0
+    __slots__ = ("kind", "lo", "hi", "alpha")
+
+    def __init__(self, kind="none", lo=-math.inf, hi=math.inf, alpha=1.0):
+        self._init(kind=kind, lo=lo, hi=hi, alpha=alpha)
 
     @property
     def is_identity(self):
@@ -52,23 +52,41 @@ RELU = Activation("relu", 0.0, math.inf, 1.0)
 IDENTITY = Activation()
 
 
-@dataclass
-class ConvLayer:
-    """One 1x1 convolution with its epilogue: bias, optional residual, activation."""
-    names: Tuple[str, ...]            # the ONNX nodes it came from, for messages
-    weight: Optional[np.ndarray]      # [cout, cin / group] float32; None when loaded
-                                      # from a plan file that holds only `packed`
-    bias: np.ndarray                  # [cout] float32
-    group: int = 1
-    strides: Tuple[int, int] = (1, 1)
-    pads: Tuple[int, int, int, int] = (0, 0, 0, 0)   # top, left, bottom, right
-    auto_pad: str = "NOTSET"
-    act: Activation = IDENTITY
-    residual: Optional[str] = None
-    res_mode: int = RES_NONE
-    spatial_rank: int = 2             # 1 for Conv1d-style [N, C, L] tensors
-    packed: Optional[tuple] = None    # (rows per block, packed, blocks): see plan.pack_layer
-    wshape: Optional[Tuple[int, int]] = None  # (cout, k) when weight is None
+class _Mutable:
+    """A record whose fields the rewrite stage updates in place."""
+    __slots__ = ()
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"{type(self).__name__}({args})"
+
+
+class ConvLayer(_Mutable):
+    """One 1x1 convolution with its epilogue: bias, optional residual, activation.
+
+    weight: [cout, cin / group] float32, or None when loaded from a plan file that holds
+    only `packed` = (rows per block, packed, blocks) (see plan.pack_layer) and `wshape` =
+    (cout, k). pads: top, left, bottom, right. spatial_rank: 1 for [N, C, L] tensors."""
+    __slots__ = ("names", "weight", "bias", "group", "strides", "pads", "auto_pad", "act",
+                 "residual", "res_mode", "spatial_rank", "packed", "wshape")
+
+    def __init__(self, names: Tuple[str, ...], weight: Optional[np.ndarray],
+                 bias: np.ndarray, group=1, strides=(1, 1), pads=(0, 0, 0, 0),
+                 auto_pad="NOTSET", act=None, residual=None, res_mode=RES_NONE,
+                 spatial_rank=2, packed=None, wshape=None):
+        self.names = tuple(names)
+        self.weight = weight
+        self.bias = bias
+        self.group = group
+        self.strides = tuple(strides)
+        self.pads = tuple(pads)
+        self.auto_pad = auto_pad
+        self.act = IDENTITY if act is None else act
+        self.residual = residual
+        self.res_mode = res_mode
+        self.spatial_rank = spatial_rank
+        self.packed = packed
+        self.wshape = wshape
 
     @property
     def cout(self):
@@ -112,12 +130,12 @@ class ConvLayer:
         return 2 * n * ho * wo * self.cout * self.k
 
 
-@dataclass
-class ChainStep:
+class ChainStep(_Mutable):
     """Conv layers fused depth-first: a tile of pixels passes through all of them."""
-    input: str
-    output: str
-    layers: list
+    __slots__ = ("input", "output", "layers")
+
+    def __init__(self, input, output, layers):
+        self.input, self.output, self.layers = input, output, list(layers)
 
     @property
     def name(self):
@@ -128,56 +146,55 @@ class ChainStep:
         return [self.input] + [l.residual for l in self.layers if l.residual]
 
 
-@dataclass
-class AffineStep:
+class AffineStep(_Mutable):
     """y[:, c] = act(x[:, c] * scale[c] + shift[c]): BatchNorm, Mul/Add by constants or
-    an activation that no conv could absorb."""
-    name: str
-    input: str
-    output: str
-    scale: Optional[np.ndarray]       # [C] or None (1)
-    shift: Optional[np.ndarray]       # [C] or None (0)
-    act: Activation = IDENTITY
+    an activation that no conv could absorb. scale / shift: [C] or None (1 / 0)."""
+    __slots__ = ("name", "input", "output", "scale", "shift", "act")
+
+    def __init__(self, name, input, output, scale, shift, act=None):
+        self.name, self.input, self.output = name, input, output
+        self.scale, self.shift = scale, shift
+        self.act = IDENTITY if act is None else act
 
     @property
     def reads(self):
         return [self.input]
 
 
-@dataclass
-class AddStep:
+class AddStep(_Mutable):
     """y = act(a + b) for two tensors of one shape (a residual join no conv absorbed)."""
-    name: str
-    a: str
-    b: str
-    output: str
-    act: Activation = IDENTITY
+    __slots__ = ("name", "a", "b", "output", "act")
+
+    def __init__(self, name, a, b, output, act=None):
+        self.name, self.a, self.b, self.output = name, a, b, output
+        self.act = IDENTITY if act is None else act
 
     @property
     def reads(self):
         return [self.a, self.b]
 
 
-@dataclass
-class CopyStep:
+class CopyStep(_Mutable):
     """A graph output that is another graph value (Identity of an input or output)."""
-    name: str
-    input: str
-    output: str
+    __slots__ = ("name", "input", "output")
+
+    def __init__(self, name, input, output):
+        self.name, self.input, self.output = name, input, output
 
     @property
     def reads(self):
         return [self.input]
 
 
-@dataclass
-class Program:
-    inputs: tuple                     # ir.ValueInfo of the feeds
-    outputs: tuple                    # ir.ValueInfo of the results
-    steps: list
-    opset: int = 0
-    producer: str = ""
-    notes: list = field(default_factory=list)   # what the rewrite passes did
+class Program(_Mutable):
+    """inputs / outputs: ir.ValueInfo of the feeds and results; steps in execution
+    order; notes: what the rewrite passes did."""
+    __slots__ = ("inputs", "outputs", "steps", "opset", "producer", "notes")
+
+    def __init__(self, inputs, outputs, steps, opset=0, producer="", notes=None):
+        self.inputs, self.outputs, self.steps = tuple(inputs), tuple(outputs), steps
+        self.opset, self.producer = opset, producer
+        self.notes = [] if notes is None else notes
 
     def layers(self):
         for step in self.steps:
@@ -185,4 +202,5 @@ class Program:
                 yield from step.layers
 
     def with_steps(self, steps):
-        return replace(self, steps=steps)
+        return Program(self.inputs, self.outputs, steps, self.opset, self.producer,
+                       list(self.notes))
