@@ -105,7 +105,7 @@ _graph = _spec([
     (5, "initializer", MESSAGE, True, TENSOR),
     (15, "sparse_initializer", MESSAGE, True, SPARSE_TENSOR),
     (10, "doc_string", STRING, False, None), (11, "input", MESSAGE, True, VALUE_INFO),
-    (12, "output", MESSAGE, True, VALUE_INFO), (13, "value_info", MESSAGE, True, VALUE_INFO)])
+    (12, "output", MESSAGE, True, VALUE_INFO)])  # value_info (13): unused, skipped
 GRAPH[0].update(_graph[0])
 GRAPH[2].update(_graph[2])
 MODEL = _spec([
@@ -150,6 +150,9 @@ class _Reader:
             key = mv[pos]
             if key < 0x80:  # one-byte key: nearly all of them
                 pos += 1
+            elif pos + 1 < end and mv[pos + 1] < 0x80:  # two bytes: fields 16 to 2047
+                key = (key & 0x7F) | (mv[pos + 1] << 7)
+                pos += 2
             else:
                 key, pos = self.varint(pos, end)
             num, wire = key >> 3, key & 7

@@ -174,7 +174,7 @@ def _convert_model(proto, base_dir):
     inputs = tuple(_value_info(v) for v in g.input if v.name not in constants)
     outputs = tuple(_value_info(v) for v in g.output)
     value_info = {}
-    for v in list(g.value_info) + list(g.input) + list(g.output):
+    for v in list(g.input) + list(g.output):  # (intermediate value_info is not read)
         try:
             value_info[v.name] = _value_info(v)
         except UnsupportedError:
