@@ -96,7 +96,7 @@ def _inputs(node, lo, hi):
         raise ModelError(f"{node.label()}: its data input is empty")
 
 
-def _single_output(node, allow_extra_unused=True):
+def _single_output(node):
     if not node.outputs or node.outputs[0] == "":
         raise ModelError(f"{node.label()}: no output")
 

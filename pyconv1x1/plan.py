@@ -20,6 +20,19 @@ def split_rows(count, mr):
     return [base + 1] * extra + [base] * (nb - extra)
 
 
+def block_table(cout, k, group, mr):
+    """The packed-block table of a [cout, k] weight in `group` groups: rows of (rows,
+    first output channel, first input channel, offset into the packed weights)."""
+    blocks, offset, cout_g = [], 0, cout // group
+    for g in range(group):
+        row = g * cout_g
+        for rows in split_rows(cout_g, mr):
+            blocks.append((rows, row, g * k, offset))
+            offset += rows * k
+            row += rows
+    return np.array(blocks, dtype=np.intp).reshape(-1, 4)
+
+
 def pack_layer(layer, mr):
     """Pack a layer's weight [cout, k] as blocks [k][rows <= mr] per group; returns
     (packed float32, blocks intp [nblocks, 4] = rows, cout0, cin0, offset). A layer
@@ -28,20 +41,10 @@ def pack_layer(layer, mr):
         return layer.packed[1], layer.packed[2]
     weight = layer.weight if layer.weight is not None else unpack_layer(layer)
     cout, k = weight.shape
-    group = layer.group
-    cout_g = cout // group
-    parts, blocks, offset = [], [], 0
-    for g in range(group):
-        row = g * cout_g
-        for rows in split_rows(cout_g, mr):
-            panel = np.ascontiguousarray(weight[row:row + rows].T, dtype=np.float32)
-            parts.append(panel.reshape(-1))
-            blocks.append((rows, row, g * k, offset))
-            offset += panel.size
-            row += rows
+    blocks = block_table(cout, k, layer.group, mr)
+    parts = [weight[cout0:cout0 + rows].T.reshape(-1) for rows, cout0, _, _ in blocks]
     packed = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    blocks = np.array(blocks, dtype=np.intp).reshape(-1, 4)
-    return np.ascontiguousarray(packed), blocks
+    return np.ascontiguousarray(packed, dtype=np.float32), blocks
 
 
 def unpack_layer(layer):

@@ -18,13 +18,10 @@ Layout (all integers little-endian; see docs/PLAN_FORMAT.md):
 The file ends at B + L. Every field is checked on load (sizes, offsets, checksum, then the
 program's structure and packed-block geometry) before any kernel sees a pointer.
 """
-import io
-import json
 import math
 import os
 import stat
 import struct
-import zlib
 
 import numpy as np
 
@@ -45,6 +42,8 @@ def is_plan(data_or_path):
     """True if bytes or a file start with the plan magic."""
     if isinstance(data_or_path, (bytes, bytearray, memoryview)):
         return bytes(data_or_path[:8]) == MAGIC
+    if not isinstance(data_or_path, (str, os.PathLike)):
+        return False  # (an int would be taken as a file descriptor)
     try:
         if not stat.S_ISREG(os.stat(data_or_path).st_mode):
             return False  # a FIFO or device: never block on it here
@@ -93,6 +92,8 @@ def _vi_json(v):
 
 def dumps(program, mr):
     """Serialize a Program, its conv weights packed for blocks of `mr` rows."""
+    import json
+    import zlib
     from .plan import pack_layer
     arrays = _Arrays()
     steps = []
@@ -161,6 +162,8 @@ def compile_model(model, out_path, base_dir=None, isa=None):
 # --------------------------------------------------------------------------------------
 def load(source):
     """Program from a plan file path (memory-mapped) or bytes (zero-copy views)."""
+    import json  # here, not at module level: session sniffs .onnx files with is_plan
+    import zlib
     if isinstance(source, (bytes, bytearray, memoryview)):
         buf = memoryview(source).cast("B")
         where = "plan bytes"
@@ -305,15 +308,9 @@ def _layer(l, arr):
                       res_mode=int(l["res_mode"]), spatial_rank=int(l["spatial_rank"]),
                       packed=(mr, packed, blocks), wshape=(cout, k))
     # the kernel trusts block offsets: they must be exactly what packing produces
-    from .plan import split_rows
-    expect, offset = [], 0
-    for g in range(group):
-        row = g * (cout // group)
-        for rows in split_rows(cout // group, mr):
-            expect.append((rows, row, g * k, offset))
-            offset += rows * k
-            row += rows
-    if blocks.shape != (len(expect), 4) or blocks.tolist() != [list(e) for e in expect]:
+    from .plan import block_table
+    expect = block_table(cout, k, group, mr)
+    if blocks.shape != expect.shape or not np.array_equal(blocks, expect):
         raise ModelError(f"plan layer {layer.name}: packed blocks are inconsistent")
     return layer
 
@@ -360,9 +357,3 @@ def validate(program):
     for v in program.outputs:
         if v.name not in defined:
             raise ModelError(f"plan output {v.name!r} is never computed")
-
-
-def to_bytes(program, mr):
-    buf = io.BytesIO()
-    buf.write(dumps(program, mr))
-    return buf.getvalue()

@@ -171,10 +171,6 @@ def _expand(v, c, default):
 
 def _chain(steps, outputs, notes):
     users = _consumers(steps)
-    by_input = {}
-    for s in steps:
-        if isinstance(s, ChainStep):
-            by_input.setdefault(s.input, []).append(s)
     merged = set()
     for s in steps:
         if not isinstance(s, ChainStep) or id(s) in merged:

@@ -3,11 +3,10 @@ import _thread
 import collections
 import functools
 import os
-import stat
 
 import numpy as np
 
-from . import _backend
+from . import _backend, planfile
 from ._threads import resolve_threads
 from .errors import Error, InputError, ModelError
 from .plan import KernelSet, ShapePlan
@@ -34,28 +33,10 @@ def _node_arg(v):
     return NodeArg(v.name, shape, f"tensor({'float' if v.elem_type == 'float32' else v.elem_type})")
 
 
-PLAN_MAGIC = b"PC1PLAN\x00"  # = planfile.MAGIC; sniffed here so .onnx loads skip planfile
-
-
-def _looks_like_plan(model):
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        return bytes(model[:8]) == PLAN_MAGIC
-    if not isinstance(model, (str, os.PathLike)):
-        return False
-    try:
-        if not stat.S_ISREG(os.stat(model).st_mode):
-            return False  # a FIFO or device: never block on it here
-        with open(model, "rb") as f:
-            return f.read(8) == PLAN_MAGIC
-    except (OSError, ValueError):
-        return False
-
-
 def _load_program(model, base_dir):
     """Parse, check and rewrite: model -> Program. A compiled plan (.pc1) needs none of
     that: it is validated and memory-mapped with numpy alone (no onnx import)."""
-    if _looks_like_plan(model):
-        from . import planfile
+    if planfile.is_plan(model):
         return planfile.load(model)
     from . import check, onnx_reader, rewrite
     graph = onnx_reader.load(model, base_dir=base_dir)

@@ -117,6 +117,11 @@ def act_ref(v, lo=-np.inf, hi=np.inf, alpha=1.0):
     return np.minimum(np.maximum(v, lo), hi)
 
 
+def rnd(rng, *shape, scale=1.0):
+    """A seeded float32 array of standard normal values (times scale)."""
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
 def rel_err(got, ref):
     got = np.asarray(got, np.float64)
     ref = np.asarray(ref, np.float64)

@@ -11,15 +11,11 @@ import onnx
 import pytest
 from onnx import helper
 
-from conftest import MODELS, assert_close, conv_node, make_model, run_ort
+from conftest import MODELS, assert_close, conv_node, make_model, rnd, run_ort
 import pyconv1x1
 from pyconv1x1 import Error, InferenceSession, InputError
 
 F = np.float32
-
-
-def rnd(rng, *shape):
-    return rng.standard_normal(shape).astype(F)
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import conv_node, make_model
+from conftest import conv_node, make_model, rnd
 from pyconv1x1 import Error, InferenceSession, InputError, ModelError, UnsupportedError
 
 F = np.float32
-
-
-def rnd(rng, *shape):
-    return rng.standard_normal(shape).astype(F)
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import (NEWEST_OPSET, assert_close, conv_node, make_model, run_ort,
-                      run_reference)
+                      run_reference, rnd)
 from pyconv1x1 import InferenceSession, UnsupportedError
 
 F = np.float32
-
-
-def rnd(rng, *shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(F)
 
 
 def check(model, feeds, ort=True, ref=True, rtol=1e-5, threads=(1, 2)):
