@@ -19,7 +19,10 @@ still spins (OpenBLAS threads spin ~0.1 s after a call), so no engine's spinning
 steal cycles from another's block.
 Reported per workload and engine: the median per-call time over all rounds, GF/s, % of the
 sgemm peak (a large numpy float32 matmul at the same thread count, or --peak x threads), the
-ratio onnxruntime_time / engine_time, and the max relative error against onnxruntime.
+ratio onnxruntime_time / engine_time (the median over rounds of the ratio of the two blocks
+timed in the same round, with its interquartile range: on a host whose speed drifts, a
+ratio of blocks seconds apart is steadier than a ratio of overall medians), and the max
+relative error against onnxruntime.
 A separate settled block per engine gives CPU time / wall time, and the CPU burnt in the
 100 ms after the last call returns (spinning threads show up there).
 """
@@ -173,6 +176,25 @@ def measure_peak(threads, reps=5, n=2048):
     return 2.0 * n ** 3 / best / 1e9
 
 
+class PeakProbe:
+    """One float32 n^3 numpy matmul per round, timed beside the engines: % of peak is
+    then a ratio of two blocks timed seconds apart, like ort/x, not of a peak measured
+    minutes before on a host whose speed drifts."""
+    name = "sgemm peak"
+
+    def __init__(self, n=2048):
+        import numpy as np
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((n, n)).astype(np.float32)
+        self.b = rng.standard_normal((n, n)).astype(np.float32)
+        self.c = np.empty((n, n), np.float32)
+        self.flops = 2.0 * n ** 3
+
+    def __call__(self):
+        import numpy as np
+        np.matmul(self.a, self.b, out=self.c)
+
+
 def _err(msg):
     return msg.strip().splitlines()[-1][:160] if msg.strip() else "error"
 
@@ -197,8 +219,9 @@ def time_block(fn, reps, out):
         out.append(pc() - t0)
 
 
-def bench_workload(wl, engines, threads, cfg):
-    """Interleaved rounds over the engines that built; returns {engine: result dict}."""
+def bench_workload(wl, engines, threads, cfg, probe=None):
+    """Interleaved rounds over the engines that built (and the peak probe, if given);
+    returns {engine: result dict}."""
     import numpy as np
     res = {}
     live = {}
@@ -232,8 +255,13 @@ def bench_workload(wl, engines, threads, cfg):
                 scale = float(np.max(np.abs(ref))) or 1.0
                 r["max_rel_err"] = float(np.max(np.abs(y - ref))) / scale
 
+    if probe is not None:
+        probe()
+        live[probe.name] = probe
+        res[probe.name] = {"reps": 1, "error": None}
     order = list(live)
     times = {name: [] for name in order}
+    blocks = {name: [None] * cfg["rounds"] for name in order}  # per round: block median
     for rnd in range(cfg["rounds"]):
         k = rnd % max(1, len(order))
         for name in order[k:] + order[:k]:
@@ -241,7 +269,10 @@ def bench_workload(wl, engines, threads, cfg):
                 continue
             try:
                 settle(cfg["gap_s"])
-                time_block(live[name], res[name]["reps"], times[name])
+                block = []
+                time_block(live[name], res[name]["reps"], block)
+                times[name].extend(block)
+                blocks[name][rnd] = sorted(block)[len(block) // 2]
             except Exception:
                 res[name]["error"] = _err(traceback.format_exc())
                 live.pop(name)
@@ -251,6 +282,30 @@ def bench_workload(wl, engines, threads, cfg):
             res[name]["ms"] = 1e3 * t[len(t) // 2]
             res[name]["p90_ms"] = 1e3 * t[min(len(t) - 1, int(0.9 * len(t)))]
             res[name]["samples"] = len(t)
+    # paired ratios: onnxruntime's block / this engine's block in the same round (blocks
+    # a few ms apart), so drift of the machine between rounds cancels out
+    ref_blocks = blocks.get("onnxruntime")
+    for name in order:
+        if name in live and ref_blocks is not None and name != "onnxruntime":
+            pairs = sorted(a / b for a, b in zip(ref_blocks, blocks[name])
+                           if a is not None and b is not None and b > 0)
+            if pairs:
+                res[name]["ratio"] = pairs[len(pairs) // 2]
+                res[name]["ratio_q1"] = pairs[len(pairs) // 4]
+                res[name]["ratio_q3"] = pairs[min(len(pairs) - 1, (3 * len(pairs)) // 4)]
+        elif name == "onnxruntime" and name in live:
+            res[name]["ratio"] = 1.0
+    if probe is not None:
+        peak_blocks = blocks.pop(probe.name)
+        live.pop(probe.name, None)
+        order.remove(probe.name)
+        del res[probe.name]
+        for name in order:
+            pairs = sorted(100.0 * (wl.flops / b) / (probe.flops / a)
+                           for a, b in zip(peak_blocks, blocks[name])
+                           if a is not None and b is not None and b > 0)
+            if name in live and pairs:
+                res[name]["pct_peak"] = pairs[len(pairs) // 2]
 
     # settled blocks: CPU time vs wall time per call, then CPU burnt after return
     for name in order:
@@ -302,7 +357,8 @@ def worker(args):
                                      "error": _err(traceback.format_exc())})
             continue
         t0 = time.perf_counter()
-        res = bench_workload(wl, engines, threads, cfg)
+        res = bench_workload(wl, engines, threads, cfg,
+                             None if args.peak else PeakProbe())
         print(f"  [threads={threads}] {wl.name}: {time.perf_counter() - t0:.1f} s",
               file=sys.stderr, flush=True)
         out["workloads"].append({"name": wl.name, "builtin": kind == "builtin",
@@ -452,10 +508,10 @@ def summarize(run):
     for wl in run.get("workloads", []):
         eng = wl.get("engines", {})
         ours, ort = eng.get("pyconv1x1", {}), eng.get("onnxruntime", {})
-        if ours.get("ms") and ort.get("ms"):
-            ratios[wl["name"]] = (ort["ms"] / ours["ms"], wl["builtin"])
+        if ours.get("ratio"):
+            ratios[wl["name"]] = (ours["ratio"], wl["builtin"])
         if wl["name"] == "big256" and wl.get("builtin") and ours.get("ms"):
-            big_pct = 100 * gflops(wl, ours) / run["peak"]
+            big_pct = ours.get("pct_peak") or 100 * gflops(wl, ours) / run["peak"]
         if wl["name"] == "tiny" and wl.get("builtin") and ours.get("ms"):
             tiny_us = ours["ms"] * 1e3
     builtin = [r for r, b in ratios.values() if b]
@@ -490,7 +546,7 @@ def print_text(results, engines, cpu, cores):
               f"{_fmt(run.get('load_after'), '.2f')} after (this run adds up to {t}; more "
               "means other processes competed)")
         hdr = (f"{'workload':16s} {'engine':12s} {'ms':>9s} {'p90 ms':>9s} {'GF/s':>7s} "
-               f"{'%peak':>6s} {'ort/x':>6s} {'rel err':>8s} {'cpu/wall':>8s} "
+               f"{'%peak':>6s} {'ort/x':>6s} {'IQR':>9s} {'rel err':>8s} {'cpu/wall':>8s} "
                f"{'idle cpu':>8s}")
         print(hdr)
         print("-" * len(hdr))
@@ -498,7 +554,6 @@ def print_text(results, engines, cpu, cores):
             if wl.get("error"):
                 print(f"{wl['name']:16s} ERROR: {wl['error']}")
                 continue
-            ort_ms = wl["engines"].get("onnxruntime", {}).get("ms")
             first = True
             for name in engines:
                 r = wl["engines"].get(name)
@@ -510,13 +565,15 @@ def print_text(results, engines, cpu, cores):
                     print(f"{label:16s} {name:12s} {r['error']}")
                     continue
                 gf = gflops(wl, r)
-                pct = 100 * gf / run["peak"] if gf else None
-                ratio = ort_ms / r["ms"] if ort_ms else None
+                pct = r.get("pct_peak") or (100 * gf / run["peak"] if gf else None)
+                ratio = r.get("ratio")
+                spread = (f"{r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}" if "ratio_q1" in r
+                          else "-")
                 err = r.get("max_rel_err")
                 print(f"{label:16s} {name:12s} {_fmt_ms(r['ms']):>9s} "
                       f"{_fmt_ms(r['p90_ms']):>9s} "
                       f"{_fmt(gf, '7.1f'):>7s} {_fmt(pct, '5.0f'):>5s}% "
-                      f"{_fmt(ratio, '6.2f'):>6s} {_fmt(err, '8.1e'):>8s} "
+                      f"{_fmt(ratio, '6.2f'):>6s} {spread:>9s} {_fmt(err, '8.1e'):>8s} "
                       f"{_fmt(r.get('cpu_per_wall'), '8.2f'):>8s} "
                       f"{_fmt_idle(r.get('idle_cpu_ms')):>8s}"
                       + (f"  ({r['error']})" if r.get("error") else ""))
@@ -526,8 +583,11 @@ def print_text(results, engines, cpu, cores):
         for label, value, ok, shown in s["checks"]:
             verdict = "n/a " if value is None else "PASS" if ok else "FAIL"
             print(f"  [{verdict}] {label}: {shown if value is not None else 'not measured'}")
-    print("\nms = median per-call time over interleaved rounds; ort/x = onnxruntime time / "
-          "engine time (>1: faster than onnxruntime);\nrel err = max|y - y_ort| / max|y_ort|; "
+    print("\nms = median per-call time over interleaved rounds; ort/x = median over rounds of "
+          "onnxruntime's block time / the engine's block time in the same round (>1: faster "
+          "than onnxruntime), IQR its interquartile range;\n%peak = median over rounds of the "
+          "engine's GF/s / a 2048^3 numpy sgemm's GF/s timed in the same round (with --peak: "
+          "of the given peak);\nrel err = max|y - y_ort| / max|y_ort|; "
           "cpu/wall = process CPU time / wall time over a settled block (<= threads means "
           "no oversubscription);\nidle cpu = CPU burnt in the 100 ms after the last call "
           "returned (spinning threads). numpy's BLAS and torch use the same thread count "
@@ -553,9 +613,8 @@ def print_markdown(results, engines, cpu, cores):
             e = wl["engines"]
             ours = e.get("pyconv1x1", {})
             gf = gflops(wl, ours)
-            pct = 100 * gf / run["peak"] if gf else None
-            ort_ms = e.get("onnxruntime", {}).get("ms")
-            ratio = ort_ms / ours["ms"] if ort_ms and ours.get("ms") else None
+            pct = ours.get("pct_peak") or (100 * gf / run["peak"] if gf else None)
+            ratio = ours.get("ratio")
             row = [wl["name"], str(run["threads"]), f"{wl['flops'] / 1e6:.1f}",
                    _fmt_ms(ours.get("ms")), _fmt(gf, ".1f"), _fmt(pct, ".0f")]
             row += [_fmt_ms(e.get(o, {}).get("ms")) for o in others]
