@@ -67,7 +67,7 @@ class InferenceSession:
                              if len(self._program.inputs) == 1 else None)
         self._fast = self._kernels.FastRun(
             functools.partial(InferenceSession.run, self), self._direct_name)
-        self.run = self._fast  # instance attribute: found before the class's method
+        self.run = self._fast.run  # instance attribute: found before the class's method
         self._lock = _thread.allocate_lock()  # (threading costs ~1 ms to import)
 
     # -- onnxruntime-compatible surface ----------------------------------------------

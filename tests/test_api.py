@@ -376,6 +376,77 @@ def test_fast_path_still_validates(chain_model, rng):
     assert np.array_equal(s.run(None, {"x": x})[0], good)
 
 
+def test_fast_path_recycles_only_dropped_outputs(chain_model, rng):
+    """run() may hand back the buffer of an output the caller dropped (no allocation in
+    tight loops), never one anything still refers to: a name, a view, a memoryview, a
+    weak reference, or one changed in place."""
+    import gc
+    import weakref
+    s = InferenceSession(chain_model)
+    x = rnd(rng, 1, 8, 5, 6)
+    x2 = rnd(rng, 1, 8, 5, 6)
+    want, want2 = run_ort(chain_model, {"x": x})[0], run_ort(chain_model, {"x": x2})[0]
+    s.run(None, {"x": x})
+    s.run(None, {"x": x})  # now on the fast path
+    first = s.run(None, {"x": x})[0]
+    first_id = id(first)
+    del first
+    again = s.run(None, {"x": x2})[0]
+    assert id(again) == first_id  # dropped: its buffer came back
+    assert_close(again, want2)
+
+    # anything still holding the previous output keeps it intact
+    def holders(y):
+        yield y  # the array itself
+        yield y[0, 1]  # a view
+        yield memoryview(y)
+        yield np.frombuffer(y, np.float32)
+
+    for make in range(4):
+        y = s.run(None, {"x": x})[0]
+        keep = y.copy()
+        held = list(holders(y))[make]
+        del y
+        z = s.run(None, {"x": x2})[0]
+        assert not np.shares_memory(np.asarray(held), z)
+        assert np.array_equal(np.asarray(held).reshape(-1),
+                              keep[0, 1].reshape(-1) if make == 1 else keep.reshape(-1))
+        assert_close(z, want2)
+        del held, z
+
+    y = s.run(None, {"x": x})[0]
+    ref = weakref.ref(y)
+    del y
+    gc.collect()
+    z = s.run(None, {"x": x2})[0]
+    assert ref() is not z and (ref() is None or not np.shares_memory(ref(), z))
+    del z
+
+    # changed in place, then dropped: never handed out again as an output
+    for change in ("shape", "readonly", "dtype"):
+        y = s.run(None, {"x": x})[0]
+        if change == "shape":
+            y.shape = (1, 4, 30)
+        elif change == "readonly":
+            y.flags.writeable = False
+        else:
+            y.dtype = np.int32
+        del y
+        z = s.run(None, {"x": x2})[0]
+        assert z.shape == (1, 4, 5, 6) and z.dtype == np.float32 and z.flags.writeable
+        assert_close(z, want2)
+        del z
+    assert_close(s.run(None, {"x": x})[0], want)
+
+    # large outputs are never kept alive between runs: their memory goes back at once
+    big = rnd(rng, 1, 8, 128, 130)  # 4 x 128 x 130 floats = 260 KiB > 256 KiB
+    s.run(None, {"x": big})
+    y = s.run(None, {"x": big})[0]
+    ref = weakref.ref(y)
+    del y
+    assert ref() is None
+
+
 def test_concurrent_runs_single_chain(chain_model):
     s = InferenceSession(chain_model, threads=2)
     rng = np.random.default_rng(5)
