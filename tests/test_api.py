@@ -463,3 +463,36 @@ def test_concurrent_runs_single_chain(chain_model):
 
     _in_threads(worker, 8)
     assert not bad, bad[:5]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_long_runs_release_the_gil(threads):
+    """Other Python threads keep running while a run of milliseconds computes (only runs
+    of a few microseconds keep the GIL)."""
+    import time
+    rng = np.random.default_rng(8)
+    inits, nodes, prev = {}, [], "x"
+    for i in range(8):
+        inits[f"W{i}"] = rnd(rng, 32, 32, 1, 1)
+        nodes.append(conv_node(prev, f"W{i}", None, f"y{i}"))
+        prev = f"y{i}"
+    model = make_model(nodes, [("x", [1, 32, 256, 256])], [(prev, [1, 32, 256, 256])], inits)
+    s = InferenceSession(model, threads=threads)
+    x = rnd(rng, 1, 32, 256, 256)
+    s.run(None, {"x": x})
+    span = []
+
+    def worker(_):
+        t0 = time.perf_counter()
+        s.run(None, {"x": x})
+        span.append((t0, time.perf_counter()))
+
+    ticks = []
+    t = threading.Thread(target=worker, args=(0,))
+    t.start()
+    while t.is_alive():
+        ticks.append(time.perf_counter())
+    t.join()
+    (t0, t1), = span
+    inside = [v for v in ticks if t0 < v < t1]
+    assert len(inside) >= 10, (len(inside), t1 - t0)
