@@ -468,11 +468,12 @@ def test_concurrent_runs_single_chain(chain_model):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_long_runs_release_the_gil(threads):
     """Other Python threads keep running while a run of milliseconds computes (only runs
-    of a few microseconds keep the GIL)."""
+    of a few microseconds keep the GIL): the main thread, ticking in a loop, never
+    stalls for most of a run."""
     import time
     rng = np.random.default_rng(8)
     inits, nodes, prev = {}, [], "x"
-    for i in range(8):
+    for i in range(24):
         inits[f"W{i}"] = rnd(rng, 32, 32, 1, 1)
         nodes.append(conv_node(prev, f"W{i}", None, f"y{i}"))
         prev = f"y{i}"
@@ -482,17 +483,20 @@ def test_long_runs_release_the_gil(threads):
     s.run(None, {"x": x})
     span = []
 
-    def worker(_):
+    def worker():
         t0 = time.perf_counter()
         s.run(None, {"x": x})
         span.append((t0, time.perf_counter()))
 
     ticks = []
-    t = threading.Thread(target=worker, args=(0,))
+    t = threading.Thread(target=worker)
     t.start()
     while t.is_alive():
         ticks.append(time.perf_counter())
     t.join()
     (t0, t1), = span
-    inside = [v for v in ticks if t0 < v < t1]
-    assert len(inside) >= 10, (len(inside), t1 - t0)
+    inside = [t0] + [v for v in ticks if t0 < v < t1] + [t1]
+    longest = max(b - a for a, b in zip(inside, inside[1:]))
+    # holding the GIL would stall the main thread for the whole kernel (all but the
+    # interpreter's 5 ms switch interval); time slices of a busy machine are far shorter
+    assert longest < 0.5 * (t1 - t0), (longest, t1 - t0)
