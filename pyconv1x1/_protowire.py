@@ -48,9 +48,33 @@ class Message:
 
 
 def _spec(fields, oneofs=None):
-    return ({num: (name, kind, rep, sub) for num, name, kind, rep, sub in fields},
-            oneofs or {},
-            {name: _default(kind, rep) for num, name, kind, rep, sub in fields})
+    """(fields by number, oneofs, defaults, dispatch table by one-byte key)."""
+    by_num = {num: (name, kind, rep, sub) for num, name, kind, rep, sub in fields}
+    return (by_num, oneofs or {},
+            {name: _default(kind, rep) for num, name, kind, rep, sub in fields},
+            _table(by_num))
+
+
+_WIRE = {VARINT: 0, SVARINT: 0, FLOAT: 5, DOUBLE: 1, BYTES: 2, STRING: 2, MESSAGE: 2}
+_PACKABLE = (VARINT, SVARINT, FLOAT, DOUBLE)
+
+
+def _entry(by_num, num, wire):
+    """The field a key names: (name, kind, repeated, sub); kind None when the wire type
+    is wrong for the field; None for an unknown field (skipped)."""
+    field = by_num.get(num)
+    if field is None:
+        return None
+    name, kind, repeated, _ = field
+    if wire == _WIRE[kind] or (wire == 2 and repeated and kind in _PACKABLE):
+        return field
+    return (name, None, repeated, None)
+
+
+def _table(by_num):
+    """Entries for every one-byte key (fields 1-15, all wire types): the parser's
+    dispatch is then one list index per field."""
+    return [None] * 8 + [_entry(by_num, key >> 3, key & 7) for key in range(8, 128)]
 
 
 STRING_ENTRY = _spec([(1, "key", STRING, False, None), (2, "value", STRING, False, None)])
@@ -85,7 +109,7 @@ VALUE_INFO = _spec([(1, "name", STRING, False, None), (2, "type", MESSAGE, False
                     (3, "doc_string", STRING, False, None)])
 OPSET = _spec([(1, "domain", STRING, False, None), (2, "version", VARINT, False, None)])
 # GRAPH and ATTRIBUTE refer to each other: filled in below
-GRAPH = ({}, {}, {})
+GRAPH = ({}, {}, {}, [])
 ATTRIBUTE = _spec([
     (1, "name", STRING, False, None), (21, "ref_attr_name", STRING, False, None),
     (13, "doc_string", STRING, False, None), (20, "type", VARINT, False, None),
@@ -108,6 +132,7 @@ _graph = _spec([
     (12, "output", MESSAGE, True, VALUE_INFO)])  # value_info (13): unused, skipped
 GRAPH[0].update(_graph[0])
 GRAPH[2].update(_graph[2])
+GRAPH[3].extend(_graph[3])
 MODEL = _spec([
     (1, "ir_version", VARINT, False, None), (8, "opset_import", MESSAGE, True, OPSET),
     (2, "producer_name", STRING, False, None), (3, "producer_version", STRING, False, None),
@@ -144,40 +169,24 @@ class _Reader:
         if depth > MAX_DEPTH:
             self.fail(pos, f"messages nested deeper than {MAX_DEPTH}")
         msg = Message(spec)
-        fields = spec[0]
+        d = msg.__dict__
+        is_set = msg._set
+        table = spec[3]
         mv = self.mv
         while pos < end:
             key = mv[pos]
-            if key < 0x80:  # one-byte key: nearly all of them
+            if 8 <= key < 0x80:  # one-byte key (fields 1-15): nearly all of them
                 pos += 1
-            elif pos + 1 < end and mv[pos + 1] < 0x80:  # two bytes: fields 16 to 2047
-                key = (key & 0x7F) | (mv[pos + 1] << 7)
-                pos += 2
+                field = table[key]
             else:
+                if key < 0x80:
+                    self.fail(pos, "field number 0")
                 key, pos = self.varint(pos, end)
-            num, wire = key >> 3, key & 7
-            if num == 0:
-                self.fail(pos, "field number 0")
-            field = fields.get(num)
-            if wire == 0:
-                value, pos = self.varint(pos, end)
-                if field is None:
-                    continue
-                name, kind, repeated, _ = field
-                if kind not in (VARINT, SVARINT):
-                    self.fail(pos, f"field {name!r} has the wrong wire type")
-                _store(msg, name, repeated, _signed(value))
-            elif wire in (1, 5):
-                size, want, fmt = (8, DOUBLE, _F64) if wire == 1 else (4, FLOAT, _F32)
-                if pos + size > end:
-                    self.fail(pos, f"truncated fixed{8 * size}")
-                if field is not None:
-                    name, kind, repeated, _ = field
-                    if kind != want:
-                        self.fail(pos, f"field {name!r} has the wrong wire type")
-                    _store(msg, name, repeated, fmt.unpack_from(self.mv, pos)[0])
-                pos += size
-            elif wire == 2:
+                if key >> 3 == 0:
+                    self.fail(pos, "field number 0")
+                field = _entry(spec[0], key >> 3, key & 7)
+            wire = key & 7
+            if wire == 2:
                 length = mv[pos] if pos < end else 0x80
                 if length < 0x80:
                     pos += 1
@@ -187,43 +196,71 @@ class _Reader:
                 if stop > end:
                     self.fail(pos, f"length {length} runs past the end of its message")
                 if field is not None:
-                    self._length_delimited(msg, field, pos, stop, depth)
+                    name, kind, repeated, sub = field
+                    if kind == MESSAGE:
+                        value = self.message(sub, pos, stop, depth + 1)
+                    elif kind == STRING:
+                        value = str(mv[pos:stop], "utf-8", "replace")
+                    elif kind == BYTES:
+                        value = mv[pos:stop]
+                    elif kind is None:
+                        self.fail(pos, f"field {name!r} has the wrong wire type")
+                    else:
+                        self._packed(d, name, kind, pos, stop)
+                        pos = stop
+                        continue
+                    if repeated:
+                        if name in d:
+                            d[name].append(value)
+                        else:
+                            d[name] = [value]
+                    else:
+                        d[name] = value
+                        is_set.add(name)
                 pos = stop
+            elif wire == 0:
+                if pos < end and mv[pos] < 0x80:
+                    value = mv[pos]
+                    pos += 1
+                else:
+                    value, pos = self.varint(pos, end)
+                if field is not None:
+                    name, kind, repeated, _ = field
+                    if kind is None:
+                        self.fail(pos, f"field {name!r} has the wrong wire type")
+                    _store(msg, name, repeated, _signed(value))
+            elif wire == 1 or wire == 5:
+                size, fmt = (8, _F64) if wire == 1 else (4, _F32)
+                if pos + size > end:
+                    self.fail(pos, f"truncated fixed{8 * size}")
+                if field is not None:
+                    name, kind, repeated, _ = field
+                    if kind is None:
+                        self.fail(pos, f"field {name!r} has the wrong wire type")
+                    _store(msg, name, repeated, fmt.unpack_from(mv, pos)[0])
+                pos += size
             else:
                 self.fail(pos, f"unsupported wire type {wire}")
         if pos != end:
             self.fail(pos, "message overruns its length")
         return msg
 
-    def _length_delimited(self, msg, field, pos, stop, depth):
-        name, kind, repeated, sub = field
+    def _packed(self, d, name, kind, pos, stop):
+        """A packed repeated number field (wire type 2)."""
         mv = self.mv
-        d = msg.__dict__
-        if kind == MESSAGE:
-            value = self.message(sub, pos, stop, depth + 1)
-        elif kind == STRING:
-            value = bytes(mv[pos:stop]).decode("utf-8", errors="replace")
-        elif kind == BYTES:
-            value = mv[pos:stop]
-        elif repeated and kind == FLOAT:  # packed
+        if kind == FLOAT:
             if (stop - pos) % 4:
                 self.fail(pos, f"packed floats of {stop - pos} bytes")
             d.setdefault(name, []).extend(struct.unpack_from(f"<{(stop - pos) // 4}f", mv, pos))
-            return
-        elif repeated and kind == DOUBLE:
+        elif kind == DOUBLE:
             if (stop - pos) % 8:
                 self.fail(pos, f"packed doubles of {stop - pos} bytes")
             d.setdefault(name, []).extend(struct.unpack_from(f"<{(stop - pos) // 8}d", mv, pos))
-            return
-        elif repeated and kind in (VARINT, SVARINT):
+        else:
             out = d.setdefault(name, [])
             while pos < stop:
                 value, pos = self.varint(pos, stop)
                 out.append(_signed(value))
-            return
-        else:
-            self.fail(pos, f"field {name!r} has the wrong wire type")
-        _store(msg, name, repeated, value)
 
 
 def _store(msg, name, repeated, value):

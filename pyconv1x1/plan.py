@@ -42,9 +42,22 @@ def pack_layer(layer, mr):
     weight = layer.weight if layer.weight is not None else unpack_layer(layer)
     cout, k = weight.shape
     blocks = block_table(cout, k, layer.group, mr)
-    parts = [weight[cout0:cout0 + rows].T.reshape(-1) for rows, cout0, _, _ in blocks]
-    packed = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    return np.ascontiguousarray(packed, dtype=np.float32), blocks
+    # split_rows makes (per group) `extra` blocks of base + 1 rows, then blocks of base
+    # rows: each run of equal blocks is one reshape + transpose, not one slice per block
+    group = layer.group
+    cout_g = cout // group
+    sizes = split_rows(cout_g, mr)
+    if not sizes:
+        return np.zeros(0, np.float32), blocks
+    w = np.asarray(weight, np.float32).reshape(group, cout_g, k)
+    runs, row = [], 0
+    for rows in dict.fromkeys(sizes):
+        count = sizes.count(rows)
+        part = w[:, row:row + count * rows].reshape(group, count, rows, k)
+        runs.append(part.transpose(0, 1, 3, 2).reshape(group, -1))
+        row += count * rows
+    packed = runs[0] if len(runs) == 1 else np.concatenate(runs, axis=1)
+    return np.ascontiguousarray(packed.reshape(-1)), blocks
 
 
 def unpack_layer(layer):
