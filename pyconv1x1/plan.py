@@ -6,7 +6,7 @@ import numpy as np
 from .errors import InputError, UnsupportedError
 from .program import AddStep, AffineStep, ChainStep, CopyStep
 
-TILE_BUDGET_BYTES = 96 * 1024  # one tile buffer; two of them stay in L2
+TILE_BUDGET_BYTES = 96 * 1024  # a tile's input (one reduction chunk of it) in L2
 SERIAL_FLOPS = 150_000      # below this, an OpenMP region costs more than it saves
 _NO_OUTS = {}
 
@@ -70,11 +70,13 @@ def unpack_layer(layer):
     return weight
 
 
-def tile_pixels(nr, max_channels, pixels, min_tiles=8):
-    """Pixels per tile: a multiple of nr that keeps two tile buffers in L2 and cuts an
-    image into balanced tiles (at least ~min_tiles when it is big enough, so threads
-    share it). Depends on shapes only, never on the thread count."""
-    budget = TILE_BUDGET_BYTES // (4 * max(1, max_channels))
+def tile_pixels(nr, max_channels, pixels, min_tiles=8, chunk=None):
+    """Pixels per tile: a multiple of nr that keeps the tile's input, up to one
+    reduction chunk of channels (the kernels' REDUCTION_CHUNK), in L2, and cuts an image
+    into balanced tiles (at least ~min_tiles when it is big enough, so threads share
+    it). Depends on shapes only, never on the thread count."""
+    hot = max(1, max_channels if chunk is None else min(max_channels, chunk))
+    budget = TILE_BUDGET_BYTES // (4 * hot)
     t_cache = max(nr, min(512, budget // nr * nr))
     t_split = -(-max(1, -(-pixels // min_tiles)) // nr) * nr
     t = max(nr, min(t_cache, t_split))
@@ -186,7 +188,7 @@ class ShapePlan:
         p = ho * wo
         max_c = max(max(l.cin, l.cout) for l in step.layers)
         serial = flops < SERIAL_FLOPS
-        tile = tile_pixels(nr, max_c, p, 1 if serial else 8)
+        tile = tile_pixels(nr, max_c, p, 1 if serial else 8, kset.kernels.REDUCTION_CHUNK)
         nthreads = 1 if serial else threads
         bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
                                            first.strides[1], pt, pl, tile, nthreads)

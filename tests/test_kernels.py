@@ -290,6 +290,37 @@ def test_chains(kern, widths):
         check_chain(kern, rng, layers, x, what=f"chain {widths} {h}x{w}")
 
 
+def test_long_reductions_run_in_chunks(kern):
+    """Reductions longer than REDUCTION_CHUNK run as chunks whose partial sums go
+    through the output (full panels, partial panels through scratch, half-width tails),
+    with the epilogue and residual on the last chunk only."""
+    kc = kern.REDUCTION_CHUNK
+    assert kc >= 16
+    rng = np.random.default_rng(11)
+    modes = [(RES_NONE, EPILOGUES["relu"]), (RES_BEFORE_ACT, EPILOGUES["leaky_clip"]),
+             (RES_AFTER_ACT, EPILOGUES["clip"])]
+    for k in (kc - 1, kc, kc + 1, 2 * kc + 3):
+        for h, w in ((1, 1), (1, 9), (5, 5), (3, 11)):  # 1, 9, 25 and 33 pixels
+            res_mode, act = modes[(k + h * w) % 3]
+            layer = make_layer(rng, k, 7, act=act, res_mode=res_mode)
+            x = rng.standard_normal((2, k, h, w)).astype(np.float32)
+            check_chain(kern, rng, [layer], x, what=f"k={k} {h}x{w}")
+
+
+def test_chunked_layers_in_a_chain(kern):
+    kc = kern.REDUCTION_CHUNK
+    rng = np.random.default_rng(12)
+    layers = [make_layer(rng, kc + 5, 2 * kc + 1, act=EPILOGUES["relu"]),
+              make_layer(rng, 2 * kc + 1, 9, act=EPILOGUES["leaky"],
+                         res_mode=RES_BEFORE_ACT),
+              make_layer(rng, 9, 2 * (kc + 3), group=1, res_mode=RES_AFTER_ACT),
+              make_layer(rng, 2 * (kc + 3), 6, group=2, act=EPILOGUES["relu6"])]
+    for h, w in ((1, 3), (4, 6), (3, 13)):
+        x = rng.standard_normal((2, kc + 5, h, w)).astype(np.float32)
+        check_chain(kern, rng, layers, x, tiles=(None, kern.PANEL_WIDTH),
+                    what=f"chunked chain {h}x{w}")
+
+
 def test_grouped_layers_in_a_chain(kern):
     rng = np.random.default_rng(8)
     layers = [make_layer(rng, 12, 24, group=4, act=EPILOGUES["relu"]),
