@@ -366,7 +366,8 @@ def worker(args):
             probe_peaks.append(probe["peak_gfs"])
         print(f"  [threads={threads}] {wl.name}: {time.perf_counter() - t0:.1f} s",
               file=sys.stderr, flush=True)
-        out["workloads"].append({"name": wl.name, "builtin": kind == "builtin",
+        out["workloads"].append({"name": wl.name,
+                                 "builtin": kind == "builtin" and wl.name in workloads.NAMES,
                                  "flops": wl.flops, "shape": list(wl.x.shape),
                                  "engines": res})
     if not args.peak:
@@ -426,10 +427,14 @@ def selected_workloads(args):
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     if names == ["none"]:
         return []
-    bad = [n for n in names if n not in workloads.NAMES]
+    expand = {"all": workloads.NAMES, "extra": workloads.EXTRA_NAMES}
+    names = [m for n in names for m in expand.get(n, [n])]
+    known = workloads.NAMES + workloads.EXTRA_NAMES
+    bad = [n for n in names if n not in known]
     if bad:
-        raise SystemExit(f"bench.py: unknown workload(s) {bad}; known: {workloads.NAMES}")
-    return names
+        raise SystemExit(f"bench.py: unknown workload(s) {bad}; known: {known} "
+                         "('all': the targets, 'extra': the others)")
+    return list(dict.fromkeys(names))
 
 
 # ---------------------------------------------------------------------------------------
@@ -704,7 +709,8 @@ def parse_args(argv):
     ap.add_argument("models", nargs="*", help="extra .onnx models to time")
     ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
     ap.add_argument("--workloads", default="all",
-                    help="built-in workloads, comma-separated, 'all' or 'none'")
+                    help="built-in workloads, comma-separated: names, 'all' (the issue-4 "
+                         "targets, the default), 'extra' (ResNet-style shapes) or 'none'")
     ap.add_argument("--engines", default=",".join(ENGINES),
                     help=f"engines to run (default {','.join(ENGINES)})")
     ap.add_argument("--quick", action="store_true", help="a short run (fewer, shorter rounds)")
