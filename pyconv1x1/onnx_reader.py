@@ -29,11 +29,15 @@ _TYPE_NAMES = {1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "I
                16: "BFLOAT16"}
 
 
+_NATIVE = {code: dt.newbyteorder("=") for code, dt in _DTYPES.items()}  # as computed
+_ELEM_NAMES = {code: dt.name for code, dt in _NATIVE.items()}
+
+
 def elem_type_name(code):
     """numpy name of an ONNX element type, or its ONNX name when numpy has none."""
-    dt = _DTYPES.get(code)
-    if dt is not None:
-        return np.dtype(dt).newbyteorder("=").name
+    name = _ELEM_NAMES.get(code)
+    if name is not None:
+        return name
     return _TYPE_NAMES.get(code, f"type{code}").lower()
 
 
@@ -309,7 +313,7 @@ def tensor_to_array(t, base_dir, what):
         arr = np.frombuffer(t.raw_data, dtype=dtype, count=count)
     else:
         arr = _typed_field(t, dtype, count, what)
-    arr = arr.astype(dtype.newbyteorder("="), copy=True).reshape(dims)
+    arr = arr.astype(_NATIVE[t.data_type], copy=True).reshape(dims)
     arr.flags.writeable = False
     return arr
 
