@@ -539,10 +539,10 @@ def test_strides_and_pads_on_large_images(tmp_path):
 
 @pytest.mark.parametrize("cin", [63, 64, 65, 256])
 @pytest.mark.parametrize("res_mode", [RES_BEFORE_ACT, RES_AFTER_ACT])
-def test_short_and_long_reduction_paths_with_residual(kern, cin, res_mode):
-    """K <= 64 runs one micro-kernel call per weight block over every full panel, longer
-    K one call per panel: both paths, at the boundary, with residuals, full panels and
-    a partial last panel, and a chain whose next layer takes the other path."""
+def test_reductions_of_any_length_with_residual(kern, cin, res_mode):
+    """One micro-kernel call per weight block covers every full panel of a tile, for
+    short and long reductions alike: residuals, full panels and a partial last panel,
+    tiles of one and of several panels, in a chain."""
     rng = np.random.default_rng(cin)
     layers = [make_layer(rng, cin, 70, act=EPILOGUES["relu"], res_mode=res_mode),
               make_layer(rng, 70, 11, act=EPILOGUES["leaky"], res_mode=res_mode)]
