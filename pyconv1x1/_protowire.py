@@ -170,7 +170,6 @@ class _Reader:
             self.fail(pos, f"messages nested deeper than {MAX_DEPTH}")
         msg = Message(spec)
         d = msg.__dict__
-        is_set = msg._set
         table = spec[3]
         mv = self.mv
         while pos < end:
@@ -209,14 +208,7 @@ class _Reader:
                         self._packed(d, name, kind, pos, stop)
                         pos = stop
                         continue
-                    if repeated:
-                        if name in d:
-                            d[name].append(value)
-                        else:
-                            d[name] = [value]
-                    else:
-                        d[name] = value
-                        is_set.add(name)
+                    _store(msg, name, repeated, value)
                 pos = stop
             elif wire == 0:
                 if pos < end and mv[pos] < 0x80:

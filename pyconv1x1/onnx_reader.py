@@ -29,7 +29,7 @@ _TYPE_NAMES = {1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "I
                16: "BFLOAT16"}
 
 
-_NATIVE = {code: dt.newbyteorder("=") for code, dt in _DTYPES.items()}  # as computed
+_NATIVE = {code: dt.newbyteorder("=") for code, dt in _DTYPES.items()}  # as arrays hold them
 _ELEM_NAMES = {code: dt.name for code, dt in _NATIVE.items()}
 
 
