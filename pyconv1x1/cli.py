@@ -678,13 +678,18 @@ def cmd_bench(args):
         block = min(block, max(1, args.repeat // 4))
     seconds = args.seconds if args.repeat is None else None
     times = {name: [] for name, _ in engines}
+    rounds = {name: [] for name, _ in engines}  # per round: the block's median
     start = time.perf_counter()
     while True:
         for name, fn in engines:
             count = block
             if args.repeat is not None:
                 count = min(block, args.repeat - len(times[name]))
-            _timed(fn, count, times[name])
+            if count > 0:
+                mine = []
+                _timed(fn, count, mine)
+                times[name].extend(mine)
+                rounds[name].append(float(np.median(mine)))
         if args.repeat is not None:
             if all(len(t) >= args.repeat for t in times.values()):
                 break
@@ -707,9 +712,13 @@ def cmd_bench(args):
         rows.append((name, len(t), f"{med * 1e3:.4f}", f"{np.percentile(arr, 90) * 1e3:.4f}",
                      f"{arr.min() * 1e3:.4f}", rate))
     _table(rows)
-    if "onnxruntime" in medians and medians["pyconv1x1"] > 0:
-        ratio = medians["onnxruntime"] / medians["pyconv1x1"]
-        print(f"ratio onnxruntime/pyconv1x1 (median time): {ratio:.2f}x "
+    pairs = [a / b for a, b in zip(rounds.get("onnxruntime", []), rounds["pyconv1x1"])
+             if b > 0]
+    if pairs:
+        # blocks timed next to each other: the host's drift cancels out of each ratio
+        ratio = float(np.median(pairs))
+        print(f"ratio onnxruntime/pyconv1x1 (median over {len(pairs)} rounds of the two "
+              f"engines' blocks): {ratio:.2f}x "
               f"({'faster' if ratio >= 1 else 'slower'} than onnxruntime)")
     return EXIT_OK
 

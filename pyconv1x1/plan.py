@@ -7,7 +7,8 @@ from .errors import InputError, UnsupportedError
 from .program import AddStep, AffineStep, ChainStep, CopyStep
 
 TILE_BUDGET_BYTES = 96 * 1024  # a tile's input (one reduction chunk of it) in L2
-SERIAL_FLOPS = 150_000      # below this, an OpenMP region costs more than it saves
+SERIAL_FLOPS = 5_000_000    # below this, waking a worker costs more than it saves: measured
+                            # break-even ~5 MFLOP on a 2-core VM (0.8 MFLOP ran at 0.54x)
 _NO_OUTS = {}
 
 
