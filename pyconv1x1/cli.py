@@ -647,6 +647,17 @@ def _timed(fn, count, into):
         into.append(clock() - start)
 
 
+def _settle(max_s=0.2, window_s=0.005):
+    """Wait until no thread of this process burns CPU (onnxruntime's pool spins for a
+    while after each call): a block must not share the cores with the last one's."""
+    end = time.perf_counter() + max_s
+    while time.perf_counter() < end:
+        c0 = time.process_time()
+        time.sleep(window_s)
+        if time.process_time() - c0 < 0.1 * window_s:
+            return
+
+
 def cmd_bench(args):
     import numpy as np
     session = _session(args.model, args.threads)
@@ -671,7 +682,8 @@ def cmd_bench(args):
         times = []
         _timed(fn, max(1, args.warmup), times)
         warm[name] = min(times)
-    # interleave: alternate blocks of about 50 ms so drift and noise hit both engines
+    # interleave: alternate blocks of about 50 ms so drift and noise hit both engines,
+    # each started once the other engine's threads have gone idle
     slowest = max(warm.values())
     block = int(min(20, max(1, 0.05 / max(slowest, 1e-9))))
     if args.repeat is not None:
@@ -687,6 +699,8 @@ def cmd_bench(args):
                 count = min(block, args.repeat - len(times[name]))
             if count > 0:
                 mine = []
+                if len(engines) > 1:
+                    _settle()
                 _timed(fn, count, mine)
                 times[name].extend(mine)
                 rounds[name].append(float(np.median(mine)))
