@@ -639,7 +639,8 @@ def _ort_session(model, threads, option="--compare"):
         raise CliError(f"onnxruntime cannot load {model!r}: {_one_line(exc)}") from None
 
 
-def _timed(fn, count, into):
+def timed(fn, count, into):
+    """Call fn count times, appending each call's seconds to into."""
     clock = time.perf_counter
     for _ in range(count):
         start = clock()
@@ -647,9 +648,11 @@ def _timed(fn, count, into):
         into.append(clock() - start)
 
 
-def _settle(max_s=0.2, window_s=0.005):
-    """Wait until no thread of this process burns CPU (onnxruntime's pool spins for a
-    while after each call): a block must not share the cores with the last one's."""
+def settle(max_s=0.2, window_s=0.005):
+    """Wait (up to max_s) until no thread of this process burns CPU while it sleeps:
+    threads an engine left spinning (OpenBLAS ~0.1 s, onnxruntime and OpenMP a few ms)
+    must not steal cycles from the next engine's timed block. Also used by
+    tools/bench.py."""
     end = time.perf_counter() + max_s
     while time.perf_counter() < end:
         c0 = time.process_time()
@@ -680,7 +683,7 @@ def cmd_bench(args):
     warm = {}
     for name, fn in engines:
         times = []
-        _timed(fn, max(1, args.warmup), times)
+        timed(fn, max(1, args.warmup), times)
         warm[name] = min(times)
     # interleave: alternate blocks of about 50 ms so drift and noise hit both engines,
     # each started once the other engine's threads have gone idle
@@ -700,8 +703,8 @@ def cmd_bench(args):
             if count > 0:
                 mine = []
                 if len(engines) > 1:
-                    _settle()
-                _timed(fn, count, mine)
+                    settle()
+                timed(fn, count, mine)
                 times[name].extend(mine)
                 rounds[name].append(float(np.median(mine)))
         if args.repeat is not None:

@@ -200,30 +200,11 @@ def _err(msg):
     return msg.strip().splitlines()[-1][:160] if msg.strip() else "error"
 
 
-def settle(max_s, window_s=0.005):
-    """Wait (up to max_s) until this process burns (almost) no CPU while sleeping, so the
-    threads an engine left spinning (OpenBLAS spins ~0.1 s, onnxruntime and OpenMP a few
-    ms) do not steal cycles from the next engine's block."""
-    end = time.perf_counter() + max_s
-    while time.perf_counter() < end:
-        c0 = time.process_time()
-        time.sleep(window_s)
-        if time.process_time() - c0 < 0.1 * window_s:
-            return
-
-
-def time_block(fn, reps, out):
-    pc = time.perf_counter
-    for _ in range(reps):
-        t0 = pc()
-        fn()
-        out.append(pc() - t0)
-
-
 def bench_workload(wl, engines, threads, cfg, probe=None):
     """Interleaved rounds over the engines that built (and the peak probe, if given);
     returns {engine: result dict}."""
     import numpy as np
+    from pyconv1x1.cli import settle, timed
     res = {}
     live = {}
     for name in engines:
@@ -271,7 +252,7 @@ def bench_workload(wl, engines, threads, cfg, probe=None):
             try:
                 settle(cfg["gap_s"])
                 block = []
-                time_block(live[name], res[name]["reps"], block)
+                timed(live[name], res[name]["reps"], block)
                 times[name].extend(block)
                 blocks[name][rnd] = sorted(block)[len(block) // 2]
             except Exception:
