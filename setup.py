@@ -8,15 +8,15 @@ vectors the CPU has (the variant is chosen at import, see pyconv1x1/_backend.py)
     v3       -march=x86-64-v3 (AVX2 + FMA)          x86-64 only
     v4       -march=x86-64-v4 (AVX-512 F/BW/DQ/VL)  x86-64 only
 
-OpenMP is probed as scikit-learn's build does; without it the kernels build
-single-threaded and the build warns instead of failing.
+Threads come from the kernels' own worker pool (pyconv1x1/_pool.h, pthreads), not
+OpenMP: it survives fork() and never spins whatever another library set (see _pool.h).
+The run() fast path (pyconv1x1/_fastrun.pyx) is built once, with baseline flags.
 """
 import os
 import platform
 import shutil
 import sys
 import tempfile
-import textwrap
 import warnings
 
 import numpy
@@ -41,8 +41,10 @@ IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 IS_MSVC = sys.platform == "win32"
 
 
-def _compiler_accepts(flags, code, link_flags=()):
-    """True if the default C compiler compiles and links `code` with `flags`."""
+def _compiler_accepts(flags, code):
+    """True if the default C compiler compiles `code` with `flags`. Compile only: the
+    question is whether it takes the flags, and a probe link would miss LDFLAGS (a
+    sanitizer build passes -fsanitize in both and would lose every variant)."""
     from setuptools._distutils.ccompiler import new_compiler
     from setuptools._distutils.sysconfig import customize_compiler
 
@@ -58,9 +60,7 @@ def _compiler_accepts(flags, code, link_flags=()):
             os.dup2(devnull.fileno(), 1)
             os.dup2(devnull.fileno(), 2)
             try:
-                objs = cc.compile([src], output_dir=tmp, extra_postargs=list(flags))
-                cc.link_executable(objs, "probe", output_dir=tmp,
-                                   extra_postargs=list(link_flags))
+                cc.compile([src], output_dir=tmp, extra_postargs=list(flags))
             finally:
                 os.dup2(old_out, 1)
                 os.dup2(old_err, 2)
@@ -69,31 +69,6 @@ def _compiler_accepts(flags, code, link_flags=()):
         return False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def openmp_flags():
-    """(compile flags, link flags) for OpenMP, or ([], []) with a warning."""
-    if os.environ.get("PYCONV1X1_NO_OPENMP"):
-        return [], []
-    if IS_MSVC:
-        flags = (["/openmp"], [])
-    elif sys.platform == "darwin":
-        flags = (["-Xpreprocessor", "-fopenmp"], ["-lomp"])
-    else:
-        flags = (["-fopenmp"], ["-fopenmp"])
-    code = textwrap.dedent("""
-        #include <omp.h>
-        int main(void) {
-            int n = 0;
-            #pragma omp parallel reduction(+:n)
-            n += 1;
-            return n > 0 ? 0 : 1;
-        }""")
-    if _compiler_accepts(flags[0], code, flags[1]):
-        return flags
-    warnings.warn("pyconv1x1: the C compiler does not support OpenMP; building "
-                  "single-threaded kernels (threads= will have no effect)")
-    return [], []
 
 
 def variants():
@@ -127,23 +102,23 @@ def render_kernels(name, shape):
 
 
 def extensions():
-    omp_c, omp_l = openmp_flags()
     if IS_MSVC:
-        base = ["/O2"]
+        base, threads = ["/O2"], []
     else:
         base = ["-O3", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math",
                 "-fno-semantic-interposition"]
-    exts = []
+        threads = ["-pthread"]
+    exts = [Extension("pyconv1x1._fastrun", [os.path.join("pyconv1x1", "_fastrun.pyx")],
+                      extra_compile_args=base)]
     for name, (flags, shape) in variants().items():
         src = render_kernels(name, shape)
         exts.append(Extension(
             f"pyconv1x1._kernels_{name}",
             [src],
             include_dirs=[numpy.get_include()],
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-                           ("PYCONV1X1_OPENMP", "1" if omp_c else "0")],
-            extra_compile_args=base + flags + omp_c,
-            extra_link_args=omp_l,
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            extra_compile_args=base + flags + threads,
+            extra_link_args=threads,
         ))
     return exts
 

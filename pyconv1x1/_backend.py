@@ -18,7 +18,6 @@ _loaded = {}
 
 def _import(name):
     if name not in _loaded:
-        _quiet_openmp()
         _loaded[name] = importlib.import_module(f"pyconv1x1._kernels_{name}")
     return _loaded[name]
 
@@ -63,15 +62,6 @@ def runnable_variants():
     else:
         has = flags.__contains__
     return tuple(name for name in built if all(has(f) for f in _REQUIRES[name]))
-
-
-def _quiet_openmp():
-    """libgomp's threads otherwise spin for a while after each parallel region: CPU
-    burnt after run() returns, and a spinning worker that a busy machine deschedules
-    stalls the next region's barrier. Passive waiting measured no slower here (see the
-    README). Must be set before libgomp initialises; the user's own setting wins."""
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def kernels(name=None):

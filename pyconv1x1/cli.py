@@ -71,10 +71,10 @@ def _session(model, threads=None):
     return InferenceSession(model, threads=threads)
 
 
-def _openmp(session):
+def _threaded(session):
     from . import _backend
     try:
-        return bool(getattr(_backend.kernels(session.kernel_variant), "OPENMP", False))
+        return bool(getattr(_backend.kernels(session.kernel_variant), "THREADED", False))
     except Error:
         return False
 
@@ -82,12 +82,10 @@ def _openmp(session):
 def _kernels_line(session):
     variant = session.kernel_variant
     desc = VARIANT_DESCRIPTIONS.get(variant, "")
-    omp = _openmp(session)
     threads = f"{session.threads} thread{'s' if session.threads != 1 else ''}"
-    if not omp and session.threads > 1:
-        threads += " requested (OpenMP off: kernels run on 1)"
-    return (f"kernels: {variant}" + (f" ({desc})" if desc else "")
-            + f", OpenMP {'on' if omp else 'off'}, {threads}")
+    if not _threaded(session) and session.threads > 1:
+        threads += " requested (no thread pool in this build: kernels run on 1)"
+    return f"kernels: {variant}" + (f" ({desc})" if desc else "") + f", {threads}"
 
 
 def _shape_text(shape):

@@ -82,7 +82,7 @@ def tile_pixels(nr, max_channels, pixels, min_tiles=8, chunk=None):
     t_split = -(-max(1, -(-pixels // min_tiles)) // nr) * nr
     t = max(nr, min(t_cache, t_split))
     tiles = max(1, -(-pixels // t))
-    return -(-(-(-pixels // tiles)) // nr) * nr
+    return max(nr, -(-(-(-pixels // tiles)) // nr) * nr)
 
 
 class KernelSet:

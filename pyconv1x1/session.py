@@ -1,12 +1,12 @@
 """InferenceSession: the public entry point, shaped like onnxruntime's."""
 import _thread
 import collections
-import functools
 import os
 
 import numpy as np
 
 from . import _backend, planfile
+from ._fastrun import SessionBase
 from ._threads import resolve_threads
 from .errors import Error, InputError, ModelError
 from .plan import KernelSet, ShapePlan
@@ -44,7 +44,7 @@ def _load_program(model, base_dir):
     return rewrite.build_program(graph, steps)
 
 
-class InferenceSession:
+class InferenceSession(SessionBase):
     """Load a model once, run it many times.
 
     model: path to an .onnx file, its bytes, or an onnx.ModelProto.
@@ -63,11 +63,10 @@ class InferenceSession:
         self._input_info = {v.name: v for v in self._program.inputs}
         self._output_names = [v.name for v in self._program.outputs]
         self._plans = collections.OrderedDict()
-        self._direct_name = (self._program.inputs[0].name
-                             if len(self._program.inputs) == 1 else None)
-        self._fast = self._kernels.FastRun(
-            functools.partial(InferenceSession.run, self), self._direct_name)
-        self.run = self._fast.run  # instance attribute: found before the class's method
+        # run() is SessionBase.run (C): it runs _fast_chain directly for a feed of the
+        # shape _run validated last, and calls _run for everything else
+        self._fast_input = (self._program.inputs[0].name
+                            if len(self._program.inputs) == 1 else None)
         self._lock = _thread.allocate_lock()  # (threading costs ~1 ms to import)
 
     # -- onnxruntime-compatible surface ----------------------------------------------
@@ -89,17 +88,17 @@ class InferenceSession:
     def program(self):
         return self._program
 
-    def run(self, output_names, input_feed, run_options=None):
+    def _run(self, output_names, input_feed, run_options=None):
         """Run the model. output_names: None or [] for all. Returns new float32 arrays.
 
-        (Instances answer `run` with a FastRun kernel object first: for a single fused
-        chain fed the shape validated last time it runs without a Python frame, and
-        falls back to this method for everything else.)"""
+        This is what `run` does; `run` itself (SessionBase.run, in C) first tries the
+        fast path: a single fused chain fed the shape validated last time runs without
+        a Python frame."""
         names = self._check_output_names(output_names)
         feeds = self._check_feed(input_feed)
         plan = self._plan({k: v.shape for k, v in feeds.items()})
         if plan.direct is not None:  # this shape passed _check_feed: later runs may skip it
-            self._fast.bound = plan.direct
+            self._fast_chain = plan.direct
         try:
             env = plan.execute(dict(feeds))
         except MemoryError:

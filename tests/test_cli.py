@@ -212,7 +212,7 @@ def test_info_bundled_model(tmp_path):
                  "12582912"):
         assert cell in layer[0] + " ", (cell, layer[0])
     assert "total: 2080 parameters" in out and "12582912 (12.58M) FLOPs" in out
-    assert "kernels: " in out and ("OpenMP on" in out or "OpenMP off" in out)
+    assert "kernels: " in out and " thread" in out
     assert "rewrite notes:" in out and "fused /1/Relu" in out
 
 
