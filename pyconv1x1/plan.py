@@ -37,7 +37,7 @@ def block_table(cout, k, group, mr):
 def pack_layer(layer, mr):
     """Pack a layer's weight [cout, k] as blocks [k][rows <= mr] per group; returns
     (packed float32, blocks intp [nblocks, 4] = rows, cout0, cin0, offset). A layer
-    loaded from a plan file already packed for this mr is used as it is (mapped)."""
+    loaded from a plan file already packed for this mr is used as it is."""
     if layer.packed is not None and layer.packed[0] == mr:
         return layer.packed[1], layer.packed[2]
     weight = layer.weight if layer.weight is not None else unpack_layer(layer)

@@ -35,7 +35,7 @@ def _node_arg(v):
 
 def _load_program(model, base_dir):
     """Parse, check and rewrite: model -> Program. A compiled plan (.pc1) needs none of
-    that: it is validated and memory-mapped with numpy alone (no onnx import)."""
+    that: it is read once, validated and used with numpy alone (no onnx import)."""
     if planfile.is_plan(model):
         return planfile.load(model)
     from . import check, onnx_reader, rewrite
