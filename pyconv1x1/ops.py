@@ -336,7 +336,10 @@ def dropout(node, ctx):
     _inputs(node, 1, 3)
     if ctx.opset >= 12 and len(node.inputs) == 3 and node.inputs[2]:
         mode = ctx.const(node, 2, "training_mode")
-        if bool(np.asarray(mode).reshape(-1)[0]):
+        if mode.size != 1:
+            raise ModelError(f"{node.label()}: training_mode has shape {list(mode.shape)};"
+                             " it is a scalar")
+        if bool(mode.reshape(-1)[0]):
             raise Refused("training_mode is true; only inference Dropout runs")
     if len(node.outputs) > 1 and node.outputs[1] and node.outputs[1] in ctx.used:
         raise Refused("its mask output is used")

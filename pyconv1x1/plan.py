@@ -51,14 +51,16 @@ def pack_layer(layer, mr):
     if not sizes:
         return np.zeros(0, np.float32), blocks
     w = np.asarray(weight, np.float32).reshape(group, cout_g, k)
-    runs, row = [], 0
+    # written in place into one buffer: peak memory is the weight plus its packed copy
+    packed = np.empty((group, cout_g * k), np.float32)
+    row = 0
     for rows in dict.fromkeys(sizes):
         count = sizes.count(rows)
         part = w[:, row:row + count * rows].reshape(group, count, rows, k)
-        runs.append(part.transpose(0, 1, 3, 2).reshape(group, -1))
+        dest = packed[:, row * k:(row + count * rows) * k].reshape(group, count, k, rows)
+        np.copyto(dest, part.transpose(0, 1, 3, 2))
         row += count * rows
-    packed = runs[0] if len(runs) == 1 else np.concatenate(runs, axis=1)
-    return np.ascontiguousarray(packed.reshape(-1)), blocks
+    return packed.reshape(-1), blocks
 
 
 def unpack_layer(layer):

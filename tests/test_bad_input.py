@@ -256,7 +256,7 @@ def test_unsupported_cases(rng, case):
     "kernel_shape_mismatch", "group_not_dividing", "stride_zero", "negative_pad",
     "output_not_produced", "input_twice", "initializer_twice", "conv_one_input",
     "weight_rank2", "bn_param_size", "bn_channels", "add_const_channels", "clip_vector",
-    "pads_wrong_length", "unknown_auto_pad", "node_without_op"])
+    "pads_wrong_length", "unknown_auto_pad", "node_without_op", "dropout_mode_empty"])
 def test_inconsistent_models(rng, case):
     x = ("x", [1, 4, 5, 5])
     inits = {"W": rnd(rng, 6, 4, 1, 1), "B": rnd(rng, 6)}
@@ -333,6 +333,10 @@ def test_inconsistent_models(rng, case):
     elif case == "unknown_auto_pad":
         nodes = [conv_node("x", "W", "B", "y", name="c", auto_pad="SAME")]
         want = r"Conv 'c'.*auto_pad 'SAME'"
+    elif case == "dropout_mode_empty":
+        inits = {"r": np.array(0.5, F), "t": np.zeros(0, np.bool_)}
+        nodes = [helper.make_node("Dropout", ["x", "r", "t"], ["y"], name="drop")]
+        want = r"Dropout 'drop'.*training_mode has shape \[0\]"
     else:
         nodes = [helper.make_node("", ["x"], ["y"], name="n")]
         want = r"no op_type"
@@ -360,3 +364,11 @@ def test_huge_outputs_are_an_error_not_a_memory_error(rng, pads, x_shape):
     except MemoryError as exc:
         pytest.fail(f"MemoryError escaped: {exc}")
     pytest.fail("an output of this size should be refused")
+
+
+def test_huge_list_attribute_is_refused_not_inflated(rng):
+    inits = {"W": rnd(rng, 6, 4, 1, 1)}
+    model = make_model([conv_node("x", "W", None, "y", name="c", strides=[1] * 100_000)],
+                       [("x", [1, 4, 5, 5])], [("y", None)], inits, check=False)
+    with pytest.raises(UnsupportedError, match=r"Conv 'c'.*strides.*100000 values"):
+        InferenceSession(model)
