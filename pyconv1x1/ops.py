@@ -273,7 +273,7 @@ def _per_channel(node, ctx, const, data_name):
         if rank is not None and c.ndim > rank:
             raise Refused(f"constant of shape {list(const.shape)} broadcasts beyond the "
                           f"rank-{rank} input")
-        return c.reshape(1)
+        return c.reshape(1).copy()  # (a view would keep the whole model's bytes alive)
     if rank is None:
         raise Refused(f"constant of shape {list(const.shape)} against an input of unknown "
                       "rank")
@@ -288,7 +288,7 @@ def _per_channel(node, ctx, const, data_name):
     if x_shape is not None and isinstance(x_shape[1], int) and x_shape[1] != full[1]:
         raise ModelError(f"{node.label()}: constant of shape {list(const.shape)} does not "
                          f"broadcast against input {data_name!r} of shape {list(x_shape)}")
-    return c.reshape(-1)
+    return c.reshape(-1).copy()
 
 
 def _binary(node, ctx, kind):

@@ -133,6 +133,8 @@ class ShapePlan:
             elif isinstance(step, AddStep):
                 call = self._add(step, kset, shapes, threads)
             elif isinstance(step, CopyStep):
+                _check_size(shapes[step.input], step.name, step.input, shapes[step.input],
+                            "Identity")
                 shapes[step.output] = shapes[step.input]
                 call = (_copy, (step.input, step.output))
             else:  # pragma: no cover
@@ -207,6 +209,7 @@ class ShapePlan:
         p = size // max(1, n * c) if n * c else 0
         scale = _vector(step.scale, c, 1.0, step, x)
         shift = _vector(step.shift, c, 0.0, step, x)
+        _check_size(x, step.name, step.input, x, "step")
         shapes[step.output] = x
         a = step.act
         args = (step.input, step.output, x, kset.kernels.affine_act,
@@ -219,6 +222,7 @@ class ShapePlan:
             raise UnsupportedError(f"Add '{step.name}': inputs {step.a!r} {list(a)} and "
                                    f"{step.b!r} {list(b)} differ; broadcasting tensor sums"
                                    " are not supported")
+        _check_size(a, step.name, step.a, a, "Add")
         shapes[step.output] = a
         size = int(np.prod(a, dtype=np.int64))
         act = step.act
@@ -236,15 +240,77 @@ class ShapePlan:
         return env
 
 
-MAX_TENSOR_BYTES = 1 << 36  # 64 GiB: beyond any machine this runtime targets
+MAX_TENSOR_BYTES = None  # None: what this machine has (machine_memory); a number overrides
 
 
-def _check_size(shape, name, src, src_shape):
+def tensor_byte_limit():
+    """The largest tensor a plan may allocate: the process's memory (physical memory,
+    or its cgroup's limit when lower). A fixed cap let a 143-byte model ask for 64 GiB
+    on a 24 GiB machine, and with overcommit that ends in the OOM killer, not an error."""
+    return MAX_TENSOR_BYTES if MAX_TENSOR_BYTES is not None else machine_memory()
+
+
+_MACHINE_MEMORY = []
+
+
+def machine_memory():
+    if not _MACHINE_MEMORY:
+        limits = [_cgroup_memory_limit(), _physical_memory()]
+        known = [n for n in limits if n]
+        _MACHINE_MEMORY.append(min(known) if known else 1 << 36)
+    return _MACHINE_MEMORY[0]
+
+
+def _physical_memory():
+    import os
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
+
+
+def _cgroup_memory_limit():
+    """memory.max (cgroup v2) or memory.limit_in_bytes (v1) of this process's cgroup,
+    or None when unlimited or unknown."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        path = path.rstrip("/")
+        if controllers == "":
+            names = [f"/sys/fs/cgroup{path}/memory.max", "/sys/fs/cgroup/memory.max"]
+        elif "memory" in controllers.split(","):
+            names = [f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes",
+                     "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        else:
+            continue
+        for name in names:  # (inside a container the cgroup's own folder is the root)
+            try:
+                with open(name) as f:
+                    text = f.read().strip()
+            except OSError:
+                continue
+            if text.isdigit():
+                limits.append(int(text))
+            break
+    return min(limits) if limits else None
+
+
+def _check_size(shape, name, src, src_shape, what="Conv"):
     nbytes = 4 * int(np.prod(shape, dtype=object))
-    if nbytes > MAX_TENSOR_BYTES:
-        raise UnsupportedError(f"Conv '{name}': input {src!r} {list(src_shape)} gives an "
-                               f"output {list(shape)} of {nbytes} bytes; the limit is "
-                               f"{MAX_TENSOR_BYTES}")
+    limit = tensor_byte_limit()
+    if nbytes > limit:
+        raise UnsupportedError(
+            f"{what} '{name}': input {src!r} {list(src_shape)} gives an output "
+            f"{list(shape)} of {nbytes} bytes; the limit is {limit} bytes, the memory of "
+            "this machine (physical or cgroup; pyconv1x1.plan.MAX_TENSOR_BYTES overrides)")
 
 
 def _vector(v, c, default, step, shape):

@@ -372,3 +372,80 @@ def test_huge_list_attribute_is_refused_not_inflated(rng):
                        [("x", [1, 4, 5, 5])], [("y", None)], inits, check=False)
     with pytest.raises(UnsupportedError, match=r"Conv 'c'.*strides.*100000 values"):
         InferenceSession(model)
+
+
+# ----------------------------------------------------------------------------------
+# feeds that numpy accepts but cannot or should not copy
+# ----------------------------------------------------------------------------------
+HUGE = (2, 4, 100_000, 100_000)  # 320 GB described by a 4-byte scalar
+
+
+@pytest.mark.parametrize("api", ["run", "run_into"])
+def test_huge_broadcast_feed_is_an_error_not_a_memory_error(sess, api):
+    feed = {"a": np.broadcast_to(F(1), HUGE), "b": np.ones((1, 3, 3, 2), F)}
+    with pytest.raises(Error, match=r"'a'.*\[2, 4, 100000, 100000\]"):
+        if api == "run":
+            sess.run(None, feed)
+        else:
+            sess.run_into(feed, {"y": np.empty((2, 5, 3, 3), F)})
+
+
+def test_broadcast_feed_that_fits_runs(sess):
+    feed = {"a": np.broadcast_to(F(1.5), (2, 4, 3, 3)), "b": np.ones((1, 3, 3, 2), F)}
+    want = sess.run(None, {"a": np.full((2, 4, 3, 3), 1.5, F), "b": feed["b"]})
+    got = sess.run(None, feed)
+    assert all(np.array_equal(x, y) for x, y in zip(got, want))
+
+
+@pytest.mark.parametrize("api", ["run", "run_into", "warm_single_input"])
+def test_masked_array_is_refused(sess, rng, api):
+    x = np.ma.masked_array(np.ones((2, 4, 3, 3), F), mask=np.zeros((2, 4, 3, 3), bool))
+    x.mask[0, 0, 0, 0] = True
+    if api == "warm_single_input":  # the fast path, warmed by a plain array first
+        single = InferenceSession(make_model([conv_node("a", "W", None, "y")],
+                                             [("a", [2, 4, 3, 3])], [("y", [None] * 4)],
+                                             {"W": rnd(rng, 5, 4, 1, 1)}))
+        single.run(None, {"a": x.data})
+        with pytest.raises(InputError, match="'a'.*masked"):
+            single.run(None, {"a": x})
+        return
+    feed = {"a": x, "b": np.ones((1, 3, 3, 2), F)}
+    with pytest.raises(InputError, match="'a'.*masked"):
+        if api == "run":
+            sess.run(None, feed)
+        else:
+            sess.run_into(feed, {"y": np.empty((2, 5, 3, 3), F)})
+
+
+def test_tensor_limit_is_this_machines_memory():
+    import os
+    from pyconv1x1 import plan
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < plan.tensor_byte_limit() <= physical
+
+
+@pytest.mark.parametrize("case", ["conv_pads", "activation", "residual_add"])
+def test_outputs_beyond_the_memory_limit_are_refused(rng, monkeypatch, case):
+    """The 143-byte model with pads=[12000]*4 asked for 2.3 GB; with the limit set to
+    1 MiB (as a small machine) the same kinds of model are refused by name."""
+    from pyconv1x1 import plan
+    monkeypatch.setattr(plan, "MAX_TENSOR_BYTES", 1 << 20)
+    if case == "conv_pads":
+        model = make_model([conv_node("x", "W", None, "y", name="c", pads=[12000] * 4)],
+                           [("x", [1, 1, 1, 1])], [("y", [None] * 4)], {"W": rnd(rng, 1, 1, 1, 1)})
+        x, want = np.ones((1, 1, 1, 1), F), r"Conv 'c'.*\[1, 1, 24001, 24001\].*limit is 1048576"
+    elif case == "activation":
+        model = make_model([helper.make_node("Relu", ["x"], ["y"], name="r")],
+                           [("x", [1, "C", "H", "W"])], [("y", [None] * 4)])
+        x, want = np.ones((1, 1, 600, 600), F), r"'r'.*\[1, 1, 600, 600\].*limit"
+    else:
+        model = make_model([helper.make_node("Add", ["x", "x2"], ["y"], name="add")],
+                           [("x", [1, 1, "H", "W"]), ("x2", [1, 1, "H", "W"])], [("y", [None] * 4)])
+        x, want = np.ones((1, 1, 600, 600), F), r"Add 'add'.*\[1, 1, 600, 600\].*limit"
+    s = InferenceSession(model, threads=1)
+    feed = {i.name: x for i in s.get_inputs()}
+    with pytest.raises(UnsupportedError, match=want):
+        s.run(None, feed)
+    monkeypatch.setattr(plan, "MAX_TENSOR_BYTES", 1 << 40)
+    if case != "conv_pads":  # (2.3 GB: not here)
+        assert s.run(None, feed)[0].shape == (1, 1, 600, 600)
