@@ -211,6 +211,8 @@ class ShapePlan:
         shift = _vector(step.shift, c, 0.0, step, x)
         _check_size(x, step.name, step.input, x, "step")
         shapes[step.output] = x
+        if size == 0:  # (the kernel walks every image x channel row, even empty ones)
+            return (_run_empty, (step.output, x))
         a = step.act
         args = (step.input, step.output, x, kset.kernels.affine_act,
                 (scale, shift, n, c, p, float(a.lo), float(a.hi), float(a.alpha), threads))
@@ -225,6 +227,8 @@ class ShapePlan:
         _check_size(a, step.name, step.a, a, "Add")
         shapes[step.output] = a
         size = int(np.prod(a, dtype=np.int64))
+        if size == 0:
+            return (_run_empty, (step.output, a))
         act = step.act
         args = (step.a, step.b, step.output, a, kset.kernels.add_act,
                 (size, float(act.lo), float(act.hi), float(act.alpha), threads))
@@ -349,6 +353,12 @@ def _run_add(env, outs, a, b, dst, shape, fn, args):
         y = np.empty(shape, np.float32)
     fn(env[a], env[b], y, *args)
     env[dst] = y
+
+
+def _run_empty(env, outs, dst, shape):
+    """A step whose output has no elements: nothing to compute, whatever the batch."""
+    y = outs.get(dst)
+    env[dst] = np.empty(shape, np.float32) if y is None else y
 
 
 def _copy(env, outs, src, dst):
