@@ -209,10 +209,17 @@ def test_every_unsupported_node_listed(rng):
     assert "layer1.conv" not in msg and "head" not in msg and "relu1" not in msg
 
 
+def _compile_to_bytes(model):
+    import tempfile
+    from pyconv1x1 import planfile
+    with tempfile.TemporaryDirectory() as folder:
+        planfile.compile_model(model, f"{folder}/m.pc1")
+
+
 @pytest.mark.parametrize("case", [
     "maxpool", "gemm", "custom_domain", "weight_is_input", "conv3d", "kernel_1x3",
     "mul_two_tensors", "add_const_hw", "bn_training", "relu_unknown_attr", "float64_input",
-    "clip_runtime_bound", "bn_runtime_param"])
+    "clip_runtime_bound", "bn_runtime_param", "float64_output", "float16_output"])
 def test_unsupported_cases(rng, case):
     x = ("x", [1, 4, 5, 5])
     inits = {"W": rnd(rng, 4, 4, 1, 1)}
@@ -260,6 +267,16 @@ def test_unsupported_cases(rng, case):
         inputs = [("x", [1, 4, 5, 5], TensorProto.DOUBLE)]
         nodes = [helper.make_node("Relu", ["x"], ["y"], name=name)]
         want = r"input 'x' is float64; only float32"
+    elif case in ("float64_output", "float16_output"):
+        # it loaded and ran, but could not be pickled or compiled: refused at load
+        elem = TensorProto.DOUBLE if case == "float64_output" else TensorProto.FLOAT16
+        nodes = [helper.make_node("Relu", ["x"], ["y"], name=name)]
+        model = make_model(nodes, inputs, [("y", None, elem)], inits, check=False)
+        want = r"output 'y' is declared float(64|16); only float32"
+        for load in (InferenceSession, _compile_to_bytes):
+            with pytest.raises(UnsupportedError, match=want):
+                load(model)
+        return
     elif case == "clip_runtime_bound":
         inputs = [x, ("lo", [])]
         nodes = [helper.make_node("Clip", ["x", "lo"], ["y"], name=name)]
