@@ -104,7 +104,14 @@ def _single_output(node):
 def _float_tensor(node, arr, what):
     if arr.dtype.kind != "f":
         raise Refused(f"{what} is {arr.dtype.name}; only float tensors are supported")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # (numpy warns, or raises under -W error)
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype.itemsize > 4 and out.size:
+        lost = np.isinf(out) & np.isfinite(arr)
+        if lost.any():
+            value = float(arr[lost].flat[0])
+            raise Refused(f"{what} holds {value!r}, beyond float32's range")
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -260,8 +267,9 @@ def batch_norm(node, ctx):
             and x_shape[1] != c:
         raise ModelError(f"{node.label()}: input has {x_shape[1]} channels; the "
                          f"parameters have {c}")
-    return AffineStep(node.name, node.inputs[0], node.outputs[0],
-                      scale.astype(np.float32), shift.astype(np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):  # (as float32 arithmetic would)
+        scale, shift = scale.astype(np.float32), shift.astype(np.float32)
+    return AffineStep(node.name, node.inputs[0], node.outputs[0], scale, shift)
 
 
 def _per_channel(node, ctx, const, data_name):

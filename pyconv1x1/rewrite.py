@@ -153,10 +153,11 @@ def _absorb(p, s, other, notes):
                 shift = _expand(s.shift, layer.cout, 0.0)
                 if scale is None or shift is None:
                     return False
-                w = layer.weight.astype(np.float64) * scale[:, None]
-                b = layer.bias.astype(np.float64) * scale + shift
-                layer.weight = w.astype(np.float32)
-                layer.bias = b.astype(np.float32)
+                with np.errstate(over="ignore", invalid="ignore"):  # inf, as in float32
+                    w = layer.weight.astype(np.float64) * scale[:, None]
+                    b = layer.bias.astype(np.float64) * scale + shift
+                    layer.weight = w.astype(np.float32)
+                    layer.bias = b.astype(np.float32)
                 notes.append(f"folded {s.name} into conv {layer.names[0]}")
             if not s.act.is_identity:
                 if layer.res_mode == RES_AFTER_ACT:
@@ -192,8 +193,9 @@ def _absorb(p, s, other, notes):
                 return False
             s1, b1 = _expand(p.scale, c, 1.0), _expand(p.shift, c, 0.0)
             s2, b2 = _expand(s.scale, c, 1.0), _expand(s.shift, c, 0.0)
-            p.scale = (s1 * s2).astype(np.float32)
-            p.shift = (b1 * s2 + b2).astype(np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):
+                p.scale = (s1 * s2).astype(np.float32)
+                p.shift = (b1 * s2 + b2).astype(np.float32)
             p.name = _merged_name(p.name, s.name)
             return True
     return False

@@ -493,3 +493,38 @@ def test_outputs_beyond_the_memory_limit_are_refused(rng, monkeypatch, case):
     monkeypatch.setattr(plan, "MAX_TENSOR_BYTES", 1 << 40)
     if case != "conv_pads":  # (2.3 GB: not here)
         assert s.run(None, feed)[0].shape == (1, 1, 600, 600)
+
+
+@pytest.mark.parametrize("case", ["conv_weight", "mul_constant", "bn_param", "bn_fold"])
+def test_float64_constants_beyond_float32(rng, case):
+    """A float64 constant that float32 cannot hold is refused by name; folding that
+    overflows gives inf as float32 arithmetic would. No numpy warning either way (it
+    escaped as an exception under -W error)."""
+    import warnings
+    big = np.full((4, 4, 1, 1), 1e300)
+    if case == "conv_weight":
+        nodes, inits = [conv_node("x", "W", None, "y", name="c")], {"W": big}
+        want = r"Conv 'c': weight holds 1e\+300, beyond float32"
+    elif case == "mul_constant":
+        nodes = [helper.make_node("Mul", ["x", "s"], ["y"], name="m")]
+        inits, want = {"s": np.full((1, 4, 1, 1), -1e300)}, r"Mul 'm'.*-1e\+300"
+    elif case == "bn_param":
+        nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                                  name="bn")]
+        inits = {k: np.full(4, 1e300) for k in "sbmv"}
+        want = r"BatchNormalization 'bn'.*1e\+300"
+    else:  # in range, but scale / sqrt(tiny var) is not
+        nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                                  name="bn", epsilon=1e-45)]
+        inits = {"s": np.full(4, 3e38, F), "b": np.zeros(4, F), "m": np.zeros(4, F),
+                 "v": np.zeros(4, F)}
+        want = None
+    model = make_model(nodes, [("x", [1, 4, 2, 2])], [("y", [None] * 4)], inits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if want is None:
+            y = InferenceSession(model).run(None, {"x": np.ones((1, 4, 2, 2), F)})[0]
+            assert np.isinf(y).all()
+            return
+        with pytest.raises(UnsupportedError, match=want):
+            InferenceSession(model)
