@@ -180,7 +180,10 @@ def conv(node, ctx):
         strides, pads = (1, strides[0]), (0, pads[0], 0, pads[1])
     else:
         pads = (pads[0], pads[1], pads[2], pads[3])
-    layer = ConvLayer(names=(node.name,), weight=w.reshape(cout, -1).copy(), bias=b.copy(),
+    weight = w.reshape(cout, -1)
+    if np.may_share_memory(weight, ctx.constants[node.inputs[1]]):
+        weight = weight.copy()  # ours, not a view keeping the model's bytes alive
+    layer = ConvLayer(names=(node.name,), weight=weight, bias=b.copy(),
                       group=group, strides=strides, pads=pads, auto_pad=auto_pad,
                       spatial_rank=spatial)
     return ChainStep(input=node.inputs[0], output=node.outputs[0], layers=[layer])
