@@ -62,6 +62,7 @@ def _spec(fields, oneofs=None):
 _NUMBER_DTYPES = {VARINT: np.dtype("<i8"), SVARINT: np.dtype("<i8"),
                   FLOAT: np.dtype("<f4"), DOUBLE: np.dtype("<f8")}
 _VARINT_CHUNK = 1 << 18  # bytes of packed varints decoded per numpy pass
+_SMALL_RUN = 256  # packed runs up to this many bytes are decoded at once, in Python
 
 
 def _bad(what):
@@ -87,6 +88,11 @@ class Numbers:
         self._count += 1
 
     def add_packed(self, mv):
+        if len(mv) <= _SMALL_RUN:  # dims, pads, a bias: numpy costs more than it saves
+            values = _decode_small(mv, self.kind)
+            self._loose.extend(values)
+            self._count += len(values)
+            return
         self._flush()
         if self.kind in (FLOAT, DOUBLE):
             part = np.frombuffer(mv, dtype=_NUMBER_DTYPES[self.kind])
@@ -130,13 +136,32 @@ class Numbers:
         return out
 
     def __iter__(self):
+        if not self._parts:  # (dims, attribute ints: a few Python numbers already)
+            return iter(list(self._loose))
         return iter(self.array().tolist())
 
-    def __getitem__(self, index):
-        return self.array().tolist()[index]
 
-    def __eq__(self, other):
-        return list(self) == list(other)
+def _decode_small(mv, kind):
+    if kind == FLOAT:
+        return struct.unpack(f"<{len(mv) // 4}f", mv)
+    if kind == DOUBLE:
+        return struct.unpack(f"<{len(mv) // 8}d", mv)
+    values, pos, end = [], 0, len(mv)
+    while pos < end:
+        result = shift = 0
+        while True:
+            if pos >= end:
+                _bad("truncated varint in a packed field")
+            b = mv[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift >= 70:
+                _bad("varint longer than 10 bytes in a packed field")
+        values.append(_signed(result))
+    return values
 
 
 def _count_varints(mv):
@@ -383,6 +408,9 @@ def _store(msg, name, repeated, value, kind=None):
 
 
 def _signed(value):
+    """A varint as protobuf reads an int64: its low 64 bits, two's complement (a 10th
+    byte may carry bits beyond them: dropped, as protobuf does)."""
+    value &= 0xFFFFFFFFFFFFFFFF
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
