@@ -676,3 +676,16 @@ def test_loading_long_chains_is_linear(kind):
     want = x if kind == "Identity" else np.maximum(x, 0)
     assert np.array_equal(InferenceSession(chain_model(kind, 2000)).run(None, {"x": x})[0],
                           want)
+
+
+@pytest.mark.parametrize("count", [1, 100])  # a short packed run, and a long one
+def test_ten_byte_varints_keep_their_low_64_bits(count):
+    """A 10th varint byte may carry bits beyond 64: protobuf drops them. They reached
+    numpy's int64 conversion as 2**70 - 1 (OverflowError)."""
+    from pyconv1x1 import onnx_reader
+    t = typed_tensor("t", TensorProto.INT64, [count], "int64_data", [-1] * count)
+    data = with_initializer(t).SerializeToString()
+    minus_one = b"\xff" * 9 + b"\x01"
+    assert data.count(minus_one * count) == 1
+    data = data.replace(minus_one * count, (b"\xff" * 9 + b"\x7f") * count)
+    assert np.array_equal(onnx_reader.load(data).constants["t"], np.full(count, -1))
