@@ -389,7 +389,9 @@ def _vi(v, what):
 
 def _layer(l, arr, what):
     get = lambda key: _field(l, key, what)  # noqa: E731
-    names = tuple(_str(n, f"{what} name") for n in _list(get("names"), f"{what} names"))
+    names = [_name(n, f"{what} name") for n in _list(get("names"), f"{what} names")]
+    if not names:
+        raise ModelError(f"{what} has no names")
     what = f"plan layer {'+'.join(names)!r}"
     cout = _int(get("cout"), f"{what} cout", 1, 1 << 31)
     k = _int(get("k"), f"{what} k", 1, 1 << 31)
