@@ -3,10 +3,13 @@ needs: no protobuf or onnx import, so loading an .onnx file costs milliseconds r
 than the ~200 ms of `import onnx`, and every malformed byte becomes a ModelError.
 
 Messages decode into `Message` objects whose attributes carry the onnx.proto field
-names (repeated fields as lists, bytes fields as zero-copy memoryview slices), with
-`HasField` and `WhichOneof` as in the protobuf API. Unknown fields are skipped.
+names (repeated messages and strings as lists, repeated numbers as `Numbers`, bytes
+fields as zero-copy memoryview slices), with `HasField` and `WhichOneof` as in the
+protobuf API. Unknown fields are skipped.
 """
 import struct
+
+import numpy as np
 
 from .errors import ModelError
 
@@ -18,7 +21,8 @@ VARINT, SVARINT, FLOAT, DOUBLE, BYTES, STRING, MESSAGE = range(7)
 
 def _default(kind, repeated):
     if repeated:
-        return ()  # read-only view of an empty repeated field; the parser makes lists
+        # read-only view of an empty repeated field; the parser makes lists / Numbers
+        return Numbers(kind) if kind in _NUMBER_DTYPES else ()
     return {MESSAGE: None, STRING: "", BYTES: b"", FLOAT: 0.0, DOUBLE: 0.0}.get(kind, 0)
 
 
@@ -53,6 +57,142 @@ def _spec(fields, oneofs=None):
     return (by_num, oneofs or {},
             {name: _default(kind, rep) for num, name, kind, rep, sub in fields},
             _table(by_num))
+
+
+_NUMBER_DTYPES = {VARINT: np.dtype("<i8"), SVARINT: np.dtype("<i8"),
+                  FLOAT: np.dtype("<f4"), DOUBLE: np.dtype("<f8")}
+_VARINT_CHUNK = 1 << 18  # bytes of packed varints decoded per numpy pass
+_SMALL_RUN = 256  # packed runs up to this many bytes are decoded at once, in Python
+
+
+def _bad(what):
+    raise ModelError(f"not a valid ONNX model: {what}")
+
+
+class Numbers:
+    """A repeated number field. Packed runs stay in the model's bytes until asked for:
+    `len()` counts without allocating, and `array()` decodes straight into numpy
+    (floats are zero-copy views; varints are decoded vectorized), so a consumer checks
+    the count against the shape before anything as large as the field exists.
+    Varints read as int64 (two's complement, as protobuf stores them)."""
+    __slots__ = ("kind", "_parts", "_loose", "_count")
+
+    def __init__(self, kind):
+        self.kind = kind
+        self._parts = []   # numpy arrays, or memoryviews of packed varints
+        self._loose = []   # unpacked elements since the last packed run
+        self._count = 0
+
+    def append(self, value):
+        self._loose.append(value)
+        self._count += 1
+
+    def add_packed(self, mv):
+        if len(mv) <= _SMALL_RUN:  # dims, pads, a bias: numpy costs more than it saves
+            values = _decode_small(mv, self.kind)
+            self._loose.extend(values)
+            self._count += len(values)
+            return
+        self._flush()
+        if self.kind in (FLOAT, DOUBLE):
+            part = np.frombuffer(mv, dtype=_NUMBER_DTYPES[self.kind])
+            self._count += part.size
+        else:
+            part = mv
+            self._count += _count_varints(mv)
+        self._parts.append(part)
+
+    def _flush(self):
+        if self._loose:
+            self._parts.append(np.array(self._loose, dtype=_NUMBER_DTYPES[self.kind]))
+            self._loose = []
+
+    def __len__(self):
+        return self._count
+
+    def array(self, dtype=None, lo=None, hi=None, unsigned=False):
+        """Every value, in order, as one numpy array (a read-only view of the model's
+        bytes when it lies there as is). With `dtype`, values are converted chunk by
+        chunk, each checked to be in [lo, hi] first (compared as unsigned 64-bit when
+        `unsigned`): a narrow type never needs a wide copy of the whole field.
+        ValueError(value) for the first value out of range."""
+        self._flush()
+        parts = self._parts
+        if dtype is None and len(parts) == 1 and not isinstance(parts[0], memoryview):
+            return parts[0]
+        out = np.empty(self._count, dtype or _NUMBER_DTYPES[self.kind])
+        n = 0
+        for part in parts:
+            for chunk in (_decode_varints(part) if isinstance(part, memoryview)
+                          else (part,)):
+                if unsigned:
+                    chunk = chunk.view(np.uint64)
+                if lo is not None:
+                    bad = (chunk < lo) | (chunk > hi)
+                    if bad.any():
+                        raise ValueError(int(chunk[bad][0]))
+                out[n:n + chunk.size] = chunk
+                n += chunk.size
+        return out
+
+    def __iter__(self):
+        if not self._parts:  # (dims, attribute ints: a few Python numbers already)
+            return iter(list(self._loose))
+        return iter(self.array().tolist())
+
+
+def _decode_small(mv, kind):
+    if kind == FLOAT:
+        return struct.unpack(f"<{len(mv) // 4}f", mv)
+    if kind == DOUBLE:
+        return struct.unpack(f"<{len(mv) // 8}d", mv)
+    values, pos, end = [], 0, len(mv)
+    while pos < end:
+        result = shift = 0
+        while True:
+            if pos >= end:
+                _bad("truncated varint in a packed field")
+            b = mv[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift >= 70:
+                _bad("varint longer than 10 bytes in a packed field")
+        values.append(_signed(result))
+    return values
+
+
+def _count_varints(mv):
+    b = np.frombuffer(mv, dtype=np.uint8)
+    if b.size and b[-1] >= 0x80:
+        _bad("truncated varint in a packed field")
+    count = 0
+    for start in range(0, b.size, _VARINT_CHUNK):  # (a bool temporary per chunk only)
+        count += int(np.count_nonzero(b[start:start + _VARINT_CHUNK] < 0x80))
+    return count
+
+
+def _decode_varints(mv):
+    """Packed varints -> int64 arrays, one per chunk that ends on a varint (vectorized:
+    the terminating bytes mark each value's end)."""
+    b = np.frombuffer(mv, dtype=np.uint8)
+    pos = 0
+    while pos < b.size:
+        piece = b[pos:pos + _VARINT_CHUNK]
+        ends = np.flatnonzero(piece < 0x80)
+        if ends.size == 0:
+            _bad("varint longer than 10 bytes in a packed field")
+        piece = piece[:ends[-1] + 1]
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        lengths = ends - starts + 1
+        if int(lengths.max()) > 10:
+            _bad("varint longer than 10 bytes in a packed field")
+        shift = (np.arange(piece.size) - np.repeat(starts, lengths)) * 7
+        bits = (piece & 0x7F).astype(np.uint64) << shift.astype(np.uint64)
+        yield np.bitwise_or.reduceat(bits, starts).view(np.int64)
+        pos += piece.size
 
 
 _WIRE = {VARINT: 0, SVARINT: 0, FLOAT: 5, DOUBLE: 1, BYTES: 2, STRING: 2, MESSAGE: 2}
@@ -220,7 +360,7 @@ class _Reader:
                     name, kind, repeated, _ = field
                     if kind is None:
                         self.fail(pos, f"field {name!r} has the wrong wire type")
-                    _store(msg, name, repeated, _signed(value))
+                    _store(msg, name, repeated, _signed(value), kind)
             elif wire == 1 or wire == 5:
                 size, fmt = (8, _F64) if wire == 1 else (4, _F32)
                 if pos + size > end:
@@ -229,7 +369,7 @@ class _Reader:
                     name, kind, repeated, _ = field
                     if kind is None:
                         self.fail(pos, f"field {name!r} has the wrong wire type")
-                    _store(msg, name, repeated, fmt.unpack_from(mv, pos)[0])
+                    _store(msg, name, repeated, fmt.unpack_from(mv, pos)[0], kind)
                 pos += size
             else:
                 self.fail(pos, f"unsupported wire type {wire}")
@@ -238,27 +378,27 @@ class _Reader:
         return msg
 
     def _packed(self, d, name, kind, pos, stop):
-        """A packed repeated number field (wire type 2)."""
-        mv = self.mv
-        if kind == FLOAT:
-            if (stop - pos) % 4:
-                self.fail(pos, f"packed floats of {stop - pos} bytes")
-            d.setdefault(name, []).extend(struct.unpack_from(f"<{(stop - pos) // 4}f", mv, pos))
-        elif kind == DOUBLE:
-            if (stop - pos) % 8:
-                self.fail(pos, f"packed doubles of {stop - pos} bytes")
-            d.setdefault(name, []).extend(struct.unpack_from(f"<{(stop - pos) // 8}d", mv, pos))
-        else:
-            out = d.setdefault(name, [])
-            while pos < stop:
-                value, pos = self.varint(pos, stop)
-                out.append(_signed(value))
+        """A packed repeated number field (wire type 2): kept as bytes until used."""
+        size = {FLOAT: 4, DOUBLE: 8}.get(kind)
+        if size and (stop - pos) % size:
+            self.fail(pos, f"packed field {name!r} of {stop - pos} bytes is not a "
+                           f"multiple of {size}")
+        numbers = d.get(name)
+        if numbers is None:
+            numbers = d[name] = Numbers(kind)
+        try:
+            numbers.add_packed(self.mv[pos:stop])
+        except ModelError as exc:
+            raise ModelError(f"{exc} (field {name!r} at byte {pos})") from None
 
 
-def _store(msg, name, repeated, value):
+def _store(msg, name, repeated, value, kind=None):
     d = msg.__dict__
     if repeated:
         if name in d:
+            d[name].append(value)
+        elif kind in _NUMBER_DTYPES:
+            d[name] = Numbers(kind)
             d[name].append(value)
         else:
             d[name] = [value]
@@ -268,6 +408,9 @@ def _store(msg, name, repeated, value):
 
 
 def _signed(value):
+    """A varint as protobuf reads an int64: its low 64 bits, two's complement (a 10th
+    byte may carry bits beyond them: dropped, as protobuf does)."""
+    value &= 0xFFFFFFFFFFFFFFFF
     return value - (1 << 64) if value >= 1 << 63 else value
 
 

@@ -119,6 +119,10 @@ def lower(graph):
     for v in graph.inputs:
         if v.elem_type != "float32":
             problems.append(f"input {v.name!r} is {v.elem_type}; only float32 inputs run")
+    for v in graph.outputs:  # (every output is computed in float32: declaring another
+        if v.elem_type != "float32":  # type made a session that could not be compiled)
+            problems.append(f"output {v.name!r} is declared {v.elem_type}; only float32 "
+                            "outputs are computed")
     order = topological_order(graph)
     shapes = {v.name: v.shape for v in graph.inputs}
     for name, arr in graph.constants.items():

@@ -16,6 +16,7 @@ from .ir import Graph, Node, ValueInfo
 MAX_MODEL_BYTES = 2 ** 31 - 1          # protobuf's own limit
 MAX_TENSOR_BYTES = 2 ** 32             # no tensor of a 1x1-conv model comes near
 MAX_DIMS = 8
+MAX_ATTR_VALUES = 1 << 16  # list attributes of the ops we run hold a few values
 
 # ONNX TensorProto.DataType -> numpy dtype (little-endian as stored)
 _DTYPES = {
@@ -266,10 +267,11 @@ def _attr_value(a, base_dir, what):
         if a.t is None:
             raise ModelError(f"{what}: of type TENSOR but holds no tensor")
         return tensor_to_array(a.t, base_dir, what)
-    if kind == 6:
-        return tuple(float(x) for x in a.floats)
-    if kind == 7:
-        return tuple(int(x) for x in a.ints)
+    if kind in (6, 7):
+        values = a.floats if kind == 6 else a.ints
+        if len(values) > MAX_ATTR_VALUES:  # (counted before decoding: Python objects)
+            return _Unsupported(f"a list of {len(values)} values")
+        return tuple(values)
     if kind == 8:
         return tuple(bytes(s).decode("utf-8", errors="replace") for s in a.strings)
     if kind in (5, 10):
@@ -283,24 +285,18 @@ def _attr_value(a, base_dir, what):
 # tensors
 # --------------------------------------------------------------------------------------
 def tensor_to_array(t, base_dir, what):
-    """TensorProto -> read-only C-contiguous numpy array, every size checked first."""
+    """TensorProto -> read-only C-contiguous numpy array, every size checked first.
+    Data already in the machine's layout is used where it lies (a view of the model's
+    immutable bytes, or of the buffer external data was read into) instead of copied."""
     dtype = _DTYPES.get(t.data_type)
     if dtype is None:
         raise UnsupportedError(f"{what}: element type {_TYPE_NAMES.get(t.data_type, t.data_type)}"
                                " is not supported")
     if t.HasField("segment"):
         raise UnsupportedError(f"{what}: segmented tensors are not supported")
-    dims = tuple(t.dims)
-    if len(dims) > MAX_DIMS:
-        raise ModelError(f"{what}: {len(dims)} dims; at most {MAX_DIMS} are accepted")
-    for d in dims:
-        if d < 0:
-            raise ModelError(f"{what}: negative dim {d} in shape {list(dims)}")
-    count = math.prod(dims) if dims else 1
+    dims = _tensor_dims(t, dtype, what)
+    count = math.prod(dims)
     nbytes = count * dtype.itemsize
-    if nbytes > MAX_TENSOR_BYTES:
-        raise ModelError(f"{what}: shape {list(dims)} of {dtype.name} is {nbytes} bytes; "
-                         f"the limit is {MAX_TENSOR_BYTES}")
     if t.data_location == 1:
         raw = _read_external(t, base_dir, what, nbytes)
         arr = np.frombuffer(raw, dtype=dtype, count=count)
@@ -313,32 +309,58 @@ def tensor_to_array(t, base_dir, what):
         arr = np.frombuffer(t.raw_data, dtype=dtype, count=count)
     else:
         arr = _typed_field(t, dtype, count, what)
-    arr = arr.astype(_NATIVE[t.data_type], copy=True).reshape(dims)
+    native = _NATIVE[t.data_type]
+    if arr.dtype != native or not arr.flags.aligned:
+        arr = arr.astype(native)
+    arr = arr.reshape(dims)
     arr.flags.writeable = False
     return arr
 
 
+def _tensor_dims(t, dtype, what):
+    """The tensor's shape, checked before anything of its size is allocated: rank,
+    signs, and the byte size (with every zero dim counted as 1, so that an empty
+    tensor of absurd extent is refused too: numpy cannot even describe [0, 2**62])."""
+    if len(t.dims) > MAX_DIMS:
+        raise ModelError(f"{what}: {len(t.dims)} dims; at most {MAX_DIMS} are accepted")
+    dims = tuple(t.dims)
+    for d in dims:
+        if d < 0:
+            raise ModelError(f"{what}: negative dim {d} in shape {list(dims)}")
+    extent = math.prod(max(d, 1) for d in dims) * dtype.itemsize
+    if extent > MAX_TENSOR_BYTES:
+        size = math.prod(dims) * dtype.itemsize
+        raise ModelError(f"{what}: shape {list(dims)} of {dtype.name} is {size} bytes"
+                         + ("" if size else f" but spans {extent}")
+                         + f"; the limit is {MAX_TENSOR_BYTES}")
+    return dims
+
+
+# where each element type keeps its values when it has no raw_data (onnx.proto), and
+# the range those stored values must fall in to convert exactly
+_FIELDS = {1: "float_data", 11: "double_data", 7: "int64_data", 12: "uint64_data",
+           13: "uint64_data"}
+_INT_RANGES = {2: (0, 255), 3: (-128, 127), 4: (0, 65535), 5: (-32768, 32767),
+               6: (-2 ** 31, 2 ** 31 - 1), 9: (0, 1), 10: (0, 65535), 12: (0, 2 ** 32 - 1)}
+
+
 def _typed_field(t, dtype, count, what):
     code = t.data_type
-    if code in (1,):
-        field = t.float_data
-    elif code == 11:
-        field = t.double_data
-    elif code == 7:
-        field = t.int64_data
-    elif code in (12, 13):
-        field = t.uint64_data
-    elif code == 10:  # float16 bits in int32_data
-        field = t.int32_data
-    else:
-        field = t.int32_data
-    if len(field) != count:
-        if count == 0 and len(field) == 0:
-            return np.zeros(0, dtype=dtype)
-        raise ModelError(f"{what}: {len(field)} values stored; shape needs {count}")
-    if code == 10:
-        return np.array(field, dtype=np.uint16).view(np.float16)
-    return np.array(field, dtype=dtype.newbyteorder("="))
+    name = _FIELDS.get(code, "int32_data")
+    field = getattr(t, name)
+    if len(field) != count:  # counted without decoding: nothing allocated yet
+        raise ModelError(f"{what}: {len(field)} values stored in {name}; shape "
+                         f"{list(t.dims)} needs {count}")
+    if code in (1, 11):
+        return field.array() if count else np.zeros(0, _NATIVE[code])
+    lo, hi = _INT_RANGES.get(code, (None, None))
+    target = np.uint16 if code == 10 else _NATIVE[code]  # float16: its bits
+    try:
+        values = field.array(target, lo, hi, unsigned=code in (12, 13))
+    except ValueError as exc:
+        raise ModelError(f"{what}: {_TYPE_NAMES[code]} tensor holds {exc.args[0]} in "
+                         f"{name}; its values must be in [{lo}, {hi}]") from None
+    return values.view(np.float16) if code == 10 else values
 
 
 def _read_external(t, base_dir, what, nbytes):
@@ -383,7 +405,7 @@ def _read_external(t, base_dir, what, nbytes):
         if offset + length > st.st_size:
             raise ModelError(f"{what}: external data {location!r} has {st.st_size} bytes; "
                              f"offset {offset} + length {length} runs past its end")
-        buf = bytearray(length)
+        buf = bytearray(length)  # ours alone: the array is a read-only view of it
         view = memoryview(buf)
         os.lseek(fd, offset, os.SEEK_SET)
         got = 0
@@ -392,7 +414,9 @@ def _read_external(t, base_dir, what, nbytes):
             if n <= 0:
                 raise ModelError(f"{what}: external data {location!r} ended early")
             got += n
-        return bytes(buf)
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        arr.flags.writeable = False
+        return arr
     finally:
         os.close(fd)
 

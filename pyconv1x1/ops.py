@@ -104,7 +104,14 @@ def _single_output(node):
 def _float_tensor(node, arr, what):
     if arr.dtype.kind != "f":
         raise Refused(f"{what} is {arr.dtype.name}; only float tensors are supported")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # (numpy warns, or raises under -W error)
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype.itemsize > 4 and out.size:
+        lost = np.isinf(out) & np.isfinite(arr)
+        if lost.any():
+            value = float(arr[lost].flat[0])
+            raise Refused(f"{what} holds {value!r}, beyond float32's range")
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -173,7 +180,10 @@ def conv(node, ctx):
         strides, pads = (1, strides[0]), (0, pads[0], 0, pads[1])
     else:
         pads = (pads[0], pads[1], pads[2], pads[3])
-    layer = ConvLayer(names=(node.name,), weight=w.reshape(cout, -1).copy(), bias=b.copy(),
+    weight = w.reshape(cout, -1)
+    if np.may_share_memory(weight, ctx.constants[node.inputs[1]]):
+        weight = weight.copy()  # ours, not a view keeping the model's bytes alive
+    layer = ConvLayer(names=(node.name,), weight=weight, bias=b.copy(),
                       group=group, strides=strides, pads=pads, auto_pad=auto_pad,
                       spatial_rank=spatial)
     return ChainStep(input=node.inputs[0], output=node.outputs[0], layers=[layer])
@@ -260,8 +270,9 @@ def batch_norm(node, ctx):
             and x_shape[1] != c:
         raise ModelError(f"{node.label()}: input has {x_shape[1]} channels; the "
                          f"parameters have {c}")
-    return AffineStep(node.name, node.inputs[0], node.outputs[0],
-                      scale.astype(np.float32), shift.astype(np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):  # (as float32 arithmetic would)
+        scale, shift = scale.astype(np.float32), shift.astype(np.float32)
+    return AffineStep(node.name, node.inputs[0], node.outputs[0], scale, shift)
 
 
 def _per_channel(node, ctx, const, data_name):
@@ -273,7 +284,7 @@ def _per_channel(node, ctx, const, data_name):
         if rank is not None and c.ndim > rank:
             raise Refused(f"constant of shape {list(const.shape)} broadcasts beyond the "
                           f"rank-{rank} input")
-        return c.reshape(1)
+        return c.reshape(1).copy()  # (a view would keep the whole model's bytes alive)
     if rank is None:
         raise Refused(f"constant of shape {list(const.shape)} against an input of unknown "
                       "rank")
@@ -288,7 +299,7 @@ def _per_channel(node, ctx, const, data_name):
     if x_shape is not None and isinstance(x_shape[1], int) and x_shape[1] != full[1]:
         raise ModelError(f"{node.label()}: constant of shape {list(const.shape)} does not "
                          f"broadcast against input {data_name!r} of shape {list(x_shape)}")
-    return c.reshape(-1)
+    return c.reshape(-1).copy()
 
 
 def _binary(node, ctx, kind):
@@ -336,7 +347,10 @@ def dropout(node, ctx):
     _inputs(node, 1, 3)
     if ctx.opset >= 12 and len(node.inputs) == 3 and node.inputs[2]:
         mode = ctx.const(node, 2, "training_mode")
-        if bool(np.asarray(mode).reshape(-1)[0]):
+        if mode.size != 1:
+            raise ModelError(f"{node.label()}: training_mode has shape {list(mode.shape)};"
+                             " it is a scalar")
+        if bool(mode.reshape(-1)[0]):
             raise Refused("training_mode is true; only inference Dropout runs")
     if len(node.outputs) > 1 and node.outputs[1] and node.outputs[1] in ctx.used:
         raise Refused("its mask output is used")

@@ -37,7 +37,7 @@ def block_table(cout, k, group, mr):
 def pack_layer(layer, mr):
     """Pack a layer's weight [cout, k] as blocks [k][rows <= mr] per group; returns
     (packed float32, blocks intp [nblocks, 4] = rows, cout0, cin0, offset). A layer
-    loaded from a plan file already packed for this mr is used as it is (mapped)."""
+    loaded from a plan file already packed for this mr is used as it is."""
     if layer.packed is not None and layer.packed[0] == mr:
         return layer.packed[1], layer.packed[2]
     weight = layer.weight if layer.weight is not None else unpack_layer(layer)
@@ -51,14 +51,16 @@ def pack_layer(layer, mr):
     if not sizes:
         return np.zeros(0, np.float32), blocks
     w = np.asarray(weight, np.float32).reshape(group, cout_g, k)
-    runs, row = [], 0
+    # written in place into one buffer: peak memory is the weight plus its packed copy
+    packed = np.empty((group, cout_g * k), np.float32)
+    row = 0
     for rows in dict.fromkeys(sizes):
         count = sizes.count(rows)
         part = w[:, row:row + count * rows].reshape(group, count, rows, k)
-        runs.append(part.transpose(0, 1, 3, 2).reshape(group, -1))
+        dest = packed[:, row * k:(row + count * rows) * k].reshape(group, count, k, rows)
+        np.copyto(dest, part.transpose(0, 1, 3, 2))
         row += count * rows
-    packed = runs[0] if len(runs) == 1 else np.concatenate(runs, axis=1)
-    return np.ascontiguousarray(packed.reshape(-1)), blocks
+    return packed.reshape(-1), blocks
 
 
 def unpack_layer(layer):
@@ -131,6 +133,8 @@ class ShapePlan:
             elif isinstance(step, AddStep):
                 call = self._add(step, kset, shapes, threads)
             elif isinstance(step, CopyStep):
+                _check_size(shapes[step.input], step.name, step.input, shapes[step.input],
+                            "Identity")
                 shapes[step.output] = shapes[step.input]
                 call = (_copy, (step.input, step.output))
             else:  # pragma: no cover
@@ -205,7 +209,10 @@ class ShapePlan:
         p = size // max(1, n * c) if n * c else 0
         scale = _vector(step.scale, c, 1.0, step, x)
         shift = _vector(step.shift, c, 0.0, step, x)
+        _check_size(x, step.name, step.input, x, "step")
         shapes[step.output] = x
+        if size == 0:  # (the kernel walks every image x channel row, even empty ones)
+            return (_run_empty, (step.output, x))
         a = step.act
         args = (step.input, step.output, x, kset.kernels.affine_act,
                 (scale, shift, n, c, p, float(a.lo), float(a.hi), float(a.alpha), threads))
@@ -217,8 +224,11 @@ class ShapePlan:
             raise UnsupportedError(f"Add '{step.name}': inputs {step.a!r} {list(a)} and "
                                    f"{step.b!r} {list(b)} differ; broadcasting tensor sums"
                                    " are not supported")
+        _check_size(a, step.name, step.a, a, "Add")
         shapes[step.output] = a
         size = int(np.prod(a, dtype=np.int64))
+        if size == 0:
+            return (_run_empty, (step.output, a))
         act = step.act
         args = (step.a, step.b, step.output, a, kset.kernels.add_act,
                 (size, float(act.lo), float(act.hi), float(act.alpha), threads))
@@ -234,15 +244,77 @@ class ShapePlan:
         return env
 
 
-MAX_TENSOR_BYTES = 1 << 36  # 64 GiB: beyond any machine this runtime targets
+MAX_TENSOR_BYTES = None  # None: what this machine has (machine_memory); a number overrides
 
 
-def _check_size(shape, name, src, src_shape):
+def tensor_byte_limit():
+    """The largest tensor a plan may allocate: the process's memory (physical memory,
+    or its cgroup's limit when lower). A fixed cap let a 143-byte model ask for 64 GiB
+    on a 24 GiB machine, and with overcommit that ends in the OOM killer, not an error."""
+    return MAX_TENSOR_BYTES if MAX_TENSOR_BYTES is not None else machine_memory()
+
+
+_MACHINE_MEMORY = []
+
+
+def machine_memory():
+    if not _MACHINE_MEMORY:
+        limits = [_cgroup_memory_limit(), _physical_memory()]
+        known = [n for n in limits if n]
+        _MACHINE_MEMORY.append(min(known) if known else 1 << 36)
+    return _MACHINE_MEMORY[0]
+
+
+def _physical_memory():
+    import os
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
+
+
+def _cgroup_memory_limit():
+    """memory.max (cgroup v2) or memory.limit_in_bytes (v1) of this process's cgroup,
+    or None when unlimited or unknown."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        path = path.rstrip("/")
+        if controllers == "":
+            names = [f"/sys/fs/cgroup{path}/memory.max", "/sys/fs/cgroup/memory.max"]
+        elif "memory" in controllers.split(","):
+            names = [f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes",
+                     "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        else:
+            continue
+        for name in names:  # (inside a container the cgroup's own folder is the root)
+            try:
+                with open(name) as f:
+                    text = f.read().strip()
+            except OSError:
+                continue
+            if text.isdigit():
+                limits.append(int(text))
+            break
+    return min(limits) if limits else None
+
+
+def _check_size(shape, name, src, src_shape, what="Conv"):
     nbytes = 4 * int(np.prod(shape, dtype=object))
-    if nbytes > MAX_TENSOR_BYTES:
-        raise UnsupportedError(f"Conv '{name}': input {src!r} {list(src_shape)} gives an "
-                               f"output {list(shape)} of {nbytes} bytes; the limit is "
-                               f"{MAX_TENSOR_BYTES}")
+    limit = tensor_byte_limit()
+    if nbytes > limit:
+        raise UnsupportedError(
+            f"{what} '{name}': input {src!r} {list(src_shape)} gives an output "
+            f"{list(shape)} of {nbytes} bytes; the limit is {limit} bytes, the memory of "
+            "this machine (physical or cgroup; pyconv1x1.plan.MAX_TENSOR_BYTES overrides)")
 
 
 def _vector(v, c, default, step, shape):
@@ -281,6 +353,12 @@ def _run_add(env, outs, a, b, dst, shape, fn, args):
         y = np.empty(shape, np.float32)
     fn(env[a], env[b], y, *args)
     env[dst] = y
+
+
+def _run_empty(env, outs, dst, shape):
+    """A step whose output has no elements: nothing to compute, whatever the batch."""
+    y = outs.get(dst)
+    env[dst] = np.empty(shape, np.float32) if y is None else y
 
 
 def _copy(env, outs, src, dst):

@@ -1,5 +1,5 @@
 """Compiled plan files (.pc1): a validated, folded Program with weights already packed in
-the kernels' layout, loadable with numpy alone and memory-mapped rather than copied.
+the kernels' layout, loadable with numpy alone; read into memory once and validated there.
 
 Layout (all integers little-endian; see docs/PLAN_FORMAT.md):
 
@@ -160,21 +160,27 @@ def compile_model(model, out_path, base_dir=None, isa=None):
 # --------------------------------------------------------------------------------------
 # read
 # --------------------------------------------------------------------------------------
+MAX_PLAN_BYTES = 1 << 40  # a bound for the size check, not a limit anyone meets
+
+
 def load(source):
-    """Program from a plan file path (memory-mapped) or bytes (zero-copy views)."""
+    """Program from a plan file path or bytes. The session owns every byte it
+    validated: a path is read into memory once (a mapping would let a rewrite or a
+    truncation of the file change block offsets under a live session: SIGSEGV, SIGBUS
+    or silently different results), and a mutable buffer is copied."""
     import json  # here, not at module level: session sniffs .onnx files with is_plan
     import zlib
     if isinstance(source, (bytes, bytearray, memoryview)):
-        buf = memoryview(source).cast("B")
         where = "plan bytes"
-        data = np.frombuffer(buf, dtype=np.uint8)
+        if type(source) is not bytes:  # a bytearray or a view may change after we return
+            try:
+                source = memoryview(source).cast("B").tobytes()
+            except (TypeError, ValueError) as exc:
+                raise ModelError(f"{where}: not a readable byte buffer: {exc}") from None
     else:
-        path = os.fspath(source)
-        where = f"plan {path!r}"
-        try:
-            data = np.memmap(path, dtype=np.uint8, mode="r")
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot map {where}: {exc}") from None
+        where = f"plan {os.fspath(source)!r}"
+        source = _read_file(os.fspath(source), where)
+    data = np.frombuffer(source, dtype=np.uint8)  # read-only: bytes are immutable
     if data.size < PREFIX.size:
         raise ModelError(f"{where} is truncated ({data.size} bytes)")
     magic, version, hlen, boff, blen, digest = PREFIX.unpack(bytes(data[:PREFIX.size]))
@@ -189,71 +195,161 @@ def load(source):
                          f"{blen} bytes at {boff}, file {data.size} bytes")
     header = bytes(data[PREFIX.size:PREFIX.size + hlen])
     blob = data[boff:boff + blen]
-    crc = zlib.crc32(header)
-    step = 16 << 20
-    for start in range(0, blen, step):
-        crc = zlib.crc32(blob[start:start + step], crc)
-    if crc != digest:
+    if zlib.crc32(blob, zlib.crc32(header)) != digest:
         raise ModelError(f"{where} is corrupt: checksum mismatch")
+    meta = _parse_header(json, header, where)
     try:
-        meta = json.loads(header.decode("utf-8"))
         return _program(meta, blob)
-    except ModelError:
-        raise
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc}") from None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError,
+            RecursionError) as exc:  # a check below missed a case: still the file's fault
         raise ModelError(f"{where} is corrupt: {type(exc).__name__}: {exc}") from None
+
+
+def _read_file(path, where):
+    # O_NONBLOCK: a FIFO planted as the plan must not wait for a writer
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"cannot open {where}: {exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"{where} is not a regular file")
+        if st.st_size > MAX_PLAN_BYTES:
+            raise ModelError(f"{where} is {st.st_size} bytes; the limit is {MAX_PLAN_BYTES}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            # read(n) allocates n bytes up front: ask for what the file holds (one byte
+            # more shows a file that grew while we read; the size check then fails)
+            return f.read(st.st_size + 1)
+    except OSError as exc:
+        raise ModelError(f"cannot read {where}: {exc}") from None
+    except MemoryError:
+        raise ModelError(f"{where} ({st.st_size} bytes) does not fit in memory") from None
+    finally:
+        os.close(fd)
+
+
+def _parse_header(json, header, where):
+    def no_constant(name):  # NaN / Infinity / -Infinity: not JSON, and never written
+        raise ValueError(f"{name} is not a JSON number")
+    try:
+        meta = json.loads(header.decode("utf-8"), parse_constant=no_constant)
+    except RecursionError:
+        raise ModelError(f"{where} is corrupt: header JSON nested too deeply") from None
+    except (ValueError, MemoryError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ModelError(f"{where} is corrupt: header is not JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{where} is corrupt: header is a JSON {type(meta).__name__}, "
+                         "expected an object")
+    return meta
+
+
+# -- typed access to header fields: every value is checked before it is used ---------
+def _field(obj, key, what):
+    if not isinstance(obj, dict):
+        raise ModelError(f"{what} is {_show(obj)}; expected a JSON object")
+    if key not in obj:
+        raise ModelError(f"{what} has no field {key!r}")
+    return obj[key]
+
+
+def _int(x, what, lo=0, hi=1 << 62):
+    if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi:
+        raise ModelError(f"{what} is {_show(x)}; expected an integer in [{lo}, {hi}]")
+    return x
+
+
+def _list(x, what):
+    if not isinstance(x, list):
+        raise ModelError(f"{what} is {_show(x)}; expected a JSON list")
+    return x
+
+
+def _str(x, what):
+    if not isinstance(x, str):
+        raise ModelError(f"{what} is {_show(x)}; expected a string")
+    return x
+
+
+def _show(x):
+    """A header value for an error message: short, whatever its size or depth."""
+    if isinstance(x, (dict, list)):
+        return f"a JSON {'object' if isinstance(x, dict) else 'list'} of {len(x)} items"
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _program(meta, blob):
     if meta.get("format") != "pyconv1x1-plan":
         raise ModelError("plan header is not a pyconv1x1 plan")
-    arrays = []
-    for entry in meta["arrays"]:
-        dtype = _DTYPES[entry["dtype"]]
-        shape = tuple(int(d) for d in entry["shape"])
-        off, nbytes = int(entry["offset"]), int(entry["nbytes"])
-        if any(d < 0 for d in shape) or nbytes != math.prod(shape) * dtype.itemsize \
-                or off < 0 or off % dtype.itemsize or off + nbytes > blob.size:
-            raise ModelError(f"plan array table entry {entry} is inconsistent")
-        arr = blob[off:off + nbytes].view(dtype).reshape(shape)
-        arrays.append(arr)
+    arrays = [_array(entry, blob, f"array {i}")
+              for i, entry in enumerate(_list(_field(meta, "arrays", "header"), "arrays"))]
 
-    def arr(index, dtype="float32"):
+    def arr(index, what, dtype="float32"):
         if index is None:
             return None
-        a = arrays[int(index)]
+        a = arrays[_int(index, f"{what} (an array index)", 0, len(arrays) - 1)]
         if a.dtype != _DTYPES[dtype]:
-            raise ModelError(f"plan array {index} is {a.dtype}, expected {dtype}")
+            raise ModelError(f"{what}: array {index} is {a.dtype}, expected {dtype}")
         return a
 
-    steps = []
-    for s in meta["steps"]:
-        kind = s["type"]
-        if kind == "chain":
-            layers = [_layer(l, arr) for l in s["layers"]]
-            steps.append(ChainStep(_name(s["input"]), _name(s["output"]), layers))
-        elif kind == "affine":
-            steps.append(AffineStep(str(s["name"]), _name(s["input"]), _name(s["output"]),
-                                    _vec(arr(s["scale"])), _vec(arr(s["shift"])),
-                                    _act(s["act"])))
-        elif kind == "add":
-            steps.append(AddStep(str(s["name"]), _name(s["a"]), _name(s["b"]),
-                                 _name(s["output"]), _act(s["act"])))
-        elif kind == "copy":
-            steps.append(CopyStep(str(s["name"]), _name(s["input"]), _name(s["output"])))
-        else:
-            raise ModelError(f"plan step type {kind!r} is unknown")
-    program = Program(inputs=tuple(_vi(v) for v in meta["inputs"]),
-                      outputs=tuple(_vi(v) for v in meta["outputs"]), steps=steps,
-                      opset=int(meta.get("opset", 0)), producer=str(meta.get("producer", "")),
-                      notes=[str(n) for n in meta.get("notes", [])])
+    steps = [_step(s, arr, f"step {i}")
+             for i, s in enumerate(_list(_field(meta, "steps", "header"), "steps"))]
+    program = Program(
+        inputs=tuple(_vi(v, f"input {i}") for i, v in
+                     enumerate(_list(_field(meta, "inputs", "header"), "inputs"))),
+        outputs=tuple(_vi(v, f"output {i}") for i, v in
+                      enumerate(_list(_field(meta, "outputs", "header"), "outputs"))),
+        steps=steps, opset=_int(meta.get("opset", 0), "opset", 0, 1 << 31),
+        producer=_str(meta.get("producer", ""), "producer"),
+        notes=[_str(n, "a note") for n in _list(meta.get("notes", []), "notes")])
     validate(program)
     return program
 
 
-def _name(x):
+def _array(entry, blob, what):
+    dtype = _DTYPES.get(_str(_field(entry, "dtype", what), f"{what} dtype"))
+    if dtype is None:
+        raise ModelError(f"{what}: dtype {entry['dtype']!r} is not one of {list(_DTYPES)}")
+    shape = tuple(_int(d, f"{what} dim", 0, blob.size)
+                  for d in _list(_field(entry, "shape", what), f"{what} shape"))
+    if len(shape) > 8:
+        raise ModelError(f"{what}: {len(shape)} dims; at most 8")
+    off = _int(_field(entry, "offset", what), f"{what} offset", 0, blob.size)
+    nbytes = _int(_field(entry, "nbytes", what), f"{what} nbytes", 0, blob.size)
+    if nbytes != math.prod(shape) * dtype.itemsize or off % dtype.itemsize \
+            or off + nbytes > blob.size:
+        raise ModelError(f"{what}: shape {list(shape)} of {dtype.name} at offset {off}, "
+                         f"{nbytes} bytes, does not fit a blob of {blob.size} bytes")
+    return blob[off:off + nbytes].view(dtype).reshape(shape)
+
+
+def _step(s, arr, what):
+    kind = _field(s, "type", what)
+    name = lambda key: _name(_field(s, key, what), f"{what} {key}")  # noqa: E731
+    if kind == "chain":
+        layers = [_layer(l, arr, f"{what} layer {i}")
+                  for i, l in enumerate(_list(_field(s, "layers", what), f"{what} layers"))]
+        return ChainStep(name("input"), name("output"), layers)
+    if kind == "affine":
+        return AffineStep(name("name"), name("input"), name("output"),
+                          _vec(arr(_field(s, "scale", what), f"{what} scale")),
+                          _vec(arr(_field(s, "shift", what), f"{what} shift")),
+                          _act(_field(s, "act", what), f"{what} act"))
+    if kind == "add":
+        return AddStep(name("name"), name("a"), name("b"), name("output"),
+                       _act(_field(s, "act", what), f"{what} act"))
+    if kind == "copy":
+        return CopyStep(name("name"), name("input"), name("output"))
+    raise ModelError(f"{what}: step type {_show(kind)} is unknown")
+
+
+def _name(x, what="plan tensor name"):
     if not isinstance(x, str) or not x:
-        raise ModelError(f"plan tensor name {x!r} is not a non-empty string")
+        raise ModelError(f"{what} is {_show(x)}; expected a non-empty string")
     return x
 
 
@@ -263,55 +359,72 @@ def _vec(a):
     return a
 
 
-def _num(x):
+def _num(x, what):
     if x in ("inf", "-inf"):
         return float(x)
-    value = float(x)
-    if math.isnan(value):
-        raise ModelError("plan activation bound is NaN")
-    return value
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x) \
+            or not math.isfinite(float(x)):
+        raise ModelError(f"{what} is {_show(x)}; expected a finite number, 'inf' or '-inf'")
+    return float(x)
 
 
-def _act(a):
-    kind = a["kind"]
+def _act(a, what):
+    kind = _field(a, "kind", what)
     if kind not in ("none", "relu", "clip", "leaky"):
-        raise ModelError(f"plan activation kind {kind!r} is unknown")
-    return Activation(kind, _num(a["lo"]), _num(a["hi"]), _num(a["alpha"]))
+        raise ModelError(f"{what}: activation kind {_show(kind)} is unknown")
+    return Activation(kind, _num(_field(a, "lo", what), f"{what} lo"),
+                      _num(_field(a, "hi", what), f"{what} hi"),
+                      _num(_field(a, "alpha", what), f"{what} alpha"))
 
 
-def _vi(v):
-    shape = v["shape"]
+def _vi(v, what):
+    name = _name(_field(v, "name", what), f"{what} name")
+    shape = _field(v, "shape", what)
     if shape is not None:
-        shape = tuple(d if (d is None or isinstance(d, str)) else int(d) for d in shape)
-        if any(isinstance(d, int) and d < 0 for d in shape):
-            raise ModelError(f"plan value {v['name']!r} has a negative dim")
-    return ValueInfo(_name(v["name"]), str(v["elem_type"]), shape)
+        shape = tuple(d if (d is None or isinstance(d, str)) else
+                      _int(d, f"{what} {name!r} dim")
+                      for d in _list(shape, f"{what} {name!r} shape"))
+    return ValueInfo(name, _str(_field(v, "elem_type", what), f"{what} elem_type"), shape)
 
 
-def _layer(l, arr):
-    cout, k, group, mr = int(l["cout"]), int(l["k"]), int(l["group"]), int(l["mr"])
-    if cout < 1 or k < 1 or group < 1 or cout % group or not 1 <= mr <= 64:
-        raise ModelError(f"plan layer {l.get('names')}: cout {cout}, k {k}, group {group}, "
-                         f"mr {mr} are inconsistent")
-    packed = arr(l["packed"])
-    blocks = np.ascontiguousarray(arr(l["blocks"], "int64"), dtype=np.intp)
-    bias = arr(l["bias"])
+def _layer(l, arr, what):
+    get = lambda key: _field(l, key, what)  # noqa: E731
+    names = [_name(n, f"{what} name") for n in _list(get("names"), f"{what} names")]
+    if not names:
+        raise ModelError(f"{what} has no names")
+    what = f"plan layer {'+'.join(names)!r}"
+    cout = _int(get("cout"), f"{what} cout", 1, 1 << 31)
+    k = _int(get("k"), f"{what} k", 1, 1 << 31)
+    group = _int(get("group"), f"{what} group", 1, 1 << 31)
+    mr = _int(get("mr"), f"{what} mr", 1, 64)
+    if cout % group:
+        raise ModelError(f"{what}: cout {cout} is not a multiple of group {group}")
+    packed = arr(get("packed"), f"{what} packed")
+    blocks = arr(get("blocks"), f"{what} blocks", "int64")
+    bias = arr(get("bias"), f"{what} bias")
     if bias is None or bias.shape != (cout,):
-        raise ModelError(f"plan layer {l.get('names')}: bias shape does not match {cout}")
+        raise ModelError(f"{what}: bias shape does not match {cout}")
     if packed is None or packed.shape != (cout * k,):
-        raise ModelError(f"plan layer {l.get('names')}: packed weight size does not match "
-                         f"{cout} x {k}")
-    layer = ConvLayer(names=tuple(str(n) for n in l["names"]), weight=None, bias=bias,
-                      group=group, strides=tuple(int(x) for x in l["strides"]),
-                      pads=tuple(int(x) for x in l["pads"]), auto_pad=str(l["auto_pad"]),
-                      act=_act(l["act"]), residual=l["residual"],
-                      res_mode=int(l["res_mode"]), spatial_rank=int(l["spatial_rank"]),
-                      packed=(mr, packed, blocks), wshape=(cout, k))
+        raise ModelError(f"{what}: packed weight size does not match {cout} x {k}")
+    if blocks is None:
+        raise ModelError(f"{what}: no packed-block table")
+    ints = lambda key: tuple(  # noqa: E731
+        _int(x, f"{what} {key}", 0, 1 << 31) for x in _list(get(key), f"{what} {key}"))
+    residual = get("residual")
+    layer = ConvLayer(names=names, weight=None, bias=bias, group=group,
+                      strides=ints("strides"), pads=ints("pads"),
+                      auto_pad=_str(get("auto_pad"), f"{what} auto_pad"),
+                      act=_act(get("act"), f"{what} act"),
+                      residual=None if residual is None else _name(residual, f"{what} residual"),
+                      res_mode=_int(get("res_mode"), f"{what} res_mode", 0, 2),
+                      spatial_rank=_int(get("spatial_rank"), f"{what} spatial_rank", 1, 2),
+                      packed=(mr, packed, np.ascontiguousarray(blocks, dtype=np.intp)),
+                      wshape=(cout, k))
     # the kernel trusts block offsets: they must be exactly what packing produces
     from .plan import block_table
     expect = block_table(cout, k, group, mr)
     if blocks.shape != expect.shape or not np.array_equal(blocks, expect):
-        raise ModelError(f"plan layer {layer.name}: packed blocks are inconsistent")
+        raise ModelError(f"{what}: packed blocks are inconsistent")
     return layer
 
 

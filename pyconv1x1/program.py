@@ -2,7 +2,7 @@
 tensors, free of ONNX and of input shapes. Weights are already folded (BatchNorm, Mul and
 Add constants) and activations fused; a compiled plan file stores exactly this."""
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -70,11 +70,11 @@ class ConvLayer(_Mutable):
     __slots__ = ("names", "weight", "bias", "group", "strides", "pads", "auto_pad", "act",
                  "residual", "res_mode", "spatial_rank", "packed", "wshape")
 
-    def __init__(self, names: Tuple[str, ...], weight: Optional[np.ndarray],
+    def __init__(self, names: List[str], weight: Optional[np.ndarray],
                  bias: np.ndarray, group=1, strides=(1, 1), pads=(0, 0, 0, 0),
                  auto_pad="NOTSET", act=None, residual=None, res_mode=RES_NONE,
                  spatial_rank=2, packed=None, wshape=None):
-        self.names = tuple(names)
+        self.names = list(names)  # (grows as the rewrite fuses ops in: appended to)
         self.weight = weight
         self.bias = bias
         self.group = group

@@ -6,6 +6,8 @@ when every condition holds and records what it did in Program.notes:
 3. fuse activations and residual Adds into the producing step's epilogue
 4. chain consecutive convs so a tile of pixels passes through all of them in cache
 """
+from collections import deque
+
 import numpy as np
 
 from .program import (RES_AFTER_ACT, RES_BEFORE_ACT, AddStep, AffineStep, ChainStep,
@@ -17,9 +19,7 @@ def build_program(graph, steps):
     inputs = {v.name for v in graph.inputs}
     notes = []
     steps = _drop_copies(steps, outputs, inputs, notes)
-    users, producer = _consumers(steps), {s.output: s for s in steps}
-    while _fuse_once(steps, outputs, notes, users, producer):
-        pass
+    steps = _fuse(steps, outputs, notes)
     steps = _chain(steps, outputs, notes)
     steps = _toposort(steps, inputs)
     return Program(inputs=graph.inputs, outputs=graph.outputs, steps=steps,
@@ -52,50 +52,93 @@ def _rename_reads(steps, old, new):
 
 
 def _drop_copies(steps, outputs, inputs, notes):
+    """Every pass here is linear in the number of steps: models with 16,000 chained
+    Identity nodes exist (exporters leave them), and a rescan per copy took 18 s."""
+    readers = {}  # tensor -> {id: step} of the kept steps that read it, kept current
+    for s in steps:
+        for t in s.reads:
+            readers.setdefault(t, {})[id(s)] = s
+    producer = {}
     kept = []
     for s in steps:
         if not isinstance(s, CopyStep):
             kept.append(s)
+            producer[s.output] = s
             continue
+        readers.setdefault(s.input, {}).pop(id(s), None)  # (a kept copy is added back)
         if s.output not in outputs:
-            _rename_reads(steps, s.output, s.input)
+            moved = readers.pop(s.output, {})
+            for u in moved.values():
+                _rename_reads((u,), s.output, s.input)
+            readers.setdefault(s.input, {}).update(moved)
             notes.append(f"dropped {s.name} (identity)")
             continue
-        producer = next((p for p in kept if p.output == s.input), None)
-        users = [u for u in steps if s.input in u.reads and u is not s]
-        if (producer is not None and s.input not in outputs and not users):
-            producer.output = s.output
+        p = producer.get(s.input)
+        if p is not None and s.input not in outputs and not readers.get(s.input):
+            p.output = s.output
+            del producer[s.input]
+            producer[s.output] = p
             notes.append(f"dropped {s.name} (identity; producer writes {s.output!r})")
             continue
+        readers[s.input][id(s)] = s
         kept.append(s)  # a graph output aliasing an input or another output: copy
+        producer[s.output] = s
     return kept
 
 
-def _fuse_once(steps, outputs, notes, users, producer):
-    """Merge one step into its producer; keeps `users` and `producer` up to date."""
-    for s in steps:
-        if isinstance(s, AddStep):
-            candidates = [(s.a, s.b), (s.b, s.a)]
-        elif isinstance(s, AffineStep):
-            candidates = [(s.input, None)]
-        else:
+def _fuse(steps, outputs, notes):
+    """Merge steps into their producers until none merges. A worklist in execution
+    order: a step is tried once, and again only when it has absorbed another (then
+    it may fuse into its own producer); rescanning from the start after every merge
+    was quadratic."""
+    users, producer = _consumers(steps), {s.output: s for s in steps}
+    absorbed = set()
+    work = deque(steps)
+    while work:
+        s = work.popleft()
+        if id(s) in absorbed:
             continue
-        for main, other in candidates:
-            p = producer.get(main)
-            if p is None or main in outputs or len(users.get(main, ())) != 1:
-                continue
-            if other == main:
-                continue
-            if _absorb(p, s, other, notes):
-                p.output = s.output
-                steps.remove(s)
-                del users[main]
-                producer.pop(main, None)
-                producer[s.output] = p
-                if other is not None:
-                    users[other] = [p if u is s else u for u in users.get(other, ())]
-                return True
-    return False
+        p = _fuse_into_producer(s, outputs, notes, users, producer)
+        if p is not None:
+            absorbed.add(id(s))
+            work.appendleft(p)
+    return [s for s in steps if id(s) not in absorbed]
+
+
+def _fuse_into_producer(s, outputs, notes, users, producer):
+    """Merge step s into the step producing its input; returns that step, or None.
+    Keeps `users` and `producer` up to date."""
+    if isinstance(s, AddStep):
+        candidates = [(s.a, s.b), (s.b, s.a)]
+    elif isinstance(s, AffineStep):
+        candidates = [(s.input, None)]
+    else:
+        return None
+    for main, other in candidates:
+        p = producer.get(main)
+        if p is None or main in outputs or len(users.get(main, ())) != 1:
+            continue
+        if other == main:
+            continue
+        if _absorb(p, s, other, notes):
+            p.output = s.output
+            del users[main]
+            producer.pop(main, None)
+            producer[s.output] = p
+            if other is not None:
+                users[other] = [p if u is s else u for u in users.get(other, ())]
+            return p
+    return None
+
+
+def _merged_name(a, b, limit=200):
+    """The name of a step that absorbed another: both while short, then the first
+    and the last (16,000 fused activations made names, and notes quoting them,
+    quadratic in size: 1.3 GB)."""
+    name = f"{a}+{b}"
+    if len(name) <= limit:
+        return name
+    return f"{a.split('+...+')[0].split('+')[0]}+...+{b}"
 
 
 def _absorb(p, s, other, notes):
@@ -110,11 +153,12 @@ def _absorb(p, s, other, notes):
                 shift = _expand(s.shift, layer.cout, 0.0)
                 if scale is None or shift is None:
                     return False
-                w = layer.weight.astype(np.float64) * scale[:, None]
-                b = layer.bias.astype(np.float64) * scale + shift
-                layer.weight = w.astype(np.float32)
-                layer.bias = b.astype(np.float32)
-                notes.append(f"folded {s.name} into conv {layer.name}")
+                with np.errstate(over="ignore", invalid="ignore"):  # inf, as in float32
+                    w = layer.weight.astype(np.float64) * scale[:, None]
+                    b = layer.bias.astype(np.float64) * scale + shift
+                    layer.weight = w.astype(np.float32)
+                    layer.bias = b.astype(np.float32)
+                notes.append(f"folded {s.name} into conv {layer.names[0]}")
             if not s.act.is_identity:
                 if layer.res_mode == RES_AFTER_ACT:
                     return False
@@ -122,14 +166,15 @@ def _absorb(p, s, other, notes):
                 if act is None:
                     return False
                 layer.act = act
-                notes.append(f"fused {s.name} ({s.act.describe()}) into conv {layer.name}")
-            layer.names = layer.names + (s.name,)
+                notes.append(f"fused {s.name} ({s.act.describe()}) into conv "
+                             f"{layer.names[0]}")
+            layer.names.append(s.name)
             return True
         if isinstance(s, AddStep) and layer.residual is None:
             layer.residual = other
             layer.res_mode = RES_BEFORE_ACT if layer.act.is_identity else RES_AFTER_ACT
-            layer.names = layer.names + (s.name,)
-            notes.append(f"fused residual {s.name} into conv {layer.name}")
+            layer.names.append(s.name)
+            notes.append(f"fused residual {s.name} into conv {layer.names[0]}")
             return True
         return False
     if isinstance(p, (AffineStep, AddStep)) and isinstance(s, AffineStep):
@@ -137,9 +182,9 @@ def _absorb(p, s, other, notes):
             act = p.act.then(s.act)
             if act is None:
                 return False
+            notes.append(f"fused {s.name} into {p.name.split('+')[0]}")
             p.act = act
-            p.name = f"{p.name}+{s.name}"
-            notes.append(f"fused {s.name} into {p.name}")
+            p.name = _merged_name(p.name, s.name)
             return True
         if isinstance(p, AffineStep) and p.act.is_identity and s.act.is_identity:
             c = max(_len(p.scale), _len(p.shift), _len(s.scale), _len(s.shift))
@@ -148,9 +193,10 @@ def _absorb(p, s, other, notes):
                 return False
             s1, b1 = _expand(p.scale, c, 1.0), _expand(p.shift, c, 0.0)
             s2, b2 = _expand(s.scale, c, 1.0), _expand(s.shift, c, 0.0)
-            p.scale = (s1 * s2).astype(np.float32)
-            p.shift = (b1 * s2 + b2).astype(np.float32)
-            p.name = f"{p.name}+{s.name}"
+            with np.errstate(over="ignore", invalid="ignore"):
+                p.scale = (s1 * s2).astype(np.float32)
+                p.shift = (b1 * s2 + b2).astype(np.float32)
+            p.name = _merged_name(p.name, s.name)
             return True
     return False
 
@@ -193,13 +239,12 @@ def _chain(steps, outputs, notes):
             del users[t]
             for r in d.reads[1:]:  # residuals the merged layer reads: now read by s
                 users[r] = [s if u is d else u for u in users.get(r, ())]
-            notes.append(f"chained {first.name} after {s.layers[-2].name}")
+            notes.append(f"chained {first.names[0]} after {s.layers[-2].names[0]}")
     return [s for s in steps if id(s) not in merged]
 
 
 def _toposort(steps, inputs):
     """Kahn's algorithm, stable: fused steps may now read tensors produced later."""
-    from collections import deque
     produced = {s.output: i for i, s in enumerate(steps)}
     indeg = [0] * len(steps)
     users = [[] for _ in steps]

@@ -35,7 +35,7 @@ def _node_arg(v):
 
 def _load_program(model, base_dir):
     """Parse, check and rewrite: model -> Program. A compiled plan (.pc1) needs none of
-    that: it is validated and memory-mapped with numpy alone (no onnx import)."""
+    that: it is read once, validated and used with numpy alone (no onnx import)."""
     if planfile.is_plan(model):
         return planfile.load(model)
     from . import check, onnx_reader, rewrite
@@ -102,8 +102,7 @@ class InferenceSession(SessionBase):
         try:
             env = plan.execute(dict(feeds))
         except MemoryError:
-            raise Error(f"out of memory running the model at input shapes "
-                        f"{ {k: list(v.shape) for k, v in feeds.items()} }") from None
+            raise _out_of_memory(feeds) from None
         out, seen = [], set()
         for name in names:
             arr = env[name]
@@ -136,7 +135,10 @@ class InferenceSession(SessionBase):
             for fname, x in feeds.items():
                 if np.shares_memory(arr, x):
                     raise InputError(f"output buffer {name!r} overlaps input {fname!r}")
-        plan.execute(dict(feeds), outputs)
+        try:
+            plan.execute(dict(feeds), outputs)
+        except MemoryError:
+            raise _out_of_memory(feeds) from None
         return outputs
 
     def __reduce__(self):
@@ -183,6 +185,10 @@ class InferenceSession(SessionBase):
             if not isinstance(arr, np.ndarray):
                 raise InputError(f"input {name!r} must be a numpy array, got "
                                  f"{type(arr).__name__}")
+            if type(arr) is not np.ndarray and _is_masked(arr):
+                raise InputError(f"input {name!r} is a masked array; the model would "
+                                 "read the masked values too: pass np.ma.filled(x, value) "
+                                 "or the plain array x.data")
             if arr.dtype != np.float32:
                 raise InputError(f"input {name!r} has dtype {arr.dtype}; expected float32 "
                                  "(tensor(float)); no silent casting")
@@ -203,7 +209,7 @@ class InferenceSession(SessionBase):
                             raise InputError(f"input {name!r} dim {axis} ({want!r}) is "
                                              f"{got}, but {other[1]!r} set {want!r} to "
                                              f"{other[0]}")
-            feeds[name] = np.ascontiguousarray(arr)
+            feeds[name] = _contiguous(name, arr)
         return feeds
 
     def _plan(self, shapes):
@@ -221,6 +227,35 @@ class InferenceSession(SessionBase):
     def flops(self, shapes):
         """FLOPs of one run at the given input shapes ({name: shape})."""
         return self._plan(shapes).flops
+
+
+def _is_masked(arr):
+    import sys
+    ma = sys.modules.get("numpy.ma")  # not imported: no masked array can exist
+    return ma is not None and isinstance(arr, ma.MaskedArray)
+
+
+def _contiguous(name, arr):
+    """The feed as a C-contiguous array: the array itself, or a copy whose size is
+    checked first (a broadcast view of a scalar can describe terabytes)."""
+    if arr.flags.c_contiguous:
+        return np.ascontiguousarray(arr)  # (drops a subclass; shares the data)
+    from .plan import tensor_byte_limit
+    limit = tensor_byte_limit()
+    if arr.nbytes > limit:
+        raise InputError(f"input {name!r} of shape {list(arr.shape)} is not contiguous "
+                         f"and its copy would take {arr.nbytes} bytes; the limit is "
+                         f"{limit} bytes (this machine's memory)")
+    try:
+        return np.ascontiguousarray(arr)
+    except MemoryError:
+        raise InputError(f"input {name!r} of shape {list(arr.shape)} is not contiguous "
+                         f"and there is no memory for its copy ({arr.nbytes} bytes)") from None
+
+
+def _out_of_memory(feeds):
+    return Error(f"out of memory running the model at input shapes "
+                 f"{ {k: list(v.shape) for k, v in feeds.items()} }")
 
 
 def _restore(data, threads, isa):

@@ -159,6 +159,33 @@ def test_empty_input(rng):
         assert y.shape == (shape[0], 2) + shape[2:]
 
 
+@pytest.mark.parametrize("op", ["Relu", "Mul", "Add"])
+def test_empty_input_costs_nothing_whatever_the_batch(rng, monkeypatch, op):
+    """A zero-element input of batch 2**27 took 18 s: the element-wise kernels walk
+    every image x channel row. Empty tensors never reach a kernel."""
+    if op == "Relu":
+        nodes, inits, ins = [helper.make_node("Relu", ["x"], ["y"])], {}, ["x"]
+    elif op == "Mul":
+        nodes = [helper.make_node("Mul", ["x", "s"], ["y"])]
+        inits, ins = {"s": rnd(rng, 1, 64, 1, 1)}, ["x"]
+    else:
+        nodes, inits, ins = [helper.make_node("Add", ["x", "x2"], ["y"])], {}, ["x", "x2"]
+    model = make_model(nodes, [(i, ["N", 64, "H", "W"]) for i in ins],
+                       [("y", ["N", 64, "H", "W"])], inits)
+    s = InferenceSession(model)
+    calls = []
+    for name in ("affine_act", "add_act"):
+        kernel = getattr(s._kernels, name)
+        monkeypatch.setattr(s._kernels, name,
+                            lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    x = np.zeros((2 ** 27, 64, 0, 5), F)
+    y = s.run(None, {i: x for i in ins})[0]
+    assert y.shape == x.shape and calls == []
+    x = np.ones((2, 64, 1, 1), F)  # (the spy does see kernels that have work)
+    s.run(None, {i: x for i in ins})
+    assert calls
+
+
 # ----------------------------------------------------------------------------------
 # unsupported -> every offending node at once
 # ----------------------------------------------------------------------------------
@@ -182,10 +209,17 @@ def test_every_unsupported_node_listed(rng):
     assert "layer1.conv" not in msg and "head" not in msg and "relu1" not in msg
 
 
+def _compile_to_bytes(model):
+    import tempfile
+    from pyconv1x1 import planfile
+    with tempfile.TemporaryDirectory() as folder:
+        planfile.compile_model(model, f"{folder}/m.pc1")
+
+
 @pytest.mark.parametrize("case", [
     "maxpool", "gemm", "custom_domain", "weight_is_input", "conv3d", "kernel_1x3",
     "mul_two_tensors", "add_const_hw", "bn_training", "relu_unknown_attr", "float64_input",
-    "clip_runtime_bound", "bn_runtime_param"])
+    "clip_runtime_bound", "bn_runtime_param", "float64_output", "float16_output"])
 def test_unsupported_cases(rng, case):
     x = ("x", [1, 4, 5, 5])
     inits = {"W": rnd(rng, 4, 4, 1, 1)}
@@ -233,6 +267,16 @@ def test_unsupported_cases(rng, case):
         inputs = [("x", [1, 4, 5, 5], TensorProto.DOUBLE)]
         nodes = [helper.make_node("Relu", ["x"], ["y"], name=name)]
         want = r"input 'x' is float64; only float32"
+    elif case in ("float64_output", "float16_output"):
+        # it loaded and ran, but could not be pickled or compiled: refused at load
+        elem = TensorProto.DOUBLE if case == "float64_output" else TensorProto.FLOAT16
+        nodes = [helper.make_node("Relu", ["x"], ["y"], name=name)]
+        model = make_model(nodes, inputs, [("y", None, elem)], inits, check=False)
+        want = r"output 'y' is declared float(64|16); only float32"
+        for load in (InferenceSession, _compile_to_bytes):
+            with pytest.raises(UnsupportedError, match=want):
+                load(model)
+        return
     elif case == "clip_runtime_bound":
         inputs = [x, ("lo", [])]
         nodes = [helper.make_node("Clip", ["x", "lo"], ["y"], name=name)]
@@ -256,7 +300,7 @@ def test_unsupported_cases(rng, case):
     "kernel_shape_mismatch", "group_not_dividing", "stride_zero", "negative_pad",
     "output_not_produced", "input_twice", "initializer_twice", "conv_one_input",
     "weight_rank2", "bn_param_size", "bn_channels", "add_const_channels", "clip_vector",
-    "pads_wrong_length", "unknown_auto_pad", "node_without_op"])
+    "pads_wrong_length", "unknown_auto_pad", "node_without_op", "dropout_mode_empty"])
 def test_inconsistent_models(rng, case):
     x = ("x", [1, 4, 5, 5])
     inits = {"W": rnd(rng, 6, 4, 1, 1), "B": rnd(rng, 6)}
@@ -333,6 +377,10 @@ def test_inconsistent_models(rng, case):
     elif case == "unknown_auto_pad":
         nodes = [conv_node("x", "W", "B", "y", name="c", auto_pad="SAME")]
         want = r"Conv 'c'.*auto_pad 'SAME'"
+    elif case == "dropout_mode_empty":
+        inits = {"r": np.array(0.5, F), "t": np.zeros(0, np.bool_)}
+        nodes = [helper.make_node("Dropout", ["x", "r", "t"], ["y"], name="drop")]
+        want = r"Dropout 'drop'.*training_mode has shape \[0\]"
     else:
         nodes = [helper.make_node("", ["x"], ["y"], name="n")]
         want = r"no op_type"
@@ -360,3 +408,123 @@ def test_huge_outputs_are_an_error_not_a_memory_error(rng, pads, x_shape):
     except MemoryError as exc:
         pytest.fail(f"MemoryError escaped: {exc}")
     pytest.fail("an output of this size should be refused")
+
+
+def test_huge_list_attribute_is_refused_not_inflated(rng):
+    inits = {"W": rnd(rng, 6, 4, 1, 1)}
+    model = make_model([conv_node("x", "W", None, "y", name="c", strides=[1] * 100_000)],
+                       [("x", [1, 4, 5, 5])], [("y", None)], inits, check=False)
+    with pytest.raises(UnsupportedError, match=r"Conv 'c'.*strides.*100000 values"):
+        InferenceSession(model)
+
+
+# ----------------------------------------------------------------------------------
+# feeds that numpy accepts but cannot or should not copy
+# ----------------------------------------------------------------------------------
+HUGE = (2, 4, 100_000, 100_000)  # 320 GB described by a 4-byte scalar
+
+
+@pytest.mark.parametrize("api", ["run", "run_into"])
+def test_huge_broadcast_feed_is_an_error_not_a_memory_error(sess, api):
+    feed = {"a": np.broadcast_to(F(1), HUGE), "b": np.ones((1, 3, 3, 2), F)}
+    with pytest.raises(Error, match=r"'a'.*\[2, 4, 100000, 100000\]"):
+        if api == "run":
+            sess.run(None, feed)
+        else:
+            sess.run_into(feed, {"y": np.empty((2, 5, 3, 3), F)})
+
+
+def test_broadcast_feed_that_fits_runs(sess):
+    feed = {"a": np.broadcast_to(F(1.5), (2, 4, 3, 3)), "b": np.ones((1, 3, 3, 2), F)}
+    want = sess.run(None, {"a": np.full((2, 4, 3, 3), 1.5, F), "b": feed["b"]})
+    got = sess.run(None, feed)
+    assert all(np.array_equal(x, y) for x, y in zip(got, want))
+
+
+@pytest.mark.parametrize("api", ["run", "run_into", "warm_single_input"])
+def test_masked_array_is_refused(sess, rng, api):
+    x = np.ma.masked_array(np.ones((2, 4, 3, 3), F), mask=np.zeros((2, 4, 3, 3), bool))
+    x.mask[0, 0, 0, 0] = True
+    if api == "warm_single_input":  # the fast path, warmed by a plain array first
+        single = InferenceSession(make_model([conv_node("a", "W", None, "y")],
+                                             [("a", [2, 4, 3, 3])], [("y", [None] * 4)],
+                                             {"W": rnd(rng, 5, 4, 1, 1)}))
+        single.run(None, {"a": x.data})
+        with pytest.raises(InputError, match="'a'.*masked"):
+            single.run(None, {"a": x})
+        return
+    feed = {"a": x, "b": np.ones((1, 3, 3, 2), F)}
+    with pytest.raises(InputError, match="'a'.*masked"):
+        if api == "run":
+            sess.run(None, feed)
+        else:
+            sess.run_into(feed, {"y": np.empty((2, 5, 3, 3), F)})
+
+
+def test_tensor_limit_is_this_machines_memory():
+    import os
+    from pyconv1x1 import plan
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < plan.tensor_byte_limit() <= physical
+
+
+@pytest.mark.parametrize("case", ["conv_pads", "activation", "residual_add"])
+def test_outputs_beyond_the_memory_limit_are_refused(rng, monkeypatch, case):
+    """The 143-byte model with pads=[12000]*4 asked for 2.3 GB; with the limit set to
+    1 MiB (as a small machine) the same kinds of model are refused by name."""
+    from pyconv1x1 import plan
+    monkeypatch.setattr(plan, "MAX_TENSOR_BYTES", 1 << 20)
+    if case == "conv_pads":
+        model = make_model([conv_node("x", "W", None, "y", name="c", pads=[12000] * 4)],
+                           [("x", [1, 1, 1, 1])], [("y", [None] * 4)], {"W": rnd(rng, 1, 1, 1, 1)})
+        x, want = np.ones((1, 1, 1, 1), F), r"Conv 'c'.*\[1, 1, 24001, 24001\].*limit is 1048576"
+    elif case == "activation":
+        model = make_model([helper.make_node("Relu", ["x"], ["y"], name="r")],
+                           [("x", [1, "C", "H", "W"])], [("y", [None] * 4)])
+        x, want = np.ones((1, 1, 600, 600), F), r"'r'.*\[1, 1, 600, 600\].*limit"
+    else:
+        model = make_model([helper.make_node("Add", ["x", "x2"], ["y"], name="add")],
+                           [("x", [1, 1, "H", "W"]), ("x2", [1, 1, "H", "W"])], [("y", [None] * 4)])
+        x, want = np.ones((1, 1, 600, 600), F), r"Add 'add'.*\[1, 1, 600, 600\].*limit"
+    s = InferenceSession(model, threads=1)
+    feed = {i.name: x for i in s.get_inputs()}
+    with pytest.raises(UnsupportedError, match=want):
+        s.run(None, feed)
+    monkeypatch.setattr(plan, "MAX_TENSOR_BYTES", 1 << 40)
+    if case != "conv_pads":  # (2.3 GB: not here)
+        assert s.run(None, feed)[0].shape == (1, 1, 600, 600)
+
+
+@pytest.mark.parametrize("case", ["conv_weight", "mul_constant", "bn_param", "bn_fold"])
+def test_float64_constants_beyond_float32(rng, case):
+    """A float64 constant that float32 cannot hold is refused by name; folding that
+    overflows gives inf as float32 arithmetic would. No numpy warning either way (it
+    escaped as an exception under -W error)."""
+    import warnings
+    big = np.full((4, 4, 1, 1), 1e300)
+    if case == "conv_weight":
+        nodes, inits = [conv_node("x", "W", None, "y", name="c")], {"W": big}
+        want = r"Conv 'c': weight holds 1e\+300, beyond float32"
+    elif case == "mul_constant":
+        nodes = [helper.make_node("Mul", ["x", "s"], ["y"], name="m")]
+        inits, want = {"s": np.full((1, 4, 1, 1), -1e300)}, r"Mul 'm'.*-1e\+300"
+    elif case == "bn_param":
+        nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                                  name="bn")]
+        inits = {k: np.full(4, 1e300) for k in "sbmv"}
+        want = r"BatchNormalization 'bn'.*1e\+300"
+    else:  # in range, but scale / sqrt(tiny var) is not
+        nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                                  name="bn", epsilon=1e-45)]
+        inits = {"s": np.full(4, 3e38, F), "b": np.zeros(4, F), "m": np.zeros(4, F),
+                 "v": np.zeros(4, F)}
+        want = None
+    model = make_model(nodes, [("x", [1, 4, 2, 2])], [("y", [None] * 4)], inits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if want is None:
+            y = InferenceSession(model).run(None, {"x": np.ones((1, 4, 2, 2), F)})[0]
+            assert np.isinf(y).all()
+            return
+        with pytest.raises(UnsupportedError, match=want):
+            InferenceSession(model)

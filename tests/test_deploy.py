@@ -63,16 +63,135 @@ def test_plan_file_round_trip(path, tmp_path):
         [(i.name, i.shape, i.type) for i in pyconv1x1.InferenceSession(path).get_inputs()]
 
 
-def test_plan_weights_are_memory_mapped(tmp_path):
+_LIVE_PLAN = """
+import os, sys
+import numpy as np
+import pyconv1x1
+path, how = sys.argv[1], sys.argv[2]
+x = np.random.default_rng(0).standard_normal((2, 7, 5, 9), dtype=np.float32)
+sess = pyconv1x1.InferenceSession(path)
+want = sess.run(None, {"x": x})
+size = os.path.getsize(path)
+with open(path, "r+b") as f:
+    if how == "truncate":
+        f.truncate(0)
+    elif how == "shrink":
+        f.truncate(size // 2)
+    else:  # rewrite in place: same size, every byte after the prefix changed
+        f.seek(64)
+        f.write(bytes(np.random.default_rng(1).integers(0, 256, size - 64, np.uint8)))
+for _ in range(3):
+    got = sess.run(None, {"x": x})
+    assert all(np.array_equal(a, b) for a, b in zip(got, want)), "results changed"
+x2 = np.ascontiguousarray(x[:1, :, :3])  # a new shape: a new plan from what it holds
+got = sess.run(None, {"x": x2})
+assert all(np.array_equal(a, b[:1, :, :3]) for a, b in zip(got, want))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["rewrite", "truncate", "shrink"])
+def test_plan_file_changed_under_a_live_session(tmp_path, how):
+    """The session owns what it validated: a file rewritten or truncated in place after
+    loading changes nothing (a shared mapping gave SIGSEGV, SIGBUS or other results)."""
     out = tmp_path / "m.pc1"
-    planfile.compile_model(DYNAMO, out)
-    program = planfile.load(str(out))
-    layer = next(program.layers())
-    packed = layer.packed[1]
-    assert isinstance(packed.base, np.memmap) or isinstance(packed, np.memmap) or \
-        isinstance(getattr(packed, "base", None), np.ndarray) and \
-        isinstance(packed.base.base, np.memmap)
-    assert not packed.flags.writeable
+    planfile.compile_model(_residual_model().SerializeToString(), out)
+    proc = subprocess.run([sys.executable, "-c", _LIVE_PLAN, str(out), how],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", \
+        (proc.returncode, proc.stderr[-2000:])
+
+
+def test_plan_buffer_changed_after_loading():
+    """Plan bytes given in a bytearray are copied: the caller may reuse the buffer."""
+    data = bytearray(planfile.dumps(pyconv1x1.InferenceSession(DYNAMO).program, 8))
+    sess = pyconv1x1.InferenceSession(data)
+    x = np.random.default_rng(0).standard_normal((3, 64, 32, 32), dtype=np.float32)
+    want = sess.run(None, {"input": x})[0]
+    data[64:] = bytes(len(data) - 64)
+    assert np.array_equal(sess.run(None, {"input": x})[0], want)
+
+
+def _forge(meta):
+    """A plan with this header (any JSON text or object) and a valid checksum."""
+    import json
+    import zlib
+    header = meta if isinstance(meta, bytes) else json.dumps(meta).encode()
+    blob = _forge.blob
+    boff = planfile.PREFIX.size + len(header)
+    boff += (-boff) % planfile.ALIGN
+    digest = zlib.crc32(blob, zlib.crc32(header))
+    return (planfile.PREFIX.pack(planfile.MAGIC, planfile.FORMAT_VERSION, len(header), boff,
+                                 len(blob), digest)
+            + header + bytes(boff - planfile.PREFIX.size - len(header)) + blob)
+
+
+def _dynamo_plan():
+    import json
+    data = planfile.dumps(pyconv1x1.InferenceSession(DYNAMO).program, 8)
+    _, _, hlen, boff, _, _ = planfile.PREFIX.unpack(data[:planfile.PREFIX.size])
+    _forge.blob = data[boff:]
+    return json.loads(data[64:64 + hlen])
+
+
+@pytest.mark.parametrize("header", [
+    b"[" * 100000 + b"]" * 100000,
+    b'{"format": "pyconv1x1-plan", "arrays": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b"[]", b"null", b"7", b'"x"', b"{", b"\xff\xfe", b"{}",
+])
+def test_malformed_plan_header_is_model_error(header):
+    _dynamo_plan()
+    with pytest.raises(pyconv1x1.ModelError):
+        pyconv1x1.InferenceSession(_forge(header))
+
+
+@pytest.mark.parametrize("literal", [b"Infinity", b"-Infinity", b"NaN", b"1e400", b"1.5",
+                                     b"true", b"99999999999999999999999"])
+def test_plan_opset_not_an_int_is_model_error(literal):
+    import json
+    meta = _dynamo_plan()
+    header = json.dumps(dict(meta, opset=0)).encode().replace(b'"opset": 0', b'"opset": '
+                                                              + literal)
+    with pytest.raises(pyconv1x1.ModelError, match="opset|JSON"):
+        pyconv1x1.InferenceSession(_forge(header))
+
+
+def _paths(node, path=()):
+    yield path
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, path + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node[:3]):
+            yield from _paths(value, path + (i,))
+
+
+_BAD_VALUES = [None, True, -1, 2 ** 63, 2 ** 31 + 1, 1.5, 1e300, "x", "", [], [[[1]]], {},
+               {"a": 1}, [-1, 2 ** 40]]
+
+
+def test_every_header_field_of_any_bad_type_is_model_error():
+    """Each field of a real plan's header, replaced by values of every wrong kind: the
+    plan loads or raises ModelError; no other exception (KeyError, OverflowError...)."""
+    import copy
+    import json
+    meta = _dynamo_plan()
+    tried = 0
+    for path in _paths(meta):
+        if not path:
+            continue
+        for value in _BAD_VALUES:
+            bad = copy.deepcopy(meta)
+            node = bad
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            try:
+                pyconv1x1.InferenceSession(_forge(json.dumps(bad).encode()))
+            except pyconv1x1.ModelError as exc:
+                assert str(exc)
+            tried += 1
+    assert tried > 300
 
 
 def test_plan_of_fused_dag_matches(tmp_path):
