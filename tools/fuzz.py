@@ -29,9 +29,9 @@ case that caused it (and the fuzzing goes on from the next case):
 undefined -fno-omit-frame-pointer", LDFLAGS="-fsanitize=address,undefined") in a scratch
 copy of the package, fails loudly if that build lacks a variant this CPU runs, OpenMP or
 the instrumentation, and then fuzzes --iterations cases under each variant
-(PYCONV1X1_ISA) with libasan / libubsan preloaded (ASAN_OPTIONS detect_leaks=0: Python's
-own allocations are not ours to report; an ASan or UBSan report kills the worker and is a
-finding blamed on its case). The build takes ~2 minutes on 2 cores; --sanitize-dir keeps
+(PYCONV1X1_ISA) with libasan / libubsan preloaded and PYTHONMALLOC=malloc (ASAN_OPTIONS
+detect_leaks=0: Python's own allocations are not ours to report; an ASan or UBSan report
+kills the worker and is a finding blamed on its case). The build takes ~2 minutes on 2 cores; --sanitize-dir keeps
 it for the next run:
 
     python tools/fuzz.py --sanitize --sanitize-dir /tmp/pc1-asan --iterations 2000
@@ -1201,7 +1201,9 @@ def build_sanitized(dest, via="env", log=print):
 def sanitizer_env(dest):
     """Worker environment: the sanitized package first on the path, the ASan and UBSan
     runtimes preloaded (python itself is not linked with them, and ASan must be the
-    first library loaded)."""
+    first library loaded), and Python objects allocated with malloc: with pymalloc's
+    arenas ASan cannot see a kernel object (a BoundChain's geometry, a Chain's layer
+    table) used after Python freed it."""
     cc = (os.environ.get("CC") or "gcc").split()[0]
     libs = []
     for name in ("libasan.so", "libubsan.so"):
@@ -1217,7 +1219,8 @@ def sanitizer_env(dest):
     env = dict(os.environ)
     env.update({"LD_PRELOAD": ":".join(libs + [p for p in [env.get("LD_PRELOAD")] if p]),
                 "ASAN_OPTIONS": ASAN_OPTIONS, "UBSAN_OPTIONS": UBSAN_OPTIONS,
-                "PYCONV1X1_FUZZ_SANITIZED": "1", "PYTHONPATH": dest})
+                "PYTHONMALLOC": "malloc", "PYCONV1X1_FUZZ_SANITIZED": "1",
+                "PYTHONPATH": dest})
     env.pop("PYCONV1X1_ISA", None)
     return env
 

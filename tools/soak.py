@@ -24,6 +24,10 @@ Exit status 1 on any mismatch or unexpected exception (or RSS growth beyond
 the full size used for issue 9:
 
     python tools/soak.py --runs 100000 --cycles 1000 --seconds 120 --threads 6
+
+--sanitize-dir DIR reruns it on the ASan + UBSan build that `tools/fuzz.py --sanitize
+--sanitize-dir DIR` made (runtimes preloaded, PYTHONMALLOC=malloc): a use-after-free
+then stops the run with ASan's report instead of giving a wrong result now and then.
 """
 import argparse
 import gc
@@ -39,10 +43,11 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-if os.path.isdir(os.path.join(REPO, "pyconv1x1")) and REPO not in sys.path:
+try:       # an installed or PYTHONPATH build first (e.g. a sanitizer build), else the tree
+    import pyconv1x1
+except ImportError:
     sys.path.insert(0, REPO)
-
-import pyconv1x1  # noqa: E402
+    import pyconv1x1
 
 PLAN_CACHE = 32   # session.PLAN_CACHE_SIZE: the shapes cycled in `concurrent` exceed it
 
@@ -343,7 +348,23 @@ def table(results):
     return "\n".join(lines)
 
 
+def _rerun_sanitized(dest, argv):
+    """Replace this process with the same soak on the sanitizer build in `dest`."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pyconv1x1_fuzz",
+                                                  os.path.join(HERE, "fuzz.py"))
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    if not os.path.isfile(os.path.join(dest, "fuzz-sanitized.json")):
+        sys.exit(f"{dest} holds no sanitizer build: run tools/fuzz.py --sanitize "
+                 f"--sanitize-dir {dest} first")
+    env = fuzz.sanitizer_env(os.path.abspath(dest))
+    env["PYCONV1X1_SOAK_SANITIZED"] = "1"
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + argv, env)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=20_000,
                     help="run() calls in the runs phase (full size: 100000)")
@@ -357,6 +378,7 @@ def main(argv=None):
                     help=f"input shapes cycled in the concurrent phase (more than the "
                          f"plan cache's {PLAN_CACHE} evict plans in use)")
     ap.add_argument("--phases", default="runs,cycles,concurrent")
+    ap.add_argument("--sanitize-dir", help="rerun on the ASan+UBSan build in this folder")
     ap.add_argument("--max-growth-mib", type=float, default=None,
                     help="fail when a phase's RSS grows more than this (default: report)")
     args = ap.parse_args(argv)
@@ -364,6 +386,8 @@ def main(argv=None):
     unknown = set(phases) - {"runs", "cycles", "concurrent"}
     if unknown:
         ap.error(f"unknown phases {sorted(unknown)}")
+    if args.sanitize_dir and not os.environ.get("PYCONV1X1_SOAK_SANITIZED"):
+        _rerun_sanitized(args.sanitize_dir, argv)
     from pyconv1x1 import _backend
     print(f"pyconv1x1 from {os.path.dirname(pyconv1x1.__file__)}, kernel variant "
           f"{_backend.kernels().VARIANT}, {os.cpu_count()} CPUs", flush=True)
