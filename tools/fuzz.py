@@ -1297,6 +1297,11 @@ def sanitize(iterations, seed, families, case_timeout, dest=None, via="env"):
             print(f"  build log: {os.path.join(scratch, 'build.log')}", file=sys.stderr)
             return 1
         print(f"sanitizer build OK: variants {variants}, OpenMP, ASan + UBSan")
+        print("  replay a case there with: " + " ".join(
+            f"{k}={env[k]}" for k in ("LD_PRELOAD", "PYTHONMALLOC", "ASAN_OPTIONS",
+                                      "UBSAN_OPTIONS", "PYCONV1X1_FUZZ_SANITIZED",
+                                      "PYTHONPATH")) + " PYCONV1X1_ISA=<variant> python "
+              "tools/fuzz.py --seed <seed> --replay <case> --families <families>")
         status = 0
         total = collections.Counter()
         for i, variant in enumerate(variants):
