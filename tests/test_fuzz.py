@@ -44,6 +44,15 @@ def test_fuzz_family(fuzz, family, tmp_path):
     assert counts["ran"] > 0, counts           # and some still run
 
 
+def test_live_plan_edits(fuzz, tmp_path):
+    """A plan's file rewritten, truncated or replaced (or its bytearray edited) under a
+    live session: no crash, and the session's results do not change."""
+    report = fuzz.fuzz(30, SEED, families=("pc1live",), case_timeout=60, env=_env(),
+                       cwd=str(tmp_path))
+    assert report.ok, "\n" + report.summary()
+    assert sum(report.counts.values()) == 30 and report.counts["ran"] > 0, report.counts
+
+
 def test_plans_are_taken_apart_and_rebuilt_exactly(fuzz):
     """The pc1 family edits a plan's parts and rebuilds the file with its checksum
     recomputed: an unedited plan must come back byte for byte (else every mutation would
@@ -115,11 +124,15 @@ def test_cases_are_reproducible(fuzz, tmp_path):
 
 
 def test_command_line(tmp_path):
-    r = subprocess.run([sys.executable, FUZZ_PATH, "--iterations", "20", "--seed", "5"],
+    # the .onnx families (the plan families have tests of their own above)
+    onnx_families = "bytes,dims,attrs,graph,external"
+    r = subprocess.run([sys.executable, FUZZ_PATH, "--iterations", "20", "--seed", "5",
+                        "--families", onnx_families],
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "seed 5: 20 cases" in r.stdout
-    r = subprocess.run([sys.executable, FUZZ_PATH, "--seed", "5", "--replay", "7"],
+    r = subprocess.run([sys.executable, FUZZ_PATH, "--seed", "5", "--replay", "7",
+                        "--families", onnx_families],
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("case 7: ") and "outcome:" in r.stdout

@@ -13,6 +13,9 @@ mutates it and loads it. Families:
         the file truncated / extended; the checksum recomputed unless the mutation is a
         stale one, so that the mutation reaches the structural checks; loaded from a path
         (memory-mapped), bytes, a bytearray or a memoryview
+  pc1live  a valid plan loaded from a path or a bytearray, then the file rewritten in
+        place, truncated, extended or replaced (or the bytearray edited) under the live
+        session, which must neither crash nor change its results
 A case passes when it ends in a pyconv1x1.Error subclass, or in a run whose outputs are
 float32 arrays that a second run of the same feed reproduces bitwise (NaN and inf are
 allowed, values that change are not); any other exception, a crash or a hang (no progress
@@ -59,7 +62,7 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MODELS = os.path.join(REPO, "models")
-FAMILIES = ("bytes", "dims", "attrs", "graph", "external", "pc1")
+FAMILIES = ("bytes", "dims", "attrs", "graph", "external", "pc1", "pc1live")
 MAX_FEED_ELEMENTS = 1 << 22
 MEMORY_LIMIT = 3 << 30       # address-space cap of the worker: huge allocations fail fast
 RERUN_MAX_BYTES = 64 << 20  # outputs up to this size are computed twice and compared
@@ -817,6 +820,8 @@ def run_case(seeds, seed, index, workdir, families=FAMILIES, announce=None, load
     family = rng.choice(list(families))
     if family == "pc1":
         return _run_plan_case(seeds, rng, index, workdir, announce, load)
+    if family == "pc1live":
+        return _run_live_plan_case(seeds, rng, index, workdir, announce, load)
     name = rng.choice(seeds.names)
     data, ext_bytes, data_name = seeds.items[name]
     if family == "external" and ext_bytes is None:
@@ -907,6 +912,82 @@ def _run_session(rng, sess, np, pyconv1x1):
         if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
             raise AssertionError(f"output {name!r} differs between two runs of one feed")
     return "ran"
+
+
+def _run_live_plan_case(seeds, rng, index, workdir, announce, load):
+    """A valid plan loaded from a path (or a bytearray), then its file rewritten in
+    place, truncated or replaced (or the bytearray edited) under the live session: the
+    session was validated at load, so it must go on giving the same results (or refuse
+    with a pyconv1x1.Error), never crash or compute something else."""
+    import numpy as np
+    import pyconv1x1
+
+    plans = seeds.plans
+    name = rng.choice(sorted(plans))
+    data = plans[name]
+    folder = os.path.join(workdir, f"case{index}", "model")
+    os.makedirs(folder)
+    path = os.path.join(folder, name + ".pc1")
+    with open(path, "wb") as f:
+        f.write(data)
+    form = rng.choices(["path", "bytearray"], [4, 1])[0]
+    action = rng.choice(["truncate", "truncate", "garble", "garble_blob", "zero",
+                         "replace", "extend"])
+    description = f"pc1live; {name}; from {form}; then {action}"
+    if announce:
+        announce(description, path, data)
+    if not load:
+        return "prepared", description
+    threads = rng.choice([1, 2])
+    reference = pyconv1x1.InferenceSession(bytes(data), threads=threads)
+    feeds = _feed(rng, reference, np)
+    if feeds is None:
+        return "loaded:feed too large", description
+    expect = reference.run(None, feeds)
+    source = bytearray(data) if form == "bytearray" else path
+    sess = pyconv1x1.InferenceSession(source, threads=threads)
+    sess.run(None, feeds)           # plans built and cached before the file changes
+    boff = Plan.PREFIX.unpack(data[:Plan.PREFIX.size])[3]
+    if form == "bytearray":
+        view = source
+        if action in ("truncate", "replace", "extend"):
+            action = "garble"    # a bytearray with live views cannot be resized
+    if action == "truncate":
+        os.truncate(path, rng.randrange(len(data)))
+    elif action == "extend":
+        with open(path, "ab") as f:
+            f.write(bytes(rng.randint(1, 4096)))
+    elif action == "replace":       # a new file at the path: the old inode lives on
+        tmp = path + ".new"
+        with open(tmp, "wb") as f:
+            f.write(bytes(len(data)))
+        os.replace(tmp, path)
+    else:
+        lo = boff if action in ("garble_blob", "zero") else 0
+        if form == "bytearray":
+            for _ in range(64 if action != "zero" else 0):
+                view[rng.randrange(lo, len(view))] = rng.randrange(256)
+            if action == "zero":
+                view[lo:] = bytes(len(view) - lo)
+        else:
+            with open(path, "r+b") as f:
+                if action == "zero":
+                    f.seek(lo)
+                    f.write(bytes(len(data) - lo))
+                else:
+                    for _ in range(64):
+                        f.seek(rng.randrange(lo, len(data)))
+                        f.write(bytes([rng.randrange(256)]))
+    try:
+        got = sess.run(None, feeds)
+    except pyconv1x1.Error as exc:
+        return f"run:{type(exc).__name__}", description
+    for o, a, b in zip(sess.get_outputs(), expect, got):
+        if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
+            raise AssertionError(f"output {o.name!r} changed after the plan's "
+                                 f"{'file' if form == 'path' else 'buffer'} was edited "
+                                 f"({action})")
+    return "ran", description
 
 
 def _run_plan_case(seeds, rng, index, workdir, announce, load):
