@@ -5,7 +5,7 @@ Three phases, each reported in one table:
 
   runs        --runs calls of run() (and some run_into() and checked-path calls) on a
               small one-chain model, RSS sampled; growth reported after a warm-up. Every
-              sampled output is compared bitwise with the first.
+              output is compared bitwise with the first.
   cycles      --cycles session create / run / destroy cycles from the .onnx and from a
               compiled .pc1 (path), with the cyclic garbage collector OFF: a session must
               be freed by reference counting alone, as a service that disables or rarely
@@ -23,7 +23,7 @@ Exit status 1 on any mismatch or unexpected exception (or RSS growth beyond
 --max-growth-mib, when given); 0 otherwise. Defaults finish in about a minute on 2 cores;
 the full size used for issue 9:
 
-    python tools/soak.py --runs 100000 --cycles 1000 --seconds 120 --threads 6
+    python tools/soak.py --runs 1000000 --cycles 1000 --seconds 300 --threads 6
 
 --sanitize-dir DIR reruns it on the ASan + UBSan build that `tools/fuzz.py --sanitize
 --sanitize-dir DIR` made (runtimes preloaded, PYTHONMALLOC=malloc): a use-after-free
@@ -173,9 +173,9 @@ def soak_runs(runs, samples=50):
         except Exception as exc:  # noqa: BLE001  (every exception is a finding)
             res.errors.append(f"run {i}: {type(exc).__name__}: {exc}")
             break
+        if not same_bits(y, ref):
+            res.mismatches += 1
         if i % every == 0:
-            if not same_bits(y, ref):
-                res.mismatches += 1
             res.rss.append((i + 1, rss_bytes()))
         del y
     res.seconds = time.perf_counter() - t0
@@ -187,7 +187,8 @@ def soak_runs(runs, samples=50):
 def soak_cycles(cycles, samples=40):
     """Create, run and drop sessions with the cyclic GC off."""
     res = Result("cycles")
-    model = chain_model(cin=64, mid=256, cout=64, seed=3)   # ~128 KiB of weights
+    model = chain_model(cin=64, mid=256, cout=64, seed=3)   # 128 KiB of weights
+    weight_bytes = 4 * (64 * 256 * 2 + 256 + 64)
     x = np.random.default_rng(4).standard_normal((1, 64, 8, 8)).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="pyconv1x1-soak-") as tmp:
         onnx_path = os.path.join(tmp, "m.onnx")
@@ -220,16 +221,19 @@ def soak_cycles(cycles, samples=40):
                     if ref_dead() is not None:
                         alive[form] += 1
                 if i % every == 0:
-                    res.rss.append((i + 1, rss_bytes()))
+                    res.rss.append(((i + 1) * len(sources), rss_bytes()))
             res.seconds = time.perf_counter() - t0
             res.calls = cycles * len(sources)
-            res.rss.append((cycles, rss_bytes()))
+            res.rss.append((res.calls, rss_bytes()))
             before = rss_bytes()
             freed = gc.collect()     # what refcounting left to the cyclic collector
             after = rss_bytes()
         finally:
             if was_enabled:
                 gc.enable()
+    grow, span = res.growth()
+    res.notes.append(f"RSS growth per dropped session ({mib(weight_bytes) * 1024:.0f} KiB "
+                     f"of weights each): {grow / span / 1024:.0f} KiB")
     for form, _ in sources:
         res.notes.append(f"{form}: {alive[form]}/{cycles} dropped sessions not freed by "
                          f"refcounting")
@@ -366,12 +370,12 @@ def _rerun_sanitized(dest, argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=20_000,
-                    help="run() calls in the runs phase (full size: 100000)")
-    ap.add_argument("--cycles", type=int, default=200,
+    ap.add_argument("--runs", type=int, default=100_000,
+                    help="run() calls in the runs phase (a few seconds)")
+    ap.add_argument("--cycles", type=int, default=300,
                     help="create/destroy cycles per source form (full size: 1000)")
-    ap.add_argument("--seconds", type=float, default=20.0,
-                    help="length of the concurrent phase (full size: 120)")
+    ap.add_argument("--seconds", type=float, default=30.0,
+                    help="length of the concurrent phase (full size: 300)")
     ap.add_argument("--threads", type=int, default=4,
                     help="Python threads in the concurrent phase")
     ap.add_argument("--shapes", type=int, default=PLAN_CACHE + 12,
