@@ -31,6 +31,7 @@ then stops the run with ASan's report instead of giving a wrong result now and t
 """
 import argparse
 import gc
+import importlib
 import os
 import random
 import sys
@@ -49,7 +50,8 @@ except ImportError:
     sys.path.insert(0, REPO)
     import pyconv1x1
 
-PLAN_CACHE = 32   # session.PLAN_CACHE_SIZE: the shapes cycled in `concurrent` exceed it
+# plans cached per session: the shapes cycled in `concurrent` exceed it
+PLAN_CACHE = getattr(importlib.import_module("pyconv1x1.session"), "PLAN_CACHE_SIZE", 32)
 
 
 # --------------------------------------------------------------------------------------
