@@ -947,6 +947,8 @@ def _run_live_plan_case(seeds, rng, index, workdir, announce, load):
     form = rng.choices(["path", "bytearray"], [4, 1])[0]
     action = rng.choice(["truncate", "truncate", "garble", "garble_blob", "zero",
                          "replace", "extend"])
+    if form == "bytearray" and action in ("truncate", "replace", "extend"):
+        action = "garble"        # a bytearray with live views cannot be resized
     description = f"pc1live; {name}; from {form}; then {action}"
     if announce:
         announce(description, path, data)
@@ -962,10 +964,7 @@ def _run_live_plan_case(seeds, rng, index, workdir, announce, load):
     sess = pyconv1x1.InferenceSession(source, threads=threads)
     sess.run(None, feeds)           # plans built and cached before the file changes
     boff = Plan.PREFIX.unpack(data[:Plan.PREFIX.size])[3]
-    if form == "bytearray":
-        view = source
-        if action in ("truncate", "replace", "extend"):
-            action = "garble"    # a bytearray with live views cannot be resized
+    view = source
     if action == "truncate":
         os.truncate(path, rng.randrange(len(data)))
     elif action == "extend":
