@@ -243,7 +243,7 @@ def mutate_dims(rng, proto):
     choices = []
     if len(g.initializer):
         choices += ["init_dim", "init_dim", "init_rank", "init_raw", "init_dtype",
-                    "init_typed"]
+                    "init_typed", "init_range"]
     if len(g.input):
         choices += ["input_dim", "input_rank", "input_dtype"]
     kind = rng.choice(choices or ["input_dim"])
@@ -268,6 +268,8 @@ def mutate_dims(rng, proto):
                 t.raw_data = bytes(rng.randint(0, 64))
         elif kind == "init_dtype":
             t.data_type = rng.choice(list(range(0, 17)) + [22, 99, -1, 2 ** 30])
+        elif kind == "init_range":
+            return _typed_out_of_range(rng, t)
         else:
             t.float_data.extend([rng.choice(ODD_FLOATS)] * rng.randint(1, 3))
         return f"{kind} {t.name!r}"
@@ -292,6 +294,43 @@ def mutate_dims(rng, proto):
     else:
         tt.elem_type = rng.choice(list(range(0, 17)) + [99])
     return f"{kind} {v.name!r}"
+
+
+# element type -> (typed field that stores it, values outside or at the edge of its range)
+_TYPED_EDGES = {
+    2: ("int32_data", [256, -1, 300, 2 ** 31 - 1]),                 # UINT8
+    3: ("int32_data", [300, -300, 128, -129]),                       # INT8
+    4: ("int32_data", [65536, -1, 70000]),                           # UINT16
+    5: ("int32_data", [32768, -32769, 70000]),                       # INT16
+    6: ("int32_data", [2 ** 31 - 1, -(2 ** 31)]),                    # INT32
+    7: ("int64_data", [2 ** 63 - 1, -(2 ** 63)]),                    # INT64
+    9: ("int32_data", [2, -1, 255]),                                 # BOOL
+    10: ("int32_data", [70000, 65535, -1, 0x7c00, 0x7e00]),          # FLOAT16 bits
+    11: ("double_data", [1e300, -1e300, math.inf, math.nan]),        # DOUBLE
+    12: ("uint64_data", [2 ** 32, 2 ** 63, 2 ** 64 - 1]),            # UINT32
+    13: ("uint64_data", [2 ** 63, 2 ** 64 - 1]),                     # UINT64
+    16: ("int32_data", [70000, 65536, -1]),                          # BFLOAT16 bits
+    1: ("float_data", [3.4e38, -3.4e38, math.inf, math.nan]),        # FLOAT
+}
+
+
+def _typed_out_of_range(rng, t):
+    """An initializer rewritten as typed (not raw) data of another element type whose
+    values do not fit that type, with dims that match the count, or dims whose product
+    is 0 but whose size overflows."""
+    elem = rng.choice(sorted(_TYPED_EDGES))
+    field, edges = _TYPED_EDGES[elem]
+    values = [rng.choice(edges) for _ in range(rng.randint(1, 4))]
+    for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                 "uint64_data"):
+        t.ClearField(name)
+    t.data_type = elem
+    getattr(t, field).extend(values)
+    del t.dims[:]
+    shape = rng.choice([[len(values)], [1, len(values)], [0, 2 ** 62], [2 ** 31, 0],
+                        [len(values), 1, 1, 1]])
+    t.dims.extend(shape)
+    return f"init_range {t.name!r} type {elem} {field}={values} dims={shape}"
 
 
 def _set_attr(rng, node):
