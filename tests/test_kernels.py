@@ -1,7 +1,12 @@
 """The Cython kernels of every runnable ISA variant against a float64 numpy reference:
 odd and remainder shapes, groups, strides and pads, each epilogue, residuals, chains,
 1, 2 and 3 threads (bitwise identical), the element-wise kernels, and the planner's
-block and tile arithmetic."""
+block and tile arithmetic.
+
+Every panel width, tile, reduction chunk and block height comes from the kernel module
+under test (PANEL_WIDTH, REDUCTION_CHUNK, MAX_BLOCK_ROWS): the variants differ in all
+of them (AVX2 panels are 16 pixels, AVX-512 ones 64), so a size that is an edge case for
+one variant is an ordinary one, or an invalid tile, for another."""
 import math
 
 import numpy as np
@@ -14,6 +19,10 @@ from pyconv1x1.program import (RES_AFTER_ACT, RES_BEFORE_ACT, RES_NONE, Activati
 from pyconv1x1.ir import ValueInfo
 
 VARIANTS = _backend.runnable_variants()
+KERNELS = {name: _backend.kernels(name) for name in VARIANTS}
+# the tallest weight block of any variant: parametrized counts of output channels reach
+# past two blocks of every variant
+MAX_ROWS = max(k.MAX_BLOCK_ROWS for k in KERNELS.values())
 THREADS = (1, 2, 3)
 INF = math.inf
 
@@ -31,7 +40,23 @@ EPILOGUES = {
 
 @pytest.fixture(params=VARIANTS)
 def kern(request):
-    return _backend.kernels(request.param)
+    return KERNELS[request.param]
+
+
+def image(pixels):
+    """An h x w image of `pixels` pixels, as square as the count allows (a prime is one
+    row): 2-D images whose size is set by the panel width under test."""
+    h = max(d for d in range(1, math.isqrt(pixels) + 1) if pixels % d == 0)
+    return h, pixels // h
+
+
+def panel_edges(nr):
+    """Pixel counts at the edges of a variant's panels (nr pixels; a last panel of at
+    most nr / 2 pixels runs the half-width kernel, a longer partial one goes through
+    scratch): one pixel (half), nr - 1 (partial), exactly one panel, one panel and a
+    pixel, two panels and a pixel, and ~1000 pixels ending in exactly half a panel.
+    With AVX2's nr = 16 these are 1, 15, 16, 17, 33 and 1000."""
+    return (1, nr - 1, nr, nr + 1, 2 * nr + 1, max(2, 1000 // nr) * nr + nr // 2)
 
 
 def make_layer(rng, cin, cout, group=1, act=Activation(), res_mode=RES_NONE,
@@ -92,7 +117,10 @@ def run_chain(kern, chain, layers, x, residuals, nthreads, tile=None):
     y = np.full((n, layers[-1].cout, ho, wo), np.nan, np.float32)
     if tile is None:
         max_c = max(max(l.cin, l.cout) for l in layers)
-        tile = plan.tile_pixels(kern.PANEL_WIDTH, max_c, ho * wo)
+        tile = plan.tile_pixels(kern.PANEL_WIDTH, max_c, ho * wo,
+                                chunk=kern.REDUCTION_CHUNK)
+    assert tile % kern.PANEL_WIDTH == 0 and tile > 0, \
+        f"test bug: tile {tile} is not a multiple of {kern.VARIANT}'s panel"
     res = tuple(None if r is None else np.ascontiguousarray(r, np.float32)
                 for r in residuals)
     chain.run(x, y, res, n, h, w, ho, wo, first.strides[0], first.strides[1], pt, pl,
@@ -122,7 +150,8 @@ def check_chain(kern, rng, layers, x, tiles=(None,), what=""):
     if hasattr(chain, "bind"):           # the planner's pre-bound form
         ho, wo, pt, pl = out_geometry(layers[0], h, w)
         max_c = max(max(l.cin, l.cout) for l in layers)
-        tile = plan.tile_pixels(kern.PANEL_WIDTH, max_c, ho * wo)
+        tile = plan.tile_pixels(kern.PANEL_WIDTH, max_c, ho * wo,
+                                chunk=kern.REDUCTION_CHUNK)
         res = tuple(None if r is None else np.ascontiguousarray(r) for r in residuals)
         bound = chain.bind((n, layers[-1].cout, ho, wo), n, h, w, ho, wo,
                            layers[0].strides[0], layers[0].strides[1], pt, pl, tile, 2)
@@ -156,16 +185,16 @@ def test_forced_variant_that_cannot_run_is_an_error():
 # ----------------------------------------------------------------------------------
 # single layers: odd / remainder shapes
 # ----------------------------------------------------------------------------------
-COUTS = list(range(1, 14)) + [29, 64, 65]
-CINS = (1, 3, 17, 256)
-PIXELS = ((1, 1), (3, 5), (4, 4), (1, 17), (3, 11), (25, 40))   # 1, 15, 16, 17, 33, 1000
+# every block height and a remainder after two blocks of the tallest, and a few wide
+COUTS = list(range(1, 2 * MAX_ROWS + 2)) + [29, 64, 65]
 
 
 @pytest.mark.parametrize("cout", COUTS)
 def test_single_layer_odd_shapes(kern, cout):
     rng = np.random.default_rng(cout)
-    for cin in CINS:
-        for h, w in PIXELS:
+    # one input channel, odd ones, and exactly one reduction chunk
+    for cin in (1, 3, 17, kern.REDUCTION_CHUNK):
+        for h, w in map(image, panel_edges(kern.PANEL_WIDTH)):
             if cin * cout * h * w > 4_000_000:
                 continue
             layer = make_layer(rng, cin, cout)
@@ -212,7 +241,8 @@ def test_results_do_not_depend_on_tile(kern):
 def test_epilogues(kern, epilogue, res_mode):
     rng = np.random.default_rng(3)
     layer = make_layer(rng, 17, 13, act=EPILOGUES[epilogue], res_mode=res_mode)
-    x = rng.standard_normal((2, 17, 5, 7)).astype(np.float32)
+    # full panels (epilogue and residual on the output in place) and a partial one
+    x = rng.standard_normal((2, 17) + image(2 * kern.PANEL_WIDTH + 3)).astype(np.float32)
     y = check_chain(kern, rng, [layer], x, what=epilogue)
     a = EPILOGUES[epilogue]
     if res_mode != RES_AFTER_ACT:
@@ -241,7 +271,8 @@ def test_nan_and_inf_pass_through_the_epilogue(kern):
 def test_groups(kern, cin, cout, group):
     rng = np.random.default_rng(5)
     layer = make_layer(rng, cin, cout, group=group, act=EPILOGUES["leaky"])
-    x = rng.standard_normal((2, cin, 5, 9)).astype(np.float32)
+    # two full panels and a partial one
+    x = rng.standard_normal((2, cin) + image(3 * kern.PANEL_WIDTH - 3)).astype(np.float32)
     check_chain(kern, rng, [layer], x, what=f"group={group}")
 
 
@@ -249,9 +280,11 @@ def test_groups(kern, cin, cout, group):
     ((2, 2), (0, 0, 0, 0)), ((1, 1), (1, 1, 1, 1)), ((2, 2), (1, 1, 1, 1)),
     ((2, 3), (0, 2, 1, 0)), ((3, 1), (2, 0, 0, 3)), ((1, 2), (0, 0, 2, 2)),
     ((5, 5), (0, 0, 0, 0)), ((1, 1), (3, 0, 0, 0))])
-@pytest.mark.parametrize("hw", [(7, 9), (1, 1), (16, 5)])
+@pytest.mark.parametrize("hw", [(7, 9), (1, 1), ("nr", 5)])
 def test_strides_and_pads(kern, strides, pads, hw):
     rng = np.random.default_rng(6)
+    if hw[0] == "nr":   # a whole number of panels when stride 1 and no pads
+        hw = (kern.PANEL_WIDTH, hw[1])
     layer = make_layer(rng, 6, 7, act=EPILOGUES["clip"], strides=strides, pads=pads)
     x = rng.standard_normal((2, 6) + hw).astype(np.float32)
     y = check_chain(kern, rng, [layer], x, what=f"strides={strides} pads={pads}")
@@ -285,7 +318,9 @@ def test_chains(kern, widths):
         res = (RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT)[i % 3]
         layers.append(make_layer(rng, widths[i], widths[i + 1], act=acts[i % len(acts)],
                                  res_mode=res))
-    for h, w in ((1, 1), (3, 11), (5, 7), (20, 50)):
+    nr = kern.PANEL_WIDTH
+    # one pixel, two panels and a half one, two and a partial one, many
+    for h, w in map(image, (1, 2 * nr + 1, 2 * nr + 3, max(2, 1000 // nr) * nr)):
         x = rng.standard_normal((2, widths[0], h, w)).astype(np.float32)
         check_chain(kern, rng, layers, x, what=f"chain {widths} {h}x{w}")
 
@@ -299,8 +334,10 @@ def test_long_reductions_run_in_chunks(kern):
     rng = np.random.default_rng(11)
     modes = [(RES_NONE, EPILOGUES["relu"]), (RES_BEFORE_ACT, EPILOGUES["leaky_clip"]),
              (RES_AFTER_ACT, EPILOGUES["clip"])]
+    nr, half = kern.PANEL_WIDTH, kern.PANEL_WIDTH // 2
     for k in (kc - 1, kc, kc + 1, 2 * kc + 3):
-        for h, w in ((1, 1), (1, 9), (5, 5), (3, 11)):  # 1, 9, 25 and 33 pixels
+        # half panel; partial panel; full + partial; 2 full + half (1, 9, 25, 33 at nr 16)
+        for h, w in map(image, (1, half + 1, nr + half + 1, 2 * nr + 1)):
             res_mode, act = modes[(k + h * w) % 3]
             layer = make_layer(rng, k, 7, act=act, res_mode=res_mode)
             x = rng.standard_normal((2, k, h, w)).astype(np.float32)
@@ -315,7 +352,9 @@ def test_chunked_layers_in_a_chain(kern):
                          res_mode=RES_BEFORE_ACT),
               make_layer(rng, 9, 2 * (kc + 3), group=1, res_mode=RES_AFTER_ACT),
               make_layer(rng, 2 * (kc + 3), 6, group=2, act=EPILOGUES["relu6"])]
-    for h, w in ((1, 3), (4, 6), (3, 13)):
+    nr, half = kern.PANEL_WIDTH, kern.PANEL_WIDTH // 2
+    # a half panel; a full and exactly half a panel; 2 full and a half (3, 24, 39 at nr 16)
+    for h, w in map(image, (3, nr + half, 2 * nr + half - 1)):
         x = rng.standard_normal((2, kc + 5, h, w)).astype(np.float32)
         check_chain(kern, rng, layers, x, tiles=(None, kern.PANEL_WIDTH),
                     what=f"chunked chain {h}x{w}")
@@ -413,7 +452,13 @@ def test_add_act(kern, size, epilogue):
 # ----------------------------------------------------------------------------------
 # planner arithmetic
 # ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("mr", [1, 4, 6, 8])
+BLOCK_ROWS = sorted({k.MAX_BLOCK_ROWS for k in KERNELS.values()})
+# every variant's panel, and three of them (an odd number of vectors)
+PANEL_WIDTHS = sorted({m * k.PANEL_WIDTH for k in KERNELS.values() for m in (1, 3)})
+CHUNKS = sorted({k.REDUCTION_CHUNK for k in KERNELS.values()})
+
+
+@pytest.mark.parametrize("mr", sorted({1, *BLOCK_ROWS, MAX_ROWS + 2}))
 def test_split_rows(mr):
     for count in list(range(0, 40)) + [64, 65, 127, 1000]:
         rows = plan.split_rows(count, mr)
@@ -425,11 +470,12 @@ def test_split_rows(mr):
     assert plan.split_rows(16, 6) == [6, 5, 5]
 
 
-@pytest.mark.parametrize("nr", [8, 16, 24, 32, 48])
-def test_tile_pixels(nr):
+@pytest.mark.parametrize("nr", PANEL_WIDTHS)
+@pytest.mark.parametrize("chunk", [None] + CHUNKS)
+def test_tile_pixels(nr, chunk):
     for max_c in (1, 3, 64, 256, 2048, 100_000):
-        for pixels in (1, 7, 15, 16, 17, 33, 1000, 3136, 12544, 1 << 20):
-            tile = plan.tile_pixels(nr, max_c, pixels)
+        for pixels in (1, 7, nr - 1, nr, nr + 1, 2 * nr + 1, 1000, 3136, 12544, 1 << 20):
+            tile = plan.tile_pixels(nr, max_c, pixels, chunk=chunk)
             assert tile % nr == 0 and tile >= nr, (nr, max_c, pixels, tile)
             tiles = -(-pixels // tile)
             assert tiles * tile >= pixels
@@ -441,7 +487,7 @@ def test_tile_pixels(nr):
 
 @pytest.mark.parametrize("cin,cout,group", [(1, 1, 1), (17, 13, 1), (12, 18, 3),
                                             (64, 65, 1), (8, 8, 8)])
-@pytest.mark.parametrize("mr", [4, 6])
+@pytest.mark.parametrize("mr", BLOCK_ROWS)
 def test_pack_layer_roundtrip(cin, cout, group, mr):
     rng = np.random.default_rng(13)
     layer = make_layer(rng, cin, cout, group=group)
@@ -537,14 +583,20 @@ def test_strides_and_pads_on_large_images(tmp_path):
                                f"{r.stderr[-3000:]}")
 
 
-@pytest.mark.parametrize("cin", [63, 64, 65, 256])
+@pytest.mark.parametrize("cin", [63, 64, 65, 256, "kc-1", "kc", "kc+1", "4kc"])
 @pytest.mark.parametrize("res_mode", [RES_BEFORE_ACT, RES_AFTER_ACT])
 def test_reductions_of_any_length_with_residual(kern, cin, res_mode):
     """One micro-kernel call per weight block covers every full panel of a tile, for
     short and long reductions alike: residuals, full panels and a partial last panel,
-    tiles of one and of several panels, in a chain."""
+    tiles of one and of several panels, in a chain. Tiles are multiples of the variant's
+    panel (the kernels' precondition); reductions are fixed lengths and lengths around
+    the variant's chunk."""
+    kc, nr = kern.REDUCTION_CHUNK, kern.PANEL_WIDTH
+    if isinstance(cin, str):
+        cin = {"kc-1": kc - 1, "kc": kc, "kc+1": kc + 1, "4kc": 4 * kc}[cin]
     rng = np.random.default_rng(cin)
     layers = [make_layer(rng, cin, 70, act=EPILOGUES["relu"], res_mode=res_mode),
               make_layer(rng, 70, 11, act=EPILOGUES["leaky"], res_mode=res_mode)]
-    x = rng.standard_normal((2, cin, 9, 23)).astype(np.float32)
-    check_chain(kern, rng, layers, x, tiles=(None, 16, 48), what=f"K={cin}")
+    # 12 full panels and a partial one more than half a panel wide (9 x 23 at nr 16)
+    x = rng.standard_normal((2, cin) + image(13 * nr - 1)).astype(np.float32)
+    check_chain(kern, rng, layers, x, tiles=(None, nr, 3 * nr), what=f"K={cin}")
