@@ -81,7 +81,7 @@ def test_per_family_figures(fuzz, tmp_path):
 
 
 def test_sanitizer_check_refuses_an_uninstrumented_build(fuzz):
-    """--sanitize fuzzes only a build that has every variant the CPU runs, OpenMP and the
+    """--sanitize fuzzes only a build that has every variant the CPU runs, its thread pool and the
     sanitizers: the ordinary build, without the runtime preloaded, is refused."""
     import pyconv1x1
     parent = os.path.dirname(os.path.dirname(os.path.abspath(pyconv1x1.__file__)))

@@ -30,8 +30,8 @@ case that caused it (and the fuzzing goes on from the next case):
 
 --sanitize rebuilds every kernel variant with ASan + UBSan (CFLAGS="-fsanitize=address,
 undefined -fno-omit-frame-pointer", LDFLAGS="-fsanitize=address,undefined") in a scratch
-copy of the package, fails loudly if that build lacks a variant this CPU runs, OpenMP or
-the instrumentation, and then fuzzes --iterations cases under each variant
+copy of the package, fails loudly if that build lacks a variant this CPU runs, the thread
+pool or the instrumentation, and then fuzzes --iterations cases under each variant
 (PYCONV1X1_ISA) with libasan / libubsan preloaded and PYTHONMALLOC=malloc (ASAN_OPTIONS
 detect_leaks=0: Python's own allocations are not ours to report; an ASan or UBSan report
 kills the worker and is a finding blamed on its case). The build takes ~2 minutes on 2 cores; --sanitize-dir keeps
@@ -1267,7 +1267,7 @@ def fuzz(iterations, seed, families=FAMILIES, case_timeout=60.0, env=None, cwd=N
 
 # --------------------------------------------------------------------------------------
 # ASan/UBSan: every kernel variant rebuilt with the sanitizers in a scratch copy of the
-# package, checked to really be complete (variants, OpenMP, instrumentation), then fuzzed
+# package, checked to really be complete (variants, thread pool, instrumentation), then fuzzed
 # variant by variant with the sanitizer runtime preloaded into the workers
 # --------------------------------------------------------------------------------------
 SANITIZE_CFLAGS = "-fsanitize=address,undefined -fno-omit-frame-pointer"
@@ -1374,7 +1374,7 @@ for v in _backend.runnable_variants():
     k = _backend.kernels(v)
     with open(k.__file__, "rb") as f:
         data = f.read()
-    info[v] = {"openmp": bool(k.OPENMP), "asan": b"__asan_init" in data,
+    info[v] = {"threaded": bool(k.THREADED), "asan": b"__asan_init" in data,
                "ubsan": b"__ubsan_handle" in data, "file": os.path.abspath(k.__file__)}
 try:
     with open("/proc/self/maps") as f:
@@ -1388,9 +1388,9 @@ print(json.dumps({"expected": expected, "built": _backend.built_variants(),
 
 def check_sanitized(dest, env):
     """(runnable variants of the sanitized build, problems): a build that dropped a
-    variant this CPU runs, or OpenMP, or the instrumentation, is not the run asked for
+    variant this CPU runs, or the thread pool, or the instrumentation, is not the run asked for
     (setup.py's compiler probes can fail on flags given through CFLAGS / LDFLAGS and
-    then quietly build the generic variant alone, single-threaded)."""
+    then quietly build the generic variant alone)."""
     r = subprocess.run([sys.executable, "-c", _CHECK_BUILD], env=env, cwd=dest,
                        capture_output=True, text=True, timeout=300)
     if r.returncode:
@@ -1406,8 +1406,8 @@ def check_sanitized(dest, env):
     if not state["runtime"]:
         problems.append("the ASan runtime is not loaded in the workers (LD_PRELOAD)")
     for v, info in state["variants"].items():
-        if not info["openmp"]:
-            problems.append(f"variant {v} built without OpenMP (single-threaded)")
+        if not info["threaded"]:
+            problems.append(f"variant {v} built without its thread pool (single-threaded)")
         if not (info["asan"] and info["ubsan"]):
             problems.append(f"variant {v} is not instrumented (asan {info['asan']}, "
                             f"ubsan {info['ubsan']})")
@@ -1430,11 +1430,11 @@ def sanitize(iterations, seed, families, case_timeout, dest=None, via="env"):
             for p in problems:
                 print(f"  - {p}", file=sys.stderr)
             if via == "env":
-                print("  (setup.py's probes compile with CFLAGS but link without LDFLAGS; "
-                      "--sanitize-flags-via cc works around it)", file=sys.stderr)
+                print("  (see the build log; --sanitize-flags-via cc passes the flags in CC "
+                      "instead of CFLAGS / LDFLAGS)", file=sys.stderr)
             print(f"  build log: {os.path.join(scratch, 'build.log')}", file=sys.stderr)
             return 1
-        print(f"sanitizer build OK: variants {variants}, OpenMP, ASan + UBSan")
+        print(f"sanitizer build OK: variants {variants}, thread pool, ASan + UBSan")
         print("  replay a case there with: " + " ".join(
             f"{k}={env[k]}" for k in ("LD_PRELOAD", "PYTHONMALLOC", "ASAN_OPTIONS",
                                       "UBSAN_OPTIONS", "PYCONV1X1_FUZZ_SANITIZED",
