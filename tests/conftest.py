@@ -154,6 +154,15 @@ def run_ort(model, feeds):
     return sess.run(None, feeds)
 
 
+def load_tool(name):
+    """tools/<name>.py as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"pyconv1x1_{name}",
+                                                  os.path.join(REPO, "tools", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def bundled_models():
     return sorted(f for f in os.listdir(MODELS) if f.endswith(".onnx"))
 

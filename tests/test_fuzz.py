@@ -2,14 +2,13 @@
 a pyconv1x1.Error or a run with float32 outputs; never another exception, a crash or a
 hang. Cases run in a worker subprocess so that a segfault fails the test with the case
 that caused it instead of killing the test run."""
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_tool
 
 FUZZ_PATH = os.path.join(REPO, "tools", "fuzz.py")
 CASES_PER_FAMILY = 200       # 1200 cases in all: a few seconds
@@ -18,10 +17,7 @@ SEED = 20260101
 
 @pytest.fixture(scope="module")
 def fuzz():
-    spec = importlib.util.spec_from_file_location("pyconv1x1_fuzz", FUZZ_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("fuzz")
 
 
 def _env():

@@ -1,21 +1,14 @@
 """tools/soak.py's plumbing, at a tiny size (the soak itself runs outside the suite):
 each phase runs, compares its results and reports its figures."""
-import importlib.util
-import os
-
 import pytest
 
-from conftest import REPO
+from conftest import load_tool
 
-SOAK_PATH = os.path.join(REPO, "tools", "soak.py")
 
 
 @pytest.fixture(scope="module")
 def soak():
-    spec = importlib.util.spec_from_file_location("pyconv1x1_soak", SOAK_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("soak")
 
 
 def test_runs_phase(soak):
