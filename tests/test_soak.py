@@ -5,7 +5,6 @@ import pytest
 from conftest import load_tool
 
 
-
 @pytest.fixture(scope="module")
 def soak():
     return load_tool("soak")
