@@ -508,6 +508,11 @@ def _reference_evaluator(model, feeds):
     try:
         from onnx.reference import ReferenceEvaluator
     except ImportError as exc:
+        import importlib.util
+        if importlib.util.find_spec("onnx") is None:
+            from .errors import onnx_missing
+            raise onnx_missing("--against reference (onnx's ReferenceEvaluator)") \
+                from None
         raise CliError(f"--against reference needs onnx.reference: {exc}") from None
     try:
         evaluator = ReferenceEvaluator(model)
