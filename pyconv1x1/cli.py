@@ -917,7 +917,8 @@ def cmd_validate(args):
         feeds, origin = _feeds(args, session)
         reference = None
         against = {"onnxruntime": "onnxruntime", "reference": "onnx ReferenceEvaluator",
-                   "torch": "the graph rebuilt with torch ops",
+                   "torch": "PyTorch (the ONNX graph rebuilt with torch ops; for your "
+                            "own module: pyconv1x1.testing.assert_matches_torch)",
                    "source": "pyconv1x1 on the source model"}[args.against]
         if ref_model != args.model:
             against += f" ({ref_model})"
@@ -1019,15 +1020,16 @@ def _peak_rss():
 
 
 def _check_plot_available():
-    import importlib.util
-    if importlib.util.find_spec("matplotlib") is None:
-        raise CliError("--plot needs matplotlib, which is not installed: "
-                       "pip install 'pyconv1x1[plot]'")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise CliError(f"--plot needs matplotlib, which cannot be imported ({exc}): "
+                       "pip install 'pyconv1x1[plot]'") from None
 
 
 def _plot(path, model, stats, target_ms, target_label):
     """Median per call of each engine, with error bars from p10 to p90, and the target
-    line."""
+    line. Returns the legend's labels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -1048,7 +1050,7 @@ def _plot(path, model, stats, target_ms, target_label):
     ax.set_ylabel("time per run (ms)")
     ax.set_title(f"{os.path.basename(model)}: time per run", fontsize=10)
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8, loc="lower right")
+    legend = ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=120)
@@ -1056,6 +1058,7 @@ def _plot(path, model, stats, target_ms, target_label):
         raise CliError(f"cannot write the plot {path!r}: {_one_line(exc)}") from None
     finally:
         plt.close(fig)
+    return [t.get_text() for t in legend.get_texts()]
 
 
 def _write_json(path, data):
