@@ -348,9 +348,9 @@ def session_arguments(sess_options, providers, provider_options, threads, kwargs
         raise Error(f"sess_options must be a pyconv1x1.SessionOptions or None, got "
                     f"{type(sess_options).__name__}")
     intra = getattr(options, "intra_op_num_threads", 0)
-    if threads is _UNSET:
+    if threads is _UNSET or threads is None:  # (None: the default, as intra_op 0)
         threads = None if not intra else intra
-    elif threads is not None and intra and intra != threads:
+    elif intra and intra != threads:
         raise Error(f"threads={threads!r} contradicts sess_options.intra_op_num_threads="
                     f"{intra}; give one of them")
     return threads, options, _provider_list(providers, provider_options)

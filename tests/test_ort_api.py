@@ -217,6 +217,7 @@ def test_threads_and_options(model_path):
     opts.intra_op_num_threads = 3
     assert pyconv1x1.InferenceSession(model_path, opts).threads == 3
     assert pyconv1x1.InferenceSession(model_path, opts, threads=3).threads == 3
+    assert pyconv1x1.InferenceSession(model_path, opts, threads=None).threads == 3
     with pytest.raises(Error, match="contradicts"):
         pyconv1x1.InferenceSession(model_path, opts, threads=2)
     assert pyconv1x1.InferenceSession(model_path, threads=2).threads == 2
