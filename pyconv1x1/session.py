@@ -118,6 +118,29 @@ class InferenceSession(SessionBase):
         """{provider: {option: value as str}}, as onnxruntime."""
         return {name: dict(options) for name, options in self._providers}
 
+    def set_providers(self, providers=None, provider_options=None):
+        """As onnxruntime's: only CPUExecutionProvider exists (others are refused)."""
+        self._providers = ort_api._provider_list(providers, provider_options)
+
+    def disable_fallback(self):
+        """No effect: there is no other provider to fall back from."""
+
+    def enable_fallback(self):
+        """No effect: there is no other provider to fall back from."""
+
+    def get_overridable_initializers(self):
+        """[]: initializers come from the model alone (folded into the weights)."""
+        return []
+
+    def run_with_ort_values(self, output_names, input_dict_ort_values, run_options=None):
+        """run() with OrtValues in and out, as onnxruntime's."""
+        if not isinstance(input_dict_ort_values, dict):
+            raise InputError(f"input_dict_ort_values must be a dict of name -> OrtValue, "
+                             f"got {type(input_dict_ort_values).__name__}")
+        feeds = {k: ort_api._unwrap(v, f"input {k!r}")
+                 for k, v in input_dict_ort_values.items()}
+        return [ort_api.OrtValue(a) for a in self._run(output_names, feeds, run_options)]
+
     def get_session_options(self):
         """The SessionOptions the session was created with (defaults when none)."""
         return self._sess_options

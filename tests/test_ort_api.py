@@ -158,6 +158,17 @@ def test_run_with_iobinding_needs_an_output(rt, model_path):
         sess.run_with_iobinding(binding)
 
 
+def test_ort_values_and_set_providers(rt, model_path):
+    sess = rt.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    x = rt.OrtValue.ortvalue_from_numpy(_feed()["x"])
+    (r,) = sess.run_with_ort_values(["r"], {"x": x})
+    np.testing.assert_allclose(r.numpy(), _reference(model_path)[1], rtol=1e-5, atol=1e-5)
+    assert r.shape() == [2, 8, 3, 5] and r.device_name().lower() == "cpu"
+    sess.set_providers(["CPUExecutionProvider"])
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+    assert sess.get_overridable_initializers() == []
+
+
 def test_profiling(rt, model_path, tmp_path):
     opts = rt.SessionOptions()
     opts.enable_profiling = True

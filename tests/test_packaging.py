@@ -92,3 +92,24 @@ def test_metadata_declares_numpy_alone():
         assert f"\n{extra} = [" in text, extra
     test_line = next(line for line in text.splitlines() if line.startswith("test = "))
     assert "onnx" in test_line and "onnxruntime" in test_line
+
+
+def test_installed_package_ships_no_sources():
+    """An installed copy (CI tests the one `pip install .` made) holds the compiled
+    extensions and Python modules, not the generated C (4.6 MB) nor Cython sources."""
+    folder = Path(pyconv1x1.__file__).resolve().parent
+    if folder == ROOT / "pyconv1x1":
+        import pytest
+        pytest.skip("testing the in-place build: the source tree is not an installation")
+    shipped = sorted(p.name for p in folder.iterdir()
+                     if p.name.endswith((".c", ".pyx", ".pyx.tp", ".pxd", ".h")))
+    assert shipped == []
+    assert any(p.name.startswith("_kernels_generic") for p in folder.iterdir())
+
+
+def test_exclude_package_data_covers_the_sources():
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.exclude-package-data]", 1)[1]
+    line = next(li for li in section.splitlines() if li.startswith("pyconv1x1 = "))
+    for pattern in ("*.c", "*.pyx", "*.pyx.tp", "*.pxd", "*.h"):
+        assert f'"{pattern}"' in line, pattern
