@@ -66,6 +66,10 @@ class InferenceSession(SessionBase):
     base_dir: folder of external data for a model given as bytes or ModelProto.
     isa: force a kernel build ('generic', 'v3', 'v4'), as PYCONV1X1_ISA does.
     """
+    # (class-level defaults: a session rebuilt without __init__ still has them)
+    _profiler = None
+    _providers = ((ort_api.CPU_PROVIDER, {}),)
+    _sess_options = None
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None,
                  provider_options=None, *, threads=ort_api._UNSET, base_dir=None,
@@ -143,6 +147,8 @@ class InferenceSession(SessionBase):
 
     def get_session_options(self):
         """The SessionOptions the session was created with (defaults when none)."""
+        if self._sess_options is None:
+            self._sess_options = ort_api.SessionOptions()
         return self._sess_options
 
     def get_modelmeta(self):
