@@ -1217,7 +1217,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def model_arg(p):
-        p.add_argument("model", metavar="MODEL", help="path to an .onnx model")
+        p.add_argument("model", metavar="MODEL",
+                       help="path to an .onnx model or a compiled .pc1 plan")
 
     def threads_arg(p):
         p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
@@ -1330,10 +1331,11 @@ def build_parser():
     p = sub.add_parser("compile", help="write a compiled plan (.pc1)",
                        description="Check, fold and pack MODEL once and write a compiled "
                                    "plan that InferenceSession loads with numpy alone, "
-                                   "memory-mapping the packed weights (docs/PLAN_FORMAT.md).")
+                                   "its weights already packed (docs/PLAN_FORMAT.md). "
+                                   "Refuses to overwrite the model or its external data.")
     model_arg(p)
     p.add_argument("-o", "--output", required=True, metavar="MODEL.pc1",
-                   help="where to write the plan")
+                   help="where to write the plan (not the model itself)")
     p.set_defaults(func=cmd_compile)
     return parser
 
