@@ -79,13 +79,32 @@ def _threaded(session):
         return False
 
 
+def _unbuilt_variants():
+    """Kernel variants this CPU would run that the installation lacks (the compiler
+    rejected their flags at build time, where pip hides the warning)."""
+    from . import _backend
+    flags = _backend._linux_cpu_flags()
+    if flags is None:
+        return []
+    built = _backend.built_variants()
+    return [name for name in _backend._ORDER if name not in built
+            and all(f in flags for f in _backend._REQUIRES[name])]
+
+
 def _kernels_line(session):
     variant = session.kernel_variant
     desc = VARIANT_DESCRIPTIONS.get(variant, "")
     threads = f"{session.threads} thread{'s' if session.threads != 1 else ''}"
     if not _threaded(session) and session.threads > 1:
         threads += " requested (no thread pool in this build: kernels run on 1)"
-    return f"kernels: {variant}" + (f" ({desc})" if desc else "") + f", {threads}"
+    line = f"kernels: {variant}" + (f" ({desc})" if desc else "") + f", {threads}"
+    missing = _unbuilt_variants()
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        line += (f"; {', '.join(missing)} would run on this CPU but {verb} not built (the "
+                 "compiler rejected its flags at install; `pip install -v .` shows the "
+                 "warning)")
+    return line
 
 
 def _shape_text(shape):
@@ -329,6 +348,9 @@ def _stats(arr):
 def cmd_run(args):
     session = _session(args.model, args.threads)
     if args.input and os.path.isdir(args.input):
+        if args.batch_size is not None:
+            raise CliError("--batch-size splits one .npz along its first axis; with an "
+                           "input folder every file is one run")
         return _run_many(args, session, _folder_feeds(session, args.input))
     if args.batch_size is not None:
         if not args.input or os.path.splitext(args.input)[1].lower() != ".npz":

@@ -657,3 +657,17 @@ def test_bench_plot_without_matplotlib(tmp_path):
     line = assert_one_line_error(proc)
     assert "matplotlib" in line and "pip install 'pyconv1x1[plot]'" in line
     assert "model:" not in proc.stdout  # refused before timing anything
+
+
+def test_kernels_line_names_variants_the_build_lacks(monkeypatch):
+    from pyconv1x1 import _backend
+
+    class FakeSession:
+        kernel_variant, threads = "v3", 1
+    flags = set(_backend._REQUIRES["v4"]) | set(_backend._REQUIRES["v3"])
+    monkeypatch.setattr(_backend, "_linux_cpu_flags", lambda: flags)
+    monkeypatch.setattr(_backend, "built_variants", lambda: ["v3", "generic"])
+    line = cli._kernels_line(FakeSession())
+    assert "v4 would run on this CPU but is not built" in line and "pip install -v" in line
+    monkeypatch.setattr(_backend, "built_variants", lambda: ["v4", "v3", "generic"])
+    assert "not built" not in cli._kernels_line(FakeSession())
