@@ -76,13 +76,22 @@ def test_features_needing_onnx_name_the_extra(tmp_path):
         "    check.lower(g)\n"
         "    raise SystemExit('opset 99 accepted')\n"
         "except UnsupportedError as exc:\n"
-        "    print('opset:', exc)\n")
+        "    print('opset:', exc)\n"
+        "from pyconv1x1 import testing\n"
+        "try:\n"
+        "    testing._export(None, None, (), 'm.onnx', 'dynamo', ['x'], ['y'], None, None,"
+        " None)\n"
+        "    raise SystemExit('exported without onnx')\n"
+        "except UnsupportedError as exc:\n"
+        "    print('export:', exc)\n")
     proc = _python(code, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "needs the onnx package" in err[0] \
         and "pip install 'pyconv1x1[onnx]'" in err[0], proc.stderr
     assert "opset 99" in proc.stdout and "pyconv1x1[onnx]" in proc.stdout, proc.stdout
+    export = next(line for line in proc.stdout.splitlines() if line.startswith("export:"))
+    assert "torch.onnx.export" in export and "pyconv1x1[onnx]" in export
 
 
 def test_metadata_declares_numpy_alone():
