@@ -277,7 +277,8 @@ MODEL = _spec([
     (1, "ir_version", VARINT, False, None), (8, "opset_import", MESSAGE, True, OPSET),
     (2, "producer_name", STRING, False, None), (3, "producer_version", STRING, False, None),
     (4, "domain", STRING, False, None), (5, "model_version", VARINT, False, None),
-    (6, "doc_string", STRING, False, None), (7, "graph", MESSAGE, False, GRAPH)])
+    (6, "doc_string", STRING, False, None), (7, "graph", MESSAGE, False, GRAPH),
+    (14, "metadata_props", MESSAGE, True, STRING_ENTRY)])
 
 _F32 = struct.Struct("<f")
 _F64 = struct.Struct("<d")

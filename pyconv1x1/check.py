@@ -4,7 +4,7 @@ Every tensor must be defined once and before use, the graph must be acyclic, eve
 supported. Unsupported nodes are collected and reported all at once."""
 from collections import deque
 
-from .errors import ModelError, UnsupportedError
+from .errors import ONNX_EXTRA_HINT, ModelError, UnsupportedError
 from .ops import REGISTRY, Context, Refused
 from .program import AddStep, ChainStep
 
@@ -24,6 +24,14 @@ def newest_opset(needed=0):
         return max(int(defs.onnx_opset_version()), BUILTIN_NEWEST_OPSET)
     except Exception:  # onnx missing or broken: what we know ourselves
         return BUILTIN_NEWEST_OPSET
+
+
+def _onnx_installed():
+    import importlib.util
+    try:
+        return importlib.util.find_spec("onnx") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def topological_order(graph):
@@ -115,7 +123,12 @@ def lower(graph):
     newest = newest_opset(graph.opset)
     problems = []
     if not MIN_OPSET <= graph.opset <= max(newest, MIN_OPSET):
-        problems.append(f"opset {graph.opset}: supported opsets are {MIN_OPSET} to {newest}")
+        problem = f"opset {graph.opset}: supported opsets are {MIN_OPSET} to {newest}"
+        if graph.opset > newest == BUILTIN_NEWEST_OPSET and not _onnx_installed():
+            problem += (f" (opsets above {BUILTIN_NEWEST_OPSET} are checked against the "
+                        "onnx package's schemas; it is not installed: "
+                        f"{ONNX_EXTRA_HINT})")
+        problems.append(problem)
     for v in graph.inputs:
         if v.elem_type != "float32":
             problems.append(f"input {v.name!r} is {v.elem_type}; only float32 inputs run")

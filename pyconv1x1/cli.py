@@ -79,13 +79,32 @@ def _threaded(session):
         return False
 
 
+def _unbuilt_variants():
+    """Kernel variants this CPU would run that the installation lacks (the compiler
+    rejected their flags at build time, where pip hides the warning)."""
+    from . import _backend
+    flags = _backend._linux_cpu_flags()
+    if flags is None:
+        return []
+    built = _backend.built_variants()
+    return [name for name in _backend._ORDER if name not in built
+            and all(f in flags for f in _backend._REQUIRES[name])]
+
+
 def _kernels_line(session):
     variant = session.kernel_variant
     desc = VARIANT_DESCRIPTIONS.get(variant, "")
     threads = f"{session.threads} thread{'s' if session.threads != 1 else ''}"
     if not _threaded(session) and session.threads > 1:
         threads += " requested (no thread pool in this build: kernels run on 1)"
-    return f"kernels: {variant}" + (f" ({desc})" if desc else "") + f", {threads}"
+    line = f"kernels: {variant}" + (f" ({desc})" if desc else "") + f", {threads}"
+    missing = _unbuilt_variants()
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        line += (f"; {', '.join(missing)} would run on this CPU but {verb} not built (the "
+                 "compiler rejected its flags at install; `pip install -v .` shows the "
+                 "warning)")
+    return line
 
 
 def _shape_text(shape):
@@ -97,8 +116,110 @@ def _shape_text(shape):
 def _concrete_shape(name, shape):
     """A declared shape with named and unknown dims set to 1."""
     if shape is None:
-        raise CliError(f"input {name!r} has no declared shape; give one with --input")
+        raise CliError(f"input {name!r} has no declared shape; give one with --input "
+                       f"or --shape {name}=AxBxC")
     return tuple(d if isinstance(d, int) and d >= 0 else 1 for d in shape)
+
+
+def _shape_arg(text):
+    """argparse type of --shape NAME=1x64x224x224."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+        if any(d < 0 for d in shape):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected INPUT=AxBx... with sizes >= 0 (e.g. input=1x64x224x224), got "
+            f"{text!r}") from None
+    return name, shape
+
+
+def _dim_arg(text):
+    """argparse type of --dim NAME=N."""
+    name, sep, value = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        size = int(value)
+        if size < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected DIM=N with a named dim of the model and N >= 0 (e.g. batch=8), "
+            f"got {text!r}") from None
+    return name, size
+
+
+def _input_shapes(session, shape_args, dim_args):
+    """({input: concrete shape}, [named or unknown dims that were set to 1]) for random
+    inputs: --shape INPUT=... sets a whole input, --dim NAME=N every dim of that name
+    (a dim named in an input given by --shape takes its size from there too); any other
+    named or unknown dim is 1, and is listed."""
+    inputs = session.get_inputs()
+    by_name = {a.name: a for a in inputs}
+    shapes = {}
+    for name, shape in shape_args or ():
+        if name not in by_name:
+            raise CliError(f"--shape {name}=...: the model has no input {name!r}; its "
+                           f"inputs are {list(by_name)}")
+        shapes[name] = shape
+    named = []
+    for a in inputs:
+        for d in a.shape or ():
+            if isinstance(d, str) and d not in named:
+                named.append(d)
+    dims = {}
+    for name, size in dim_args or ():
+        if name not in named:
+            raise CliError(f"--dim {name}={size}: no input has a dim named {name!r}; the "
+                           f"named dims are {named or 'none (every dim is fixed)'}")
+        dims[name] = size
+    for name, shape in shapes.items():
+        decl = by_name[name].shape
+        if decl is None:
+            continue
+        if len(decl) != len(shape):
+            raise CliError(f"--shape {name}={'x'.join(map(str, shape))}: rank "
+                           f"{len(shape)}; input {name!r} is declared with rank "
+                           f"{len(decl)} {_shape_text(decl)}")
+        for axis, (want, got) in enumerate(zip(decl, shape)):
+            if isinstance(want, int) and want != got:
+                raise CliError(f"--shape {name}={'x'.join(map(str, shape))}: dim {axis} "
+                               f"must be {want} (declared {_shape_text(decl)})")
+            if isinstance(want, str):
+                if want in dims and dims[want] != got:
+                    raise CliError(f"--shape {name}=... sets {want!r} to {got}, but "
+                                   f"it is {dims[want]} elsewhere (--dim or --shape)")
+                dims[want] = got
+    out, defaulted = {}, []
+    for a in inputs:
+        if a.name in shapes:
+            out[a.name] = shapes[a.name]
+            continue
+        if a.shape is None:
+            raise CliError(f"input {a.name!r} has no declared shape; give one with "
+                           f"--shape {a.name}=AxBx... or --input")
+        shape = []
+        for axis, d in enumerate(a.shape):
+            if isinstance(d, int) and d >= 0:
+                shape.append(d)
+            elif isinstance(d, str) and d in dims:
+                shape.append(dims[d])
+            else:
+                label = d if isinstance(d, str) else f"{a.name}[{axis}] (unnamed)"
+                if label not in defaulted:
+                    defaulted.append(label)
+                shape.append(1)
+        out[a.name] = tuple(shape)
+    return out, defaulted
+
+
+def _defaulted_note(defaulted):
+    return (f"dims not given, set to 1: {', '.join(defaulted)} (give them with "
+            "--dim NAME=N or --shape INPUT=AxBx...)")
 
 
 def _fmt_count(value):
@@ -113,12 +234,13 @@ def _fmt_count(value):
 # --------------------------------------------------------------------------------------
 # feeds and npz files
 # --------------------------------------------------------------------------------------
-def _random_feeds(session, seed):
+def _random_feeds(session, seed, shape_args=None, dim_args=None):
+    """(feeds, defaulted dims) of seeded random normal float32 inputs."""
     import numpy as np
+    shapes, defaulted = _input_shapes(session, shape_args, dim_args)
     rng = np.random.default_rng(seed)
-    return {arg.name: rng.standard_normal(_concrete_shape(arg.name, arg.shape),
-                                          dtype=np.float32)
-            for arg in session.get_inputs()}
+    return {name: rng.standard_normal(shape, dtype=np.float32)
+            for name, shape in shapes.items()}, defaulted
 
 
 def _read_npz(path, what):
@@ -168,10 +290,23 @@ def _file_feeds(session, path):
 
 
 def _feeds(args, session):
-    """(feeds, description of where they came from)."""
+    """(feeds, description of where they came from). Prints which dims of random
+    inputs were set to 1 for want of --dim / --shape."""
     if getattr(args, "input", None):
+        if getattr(args, "shape", None) or getattr(args, "dim", None):
+            raise CliError("--shape and --dim set the shapes of random inputs; with "
+                           "--input the shapes are the files' own")
         return _file_feeds(session, args.input), f"from {args.input}"
-    return _random_feeds(session, args.seed), f"random normal, seed {args.seed}"
+    feeds, defaulted = _random_feeds(session, args.seed, getattr(args, "shape", None),
+                                     getattr(args, "dim", None))
+    args.defaulted_dims = defaulted
+    return feeds, f"random normal, seed {args.seed}"
+
+
+def _print_defaulted(args):
+    defaulted = getattr(args, "defaulted_dims", None)
+    if defaulted:
+        print(f"note: {_defaulted_note(defaulted)}")
 
 
 def _write_npz(path, arrays):
@@ -212,6 +347,17 @@ def _stats(arr):
 # --------------------------------------------------------------------------------------
 def cmd_run(args):
     session = _session(args.model, args.threads)
+    if args.input and os.path.isdir(args.input):
+        if args.batch_size is not None:
+            raise CliError("--batch-size splits one .npz along its first axis; with an "
+                           "input folder every file is one run")
+        return _run_many(args, session, _folder_feeds(session, args.input))
+    if args.batch_size is not None:
+        if not args.input or os.path.splitext(args.input)[1].lower() != ".npz":
+            raise CliError("--batch-size splits an .npz given with --input along its "
+                           "first axis; give --input FILE.npz")
+        return _run_many(args, session, _split_feeds(session, args.input,
+                                                     args.batch_size))
     feeds, origin = _feeds(args, session)
     clock = time.perf_counter
     start = clock()
@@ -225,6 +371,7 @@ def cmd_run(args):
     print(_kernels_line(session))
     for name, arr in feeds.items():
         print(f"input  {name}: {_shape_text(arr.shape)} {arr.dtype} ({origin})")
+    _print_defaulted(args)
     for arg, arr in zip(session.get_outputs(), outputs):
         print(f"output {arg.name}: {_shape_text(arr.shape)} {arr.dtype}  {_stats(arr)}")
     rate = f", {flops / elapsed / 1e9:.2f} GF/s" if flops and elapsed > 0 else ""
@@ -234,6 +381,171 @@ def cmd_run(args):
         _write_npz(args.output, {arg.name: arr
                                  for arg, arr in zip(session.get_outputs(), outputs)})
         print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+class Progress:
+    """A progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, total, label, stream=None):
+        self.stream = sys.stderr if stream is None else stream
+        self.total, self.label, self.done = total, label, 0
+        self.start = time.perf_counter()
+        self.shown = 0.0
+        try:
+            self.active = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.active = False
+
+    def update(self, done=None):
+        self.done = self.done + 1 if done is None else done
+        if not self.active:
+            return
+        now = time.perf_counter()
+        if now - self.shown < 0.1 and self.done < self.total:
+            return
+        self.shown = now
+        frac = min(1.0, self.done / self.total) if self.total else 1.0
+        width = 30
+        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+        elapsed = now - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} "
+                          f"{rate:.1f}/s ")
+        self.stream.flush()
+
+    def close(self):
+        if self.active:
+            self.stream.write("\r" + " " * 72 + "\r")
+            self.stream.flush()
+
+
+def _folder_feeds(session, folder):
+    """(label, feeds) for each .npy / .npz file of `folder`, in name order (files are
+    read one at a time, as they run), and the count."""
+    names = sorted(f for f in os.listdir(folder)
+                   if f.lower().endswith((".npy", ".npz"))
+                   and os.path.isfile(os.path.join(folder, f)))
+    if not names:
+        raise CliError(f"input folder {folder!r} holds no .npy or .npz file")
+    stems = [os.path.splitext(n)[0] for n in names]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise CliError(f"input folder {folder!r} has both a .npy and a .npz named "
+                       f"{twice}; outputs are named after the input file's stem")
+
+    def feeds():
+        for name, stem in zip(names, stems):
+            yield stem, _file_feeds(session, os.path.join(folder, name))
+    return f"{len(names)} files of {folder}", len(names), feeds()
+
+
+def _split_feeds(session, path, batch):
+    """(label, feeds) for each slice of `batch` samples along the first axis of the
+    arrays of an .npz keyed by input name."""
+    arrays = _file_feeds(session, path)
+    sizes = {name: (arr.shape[0] if arr.ndim else None) for name, arr in arrays.items()}
+    if None in sizes.values() or len(set(sizes.values())) != 1:
+        raise CliError(f"--batch-size: the arrays of {path!r} must share their first "
+                       f"(batch) axis; their sizes are {sizes}")
+    total = next(iter(sizes.values()))
+    if total == 0:
+        raise CliError(f"--batch-size: the arrays of {path!r} hold no sample (first "
+                       "axis 0)")
+    count = -(-total // batch)
+
+    def feeds():
+        for i in range(count):
+            yield i, {name: arr[i * batch:(i + 1) * batch] for name, arr in arrays.items()}
+    return (f"{total} samples of {path} in {count} batch(es) of up to {batch}", count,
+            feeds())
+
+
+def _output_target(path, count_label):
+    """'folder' or 'npz' for --output of a run over many inputs."""
+    if path is None:
+        return None
+    if path.lower().endswith(".npz"):
+        return "npz"
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CliError(f"--output {path!r} exists and is not a folder; for {count_label} "
+                       "give a folder or an .npz file")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create output folder {path!r}: "
+                       f"{exc.strerror or exc}") from None
+    return "folder"
+
+
+def _run_many(args, session, source):
+    """Run every feed of `source` ((description, count, iterator of (label, feeds)));
+    outputs to a folder (one file per input) or an .npz; a summary at the end."""
+    import numpy as np
+    what, count, items = source
+    target = _output_target(args.output, what)
+    split = args.batch_size is not None
+    out_names = [o.name for o in session.get_outputs()]
+    collected = {name: [] for name in out_names}
+    single = len(out_names) == 1
+    progress = Progress(count, "run")
+    runs = samples = 0
+    clock = time.perf_counter
+    busy = 0.0
+    start = clock()
+    try:
+        for label, feeds in items:
+            t0 = clock()
+            try:
+                outputs = session.run(None, feeds)
+            except Error as exc:
+                raise CliError(f"input {label!r}: {_one_line(exc)}") from None
+            busy += clock() - t0
+            runs += 1
+            first = next(iter(feeds.values()))
+            samples += first.shape[0] if first.ndim else 1
+            if target == "folder":
+                stem = f"{label:06d}" if split else label
+                if single:
+                    dest = os.path.join(args.output, f"{stem}.npy")
+                    try:
+                        np.save(dest, outputs[0], allow_pickle=False)
+                    except OSError as exc:
+                        raise CliError(f"cannot write {dest!r}: {_one_line(exc)}") \
+                            from None
+                else:
+                    _write_npz(os.path.join(args.output, f"{stem}.npz"),
+                               dict(zip(out_names, outputs)))
+            elif target == "npz":
+                for name, arr in zip(out_names, outputs):
+                    collected[name].append((label, arr))
+            progress.update()
+    finally:
+        progress.close()
+    elapsed = clock() - start
+    if target == "npz":
+        if split:  # one array per output: the batches joined again
+            arrays = {name: np.concatenate([a for _, a in parts])
+                      for name, parts in collected.items()}
+        else:
+            arrays = {f"{label}/{name}" if not single else label: arr
+                      for name, parts in collected.items() for label, arr in parts}
+        _write_npz(args.output, arrays)
+    print(f"model: {args.model}")
+    print(_kernels_line(session))
+    print(f"inputs: {what}")
+    rate = runs / elapsed if elapsed > 0 else float("inf")
+    srate = samples / elapsed if elapsed > 0 else float("inf")
+    print(f"ran {runs} input(s), {samples} sample(s) in {elapsed:.3f} s "
+          f"({busy:.3f} s in run()): {rate:.1f} runs/s, {srate:.1f} samples/s")
+    if target == "folder":
+        print(f"wrote {runs} file(s) to {args.output}"
+              + (" (one .npy per input)" if single else " (one .npz per input, keyed by "
+                 "output name)"))
+    elif target == "npz":
+        layout = ("one array per output, batches joined on axis 0" if split else
+                  "one array per input file" + ("" if single else ", keyed FILE/OUTPUT"))
+        print(f"wrote {args.output} ({layout})")
     return EXIT_OK
 
 
@@ -508,6 +820,11 @@ def _reference_evaluator(model, feeds):
     try:
         from onnx.reference import ReferenceEvaluator
     except ImportError as exc:
+        import importlib.util
+        if importlib.util.find_spec("onnx") is None:
+            from .errors import onnx_missing
+            raise onnx_missing("--against reference (onnx's ReferenceEvaluator)") \
+                from None
         raise CliError(f"--against reference needs onnx.reference: {exc}") from None
     try:
         evaluator = ReferenceEvaluator(model)
@@ -558,13 +875,57 @@ def compare(actual, expected, rtol, atol):
     return err, rel, bool(err <= atol + rtol * scale)
 
 
+def _is_plan(path):
+    from . import planfile
+    return planfile.is_plan(path)
+
+
+def _reference_model(args):
+    """The ONNX file the reference runs: MODEL, or --source for a compiled plan."""
+    plan = _is_plan(args.model)
+    if args.source is not None:
+        if not plan:
+            raise CliError(f"--source names the .onnx a compiled plan was made from; "
+                           f"{args.model!r} is not a .pc1 plan")
+        if _is_plan(args.source):
+            raise CliError(f"--source {args.source!r} is a compiled plan; give the .onnx "
+                           "the plan was compiled from")
+        return args.source
+    if plan and args.against not in ("recorded",):
+        raise CliError(f"{args.model!r} is a compiled plan: --against {args.against} "
+                       "runs the ONNX model, so give the .onnx it was compiled from with "
+                       "--source MODEL.onnx")
+    return args.model
+
+
+def _recorded_stem(args):
+    """Where the recorded inputs/outputs are: beside MODEL, else (for a plan) beside
+    its --source."""
+    stem = _stem(args.model)
+    if not os.path.isfile(stem + ".inputs.npz") and args.source is not None:
+        other = _stem(args.source)
+        if os.path.isfile(other + ".inputs.npz"):
+            return other
+    return stem
+
+
+def _reference_source(model, feeds, threads):
+    """pyconv1x1 itself on the source .onnx of a compiled plan."""
+    sess = _session(model, threads)
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
 def cmd_validate(args):
     session = _session(args.model, args.threads)
+    if args.against == "source" and args.source is None:
+        raise CliError("--against source compares a compiled plan with the .onnx it was "
+                       "compiled from: give it with --source MODEL.onnx")
+    ref_model = _reference_model(args)
     if args.against == "recorded":
-        if args.input:
-            raise CliError("--input cannot be used with --against recorded: the recorded "
-                           "outputs belong to the recorded inputs")
-        stem = _stem(args.model)
+        if args.input or args.shape or args.dim:
+            raise CliError("--input, --shape and --dim cannot be used with --against "
+                           "recorded: the recorded outputs belong to the recorded inputs")
+        stem = _recorded_stem(args)
         in_path, out_path = stem + ".inputs.npz", stem + ".outputs.npz"
         feeds = _read_npz(in_path, "recorded inputs")
         names = [a.name for a in session.get_inputs()]
@@ -578,18 +939,29 @@ def cmd_validate(args):
         feeds, origin = _feeds(args, session)
         reference = None
         against = {"onnxruntime": "onnxruntime", "reference": "onnx ReferenceEvaluator",
-                   "torch": "PyTorch"}[args.against]
-    outputs = session.run(None, feeds)
+                   "torch": "PyTorch (the ONNX graph rebuilt with torch ops; for your "
+                            "own module: pyconv1x1.testing.assert_matches_torch)",
+                   "source": "pyconv1x1 on the source model"}[args.against]
+        if ref_model != args.model:
+            against += f" ({ref_model})"
+    try:
+        outputs = session.run(None, feeds)
+    except Error as exc:
+        raise CliError(f"{args.model!r} cannot run input {origin}: {_one_line(exc)}") \
+            from None
     if reference is None:
         if args.against == "onnxruntime":
-            reference = _reference_onnxruntime(args.model, feeds, session.threads)
+            reference = _reference_onnxruntime(ref_model, feeds, session.threads)
         elif args.against == "reference":
-            reference = _reference_evaluator(args.model, feeds)
+            reference = _reference_evaluator(ref_model, feeds)
+        elif args.against == "source":
+            reference = _reference_source(ref_model, feeds, session.threads)
         else:
-            reference = _reference_torch(args.model, feeds)
+            reference = _reference_torch(ref_model, feeds)
 
     print(f"model: {args.model}")
     print(f"against: {against}; input {origin}; rtol {args.rtol:g}, atol {args.atol:g}")
+    _print_defaulted(args)
     rows = [("output", "shape", "max abs err", "rel err", "result")]
     failed = 0
     for arg, arr in zip(session.get_outputs(), outputs):
@@ -659,8 +1031,73 @@ def settle(max_s=0.2, window_s=0.005):
             return
 
 
+def _peak_rss():
+    """The process's peak resident memory in bytes, or None where unknown."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS: bytes; Linux: KiB
+
+
+def _check_plot_available():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise CliError(f"--plot needs matplotlib, which cannot be imported ({exc}): "
+                       "pip install 'pyconv1x1[plot]'") from None
+
+
+def _plot(path, model, stats, target_ms, target_label):
+    """Median per call of each engine, with error bars from p10 to p90, and the target
+    line. Returns the legend's labels."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(stats)
+    p50 = [stats[n]["p50_ms"] for n in names]
+    lower = [stats[n]["p50_ms"] - stats[n]["p10_ms"] for n in names]
+    upper = [stats[n]["p90_ms"] - stats[n]["p50_ms"] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bars = ax.bar(names, p50, yerr=[lower, upper], capsize=8, color="#4c72b0",
+                  ecolor="black", label="median per call (error bars: p10 to p90)")
+    for bar, name in zip(bars, names):
+        ax.annotate(f"{stats[name]['p50_ms']:.4g} ms", (bar.get_x() + bar.get_width() / 2,
+                    bar.get_height()), ha="center", va="bottom", fontsize=8,
+                    xytext=(0, 2), textcoords="offset points")
+    if target_ms is not None:
+        ax.axhline(target_ms, color="#c44e52", linestyle="--",
+                   label=f"target: {target_label} ({target_ms:.4g} ms)")
+    ax.set_ylabel("time per run (ms)")
+    ax.set_title(f"{os.path.basename(model)}: time per run", fontsize=10)
+    ax.set_ylim(bottom=0)
+    legend = ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot write the plot {path!r}: {_one_line(exc)}") from None
+    finally:
+        plt.close(fig)
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def _write_json(path, data):
+    import json
+    try:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+    except OSError as exc:
+        raise CliError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+
+
 def cmd_bench(args):
     import numpy as np
+    if args.plot:
+        _check_plot_available()  # before minutes of timing, not after
+    rss_start = _peak_rss()
     session = _session(args.model, args.threads)
     feeds, origin = _feeds(args, session)
     session.run(None, feeds)  # checks the feed before anything is timed
@@ -692,7 +1129,22 @@ def cmd_bench(args):
     seconds = args.seconds if args.repeat is None else None
     times = {name: [] for name, _ in engines}
     rounds = {name: [] for name, _ in engines}  # per round: the block's median
+    # progress: by runs with --repeat, else by tenths of a second of the planned time
+    if args.repeat is not None:
+        progress = Progress(args.repeat * len(engines), "bench runs")
+    else:
+        progress = Progress(int(seconds * len(engines) * 10), "bench (0.1 s)")
     start = time.perf_counter()
+    try:
+        _bench_loop(engines, block, args, seconds, times, rounds, progress, start)
+    finally:
+        progress.close()
+    _bench_report(args, session, feeds, origin, flops, block, times, rounds, rss_start)
+    return EXIT_OK
+
+
+def _bench_loop(engines, block, args, seconds, times, rounds, progress, start):
+    import numpy as np
     while True:
         for name, fn in engines:
             count = block
@@ -706,27 +1158,39 @@ def cmd_bench(args):
                 times[name].extend(mine)
                 rounds[name].append(float(np.median(mine)))
         if args.repeat is not None:
+            progress.update(sum(len(t) for t in times.values()))
             if all(len(t) >= args.repeat for t in times.values()):
                 break
-        elif (time.perf_counter() - start >= seconds * len(engines)
-              and all(len(t) >= 3 for t in times.values())):
-            break
+        else:
+            elapsed = time.perf_counter() - start
+            progress.update(min(progress.total, int(elapsed * 10)))
+            if (elapsed >= seconds * len(engines)
+                    and all(len(t) >= 3 for t in times.values())):
+                break
 
+
+def _bench_report(args, session, feeds, origin, flops, block, times, rounds, rss_start):
+    import numpy as np
     print(f"model: {args.model}")
     print(_kernels_line(session))
     shapes = ", ".join(f"{k}={_shape_text(v.shape)}" for k, v in feeds.items())
     print(f"input: {shapes} ({origin}); {_fmt_count(flops)} FLOPs per run; "
           f"warm-up {args.warmup}, interleaved blocks of {block}")
-    rows = [("engine", "runs", "median ms", "p90 ms", "min ms", "GF/s")]
-    medians = {}
+    _print_defaulted(args)
+    rows = [("engine", "runs", "p50 ms", "p90 ms", "p99 ms", "min ms", "mean ms", "GF/s")]
+    stats = {}
     for name, t in times.items():
-        arr = np.asarray(t)
-        med = float(np.median(arr))
-        medians[name] = med
-        rate = f"{flops / med / 1e9:.2f}" if flops and med > 0 else "-"
-        rows.append((name, len(t), f"{med * 1e3:.4f}", f"{np.percentile(arr, 90) * 1e3:.4f}",
-                     f"{arr.min() * 1e3:.4f}", rate))
+        arr = np.asarray(t) * 1e3
+        p10, p50, p90, p99 = (float(v) for v in np.percentile(arr, [10, 50, 90, 99]))
+        rate = flops / p50 / 1e6 if flops and p50 > 0 else None
+        stats[name] = {"runs": len(t), "p10_ms": p10, "p50_ms": p50, "p90_ms": p90,
+                       "p99_ms": p99, "min_ms": float(arr.min()),
+                       "mean_ms": float(arr.mean()), "gflops": rate}
+        rows.append((name, len(t), f"{p50:.4f}", f"{p90:.4f}", f"{p99:.4f}",
+                     f"{arr.min():.4f}", f"{arr.mean():.4f}",
+                     "-" if rate is None else f"{rate:.2f}"))
     _table(rows)
+    ratio = None
     pairs = [a / b for a, b in zip(rounds.get("onnxruntime", []), rounds["pyconv1x1"])
              if b > 0]
     if pairs:
@@ -735,7 +1199,29 @@ def cmd_bench(args):
         print(f"ratio onnxruntime/pyconv1x1 (median over {len(pairs)} rounds of the two "
               f"engines' blocks): {ratio:.2f}x "
               f"({'faster' if ratio >= 1 else 'slower'} than onnxruntime)")
-    return EXIT_OK
+    peak = _peak_rss()
+    if peak is not None:
+        before = f" ({rss_start / 2**20:.1f} MiB before the session)" if rss_start else ""
+        print(f"peak memory (RSS of this process): {peak / 2**20:.1f} MiB{before}")
+    target_ms, target_label = args.target_ms, "--target-ms"
+    if target_ms is None and "onnxruntime" in stats:
+        target_ms, target_label = stats["onnxruntime"]["p50_ms"], "onnxruntime median"
+    if args.json:
+        _write_json(args.json, {
+            "model": args.model, "kernel_variant": session.kernel_variant,
+            "threads": session.threads,
+            "inputs": {k: list(v.shape) for k, v in feeds.items()}, "input_origin": origin,
+            "defaulted_dims": list(getattr(args, "defaulted_dims", None) or []),
+            "flops_per_run": flops, "warmup": args.warmup, "block": block,
+            "engines": stats,
+            "times_ms": {n: [x * 1e3 for x in t] for n, t in times.items()},
+            "ratio_onnxruntime_over_pyconv1x1": ratio,
+            "peak_rss_bytes": peak, "rss_before_session_bytes": rss_start,
+            "target_ms": target_ms})
+        print(f"wrote {args.json}")
+    if args.plot:
+        _plot(args.plot, args.model, stats, target_ms, target_label)
+        print(f"wrote {args.plot}")
 
 
 # --------------------------------------------------------------------------------------
@@ -753,27 +1239,45 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def model_arg(p):
-        p.add_argument("model", metavar="MODEL", help="path to an .onnx model")
+        p.add_argument("model", metavar="MODEL",
+                       help="path to an .onnx model or a compiled .pc1 plan")
 
     def threads_arg(p):
         p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="kernel threads (default: OMP_NUM_THREADS or every core)")
 
-    def input_args(p):
-        p.add_argument("--input", metavar="FILE",
-                       help="x.npy (single-input models) or x.npz keyed by input name; "
-                            "default: random normal float32 of the declared shape, "
-                            "named dims = 1")
+    def input_args(p, many=False):
+        p.add_argument("--input", metavar="FILE" if not many else "FILE|FOLDER",
+                       help="x.npy (single-input models) or x.npz keyed by input name"
+                            + ("; a folder: one run per .npy / .npz file in it"
+                               if many else "")
+                            + "; default: random normal float32 of the declared shape "
+                              "(see --shape, --dim)")
         p.add_argument("--seed", type=int, default=0,
                        help="seed of the random input (default 0)")
+        p.add_argument("--shape", type=_shape_arg, action="append", metavar="INPUT=AxBx..",
+                       help="shape of a random input, e.g. input=1x64x224x224 "
+                            "(repeatable)")
+        p.add_argument("--dim", type=_dim_arg, action="append", metavar="NAME=N",
+                       help="size of a named dim of random inputs, e.g. batch=8 "
+                            "(repeatable); named dims given neither way are 1, and the "
+                            "output says which")
 
-    p = sub.add_parser("run", help="run a model once and print its outputs' statistics",
+    p = sub.add_parser("run", help="run a model once, or over many inputs",
                        description="Run a model once; print each output's shape and "
-                                   "statistics and the run time.")
+                                   "statistics and the run time. Over many inputs (--input "
+                                   "FOLDER, or --input X.npz --batch-size N): one run per "
+                                   "file or batch, a progress bar on stderr when it is a "
+                                   "terminal, and a summary (count, throughput).")
     model_arg(p)
-    input_args(p)
-    p.add_argument("--output", metavar="Y.npz", help="write the outputs to an .npz "
-                                                     "keyed by output name")
+    input_args(p, many=True)
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="run the samples of the --input .npz (its arrays' first axis) N "
+                        "at a time")
+    p.add_argument("--output", metavar="Y.npz|FOLDER",
+                   help="write the outputs to an .npz keyed by output name; over many "
+                        "inputs, a folder (one .npy or .npz per input) or an .npz (with "
+                        "--batch-size: the batches joined again)")
     threads_arg(p)
     p.set_defaults(func=cmd_run)
 
@@ -788,14 +1292,28 @@ def build_parser():
                         "(default: nodes with the same op and reason share a line)")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("validate", help="compare outputs with a reference",
-                       description="Compare the model's outputs with a reference. "
-                                   "recorded: <stem>.inputs.npz / <stem>.outputs.npz "
-                                   "beside the model. A value passes when |a - b| <= "
-                                   "atol + rtol * max|reference|. Exit 1 on mismatch.")
+    p = sub.add_parser(
+        "validate", help="compare outputs with a reference",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare the model's outputs with a reference (exit 1 on mismatch):\n"
+                    "  recorded     <stem>.inputs.npz / <stem>.outputs.npz beside the model\n"
+                    "  onnxruntime  onnxruntime on the same input\n"
+                    "  reference    onnx's ReferenceEvaluator (needs the onnx package)\n"
+                    "  torch        the ONNX graph REBUILT WITH TORCH OPS (conv2d, relu,\n"
+                    "               ...), node by node: it checks pyconv1x1 against\n"
+                    "               PyTorch's kernels, not against your own nn.Module. For\n"
+                    "               that, export and compare in Python with\n"
+                    "               pyconv1x1.testing.assert_matches_torch(module, x)\n"
+                    "  source       (a .pc1 plan) pyconv1x1 on the --source .onnx\n"
+                    "A compiled .pc1 plan is checked against its recorded outputs, or,\n"
+                    "with --source MODEL.onnx, against any reference run on that model.\n"
+                    "A value passes when |a - b| <= atol + rtol * max|reference|.")
     model_arg(p)
     p.add_argument("--against", required=True,
-                   choices=["recorded", "onnxruntime", "reference", "torch"])
+                   choices=["recorded", "onnxruntime", "reference", "torch", "source"])
+    p.add_argument("--source", metavar="MODEL.onnx", default=None,
+                   help="for a .pc1 plan: the .onnx it was compiled from, which the "
+                        "reference runs")
     input_args(p)
     p.add_argument("--rtol", type=_non_negative_float, default=1e-5,
                    help="relative tolerance, times max|reference| (default 1e-5)")
@@ -805,9 +1323,11 @@ def build_parser():
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("bench", help="time session.run after a warm-up",
-                       description="Time session.run after a warm-up: median, p90, min "
-                                   "and GF/s; optionally beside onnxruntime with the same "
-                                   "thread count, runs interleaved in blocks.")
+                       description="Time session.run after a warm-up: p50, p90, p99, min, "
+                                   "mean, GF/s and the process's peak memory (RSS); "
+                                   "optionally beside onnxruntime with the same thread "
+                                   "count, runs interleaved in blocks. A progress bar on "
+                                   "stderr when it is a terminal.")
     model_arg(p)
     input_args(p)
     threads_arg(p)
@@ -820,21 +1340,46 @@ def build_parser():
                      help="measure for about S seconds per engine (default 1)")
     p.add_argument("--compare", choices=["onnxruntime"], default=None,
                    help="also time onnxruntime with the same intra_op_num_threads")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help="write the statistics and every timing to FILE (JSON)")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="plot the median per run with p10-p90 error bars and the target "
+                        "line (needs matplotlib: pip install 'pyconv1x1[plot]')")
+    p.add_argument("--target-ms", type=_positive_float, default=None, metavar="MS",
+                   help="the target line of --plot (default: onnxruntime's median with "
+                        "--compare onnxruntime, else none)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("compile", help="write a compiled plan (.pc1)",
                        description="Check, fold and pack MODEL once and write a compiled "
                                    "plan that InferenceSession loads with numpy alone, "
-                                   "memory-mapping the packed weights (docs/PLAN_FORMAT.md).")
+                                   "its weights already packed (docs/PLAN_FORMAT.md). "
+                                   "Refuses to overwrite the model or its external data.")
     model_arg(p)
     p.add_argument("-o", "--output", required=True, metavar="MODEL.pc1",
-                   help="where to write the plan")
+                   help="where to write the plan (not the model itself)")
     p.set_defaults(func=cmd_compile)
     return parser
 
 
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def cmd_compile(args):
     from . import planfile
+    if isinstance(args.model, str):
+        for path, what in ((args.model, "the model"),
+                           (args.model + ".data", "the model's external data")):
+            same = os.path.realpath(path) == os.path.realpath(args.output) or (
+                os.path.exists(path) and os.path.exists(args.output)
+                and _same_file(path, args.output))  # (a hard link too)
+            if same:
+                raise CliError(f"-o {args.output!r} is {what} {path!r}; refusing to "
+                               "overwrite it: give another output path")
     t0 = time.perf_counter()
     try:
         size = planfile.compile_model(args.model, args.output)

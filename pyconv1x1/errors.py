@@ -16,3 +16,14 @@ class UnsupportedError(Error):
 
 class InputError(Error, ValueError):
     """A bad feed to run(): wrong name, dtype, rank or dimension, unknown output."""
+
+
+ONNX_EXTRA_HINT = "pip install 'pyconv1x1[onnx]'"
+
+
+def onnx_missing(feature):
+    """The error for a feature that needs the onnx package when it is not installed:
+    pyconv1x1 itself reads .onnx files without it; `feature` is what needed it."""
+    return UnsupportedError(f"{feature} needs the onnx package, which is not installed: "
+                            f"{ONNX_EXTRA_HINT} (pyconv1x1 runs .onnx files and .pc1 "
+                            "plans without it)")

@@ -56,12 +56,30 @@ class Node(_Record):
 
 class Graph(_Record):
     __slots__ = ("nodes", "inputs", "outputs", "constants", "value_info", "opset", "name",
-                 "producer")
+                 "producer", "metadata")
 
     def __init__(self, nodes, inputs, outputs, constants, value_info, opset, name="",
-                 producer=""):
+                 producer="", metadata=None):
         # inputs: the feeds (initializers excluded); constants: initializers and
-        # Constant nodes, read-only arrays; opset: of the default domain
+        # Constant nodes, read-only arrays; opset: of the default domain; metadata: the
+        # model's descriptive fields (see model_metadata)
         self._init(nodes=tuple(nodes), inputs=tuple(inputs), outputs=tuple(outputs),
                    constants=constants, value_info=value_info, opset=opset, name=name,
-                   producer=producer)
+                   producer=producer, metadata=model_metadata(metadata or {}))
+
+
+METADATA_STRINGS = ("producer_name", "producer_version", "domain", "description",
+                    "graph_name", "graph_description")
+
+
+def model_metadata(values):
+    """The model's descriptive fields, as onnxruntime's ModelMetadata reports them:
+    the strings of METADATA_STRINGS, `version` (ModelProto.model_version, None when
+    unset) and `custom_metadata_map` ({key: value} of metadata_props). Missing keys
+    take their defaults; a new dict is returned."""
+    out = {k: str(values.get(k, "") or "") for k in METADATA_STRINGS}
+    version = values.get("version")
+    out["version"] = None if version is None else int(version)
+    out["custom_metadata_map"] = {str(k): str(v) for k, v in
+                                  dict(values.get("custom_metadata_map") or {}).items()}
+    return out

@@ -193,7 +193,21 @@ def _convert_model(proto, base_dir):
         a.flags.writeable = False
     return Graph(nodes=tuple(nodes), inputs=inputs, outputs=outputs, constants=constants,
                  value_info=value_info, opset=opset, name=g.name,
-                 producer=f"{proto.producer_name} {proto.producer_version}".strip())
+                 producer=f"{proto.producer_name} {proto.producer_version}".strip(),
+                 metadata=_metadata(proto))
+
+
+def _metadata(proto):
+    """ModelProto's descriptive fields (what onnxruntime's get_modelmeta reports)."""
+    custom = {}
+    for kv in proto.metadata_props:
+        custom[kv.key] = kv.value  # (a repeated key: the last wins, as in onnxruntime)
+    return {"producer_name": proto.producer_name,
+            "producer_version": proto.producer_version, "domain": proto.domain,
+            "description": proto.doc_string, "graph_name": proto.graph.name,
+            "graph_description": proto.graph.doc_string,
+            "version": proto.model_version if proto.HasField("model_version") else None,
+            "custom_metadata_map": custom}
 
 
 def _constant_value(name, n, attrs):

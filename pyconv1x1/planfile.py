@@ -129,6 +129,7 @@ def dumps(program, mr):
         "inputs": [_vi_json(v) for v in program.inputs],
         "outputs": [_vi_json(v) for v in program.outputs],
         "opset": program.opset, "producer": program.producer, "notes": program.notes,
+        "metadata": program.metadata,
         "steps": steps, "arrays": arrays.table}, separators=(",", ":")).encode()
     blob = b"".join(arrays.chunks)
     blob_offset = PREFIX.size + len(header)
@@ -305,9 +306,29 @@ def _program(meta, blob):
                       enumerate(_list(_field(meta, "outputs", "header"), "outputs"))),
         steps=steps, opset=_int(meta.get("opset", 0), "opset", 0, 1 << 31),
         producer=_str(meta.get("producer", ""), "producer"),
-        notes=[_str(n, "a note") for n in _list(meta.get("notes", []), "notes")])
+        notes=[_str(n, "a note") for n in _list(meta.get("notes", []), "notes")],
+        metadata=_metadata(meta.get("metadata", {})))
     validate(program)
     return program
+
+
+def _metadata(m):
+    """The model's descriptive fields (plans written before they were kept have none:
+    every field then takes its default)."""
+    from .ir import METADATA_STRINGS
+    if not isinstance(m, dict):
+        raise ModelError(f"metadata is {_show(m)}; expected an object")
+    out = {k: _str(m.get(k, ""), f"metadata {k}") for k in METADATA_STRINGS}
+    version = m.get("version")
+    out["version"] = None if version is None else _int(version, "metadata version",
+                                                        -(1 << 63), (1 << 63) - 1)
+    custom = m.get("custom_metadata_map", {})
+    if not isinstance(custom, dict):
+        raise ModelError(f"metadata custom_metadata_map is {_show(custom)}; expected an "
+                         "object of strings")
+    out["custom_metadata_map"] = {k: _str(v, f"metadata value of {k!r}")
+                                  for k, v in custom.items()}
+    return out
 
 
 def _array(entry, blob, what):

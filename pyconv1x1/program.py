@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .ir import _Record
+from .ir import _Record, model_metadata
 
 RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT = 0, 1, 2
 
@@ -188,13 +188,16 @@ class CopyStep(_Mutable):
 
 class Program(_Mutable):
     """inputs / outputs: ir.ValueInfo of the feeds and results; steps in execution
-    order; notes: what the rewrite passes did."""
-    __slots__ = ("inputs", "outputs", "steps", "opset", "producer", "notes")
+    order; notes: what the rewrite passes did; metadata: the model's descriptive
+    fields (ir.model_metadata)."""
+    __slots__ = ("inputs", "outputs", "steps", "opset", "producer", "notes", "metadata")
 
-    def __init__(self, inputs, outputs, steps, opset=0, producer="", notes=None):
+    def __init__(self, inputs, outputs, steps, opset=0, producer="", notes=None,
+                 metadata=None):
         self.inputs, self.outputs, self.steps = tuple(inputs), tuple(outputs), steps
         self.opset, self.producer = opset, producer
         self.notes = [] if notes is None else notes
+        self.metadata = model_metadata(metadata or {})
 
     def layers(self):
         for step in self.steps:
@@ -203,4 +206,4 @@ class Program(_Mutable):
 
     def with_steps(self, steps):
         return Program(self.inputs, self.outputs, steps, self.opset, self.producer,
-                       list(self.notes))
+                       list(self.notes), self.metadata)

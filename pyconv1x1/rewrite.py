@@ -23,7 +23,8 @@ def build_program(graph, steps):
     steps = _chain(steps, outputs, notes)
     steps = _toposort(steps, inputs)
     return Program(inputs=graph.inputs, outputs=graph.outputs, steps=steps,
-                   opset=graph.opset, producer=graph.producer, notes=notes)
+                   opset=graph.opset, producer=graph.producer, notes=notes,
+                   metadata=graph.metadata)
 
 
 def _consumers(steps):

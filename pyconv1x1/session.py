@@ -2,10 +2,11 @@
 import _thread
 import collections
 import os
+import time
 
 import numpy as np
 
-from . import _backend, planfile
+from . import _backend, ort_api, planfile
 from ._fastrun import SessionBase
 from ._threads import resolve_threads
 from .errors import Error, InputError, ModelError
@@ -28,9 +29,15 @@ class NodeArg:
         return f"NodeArg(name={self.name!r}, type={self.type!r}, shape={self.shape!r})"
 
 
-def _node_arg(v):
-    shape = None if v.shape is None else list(v.shape)
-    return NodeArg(v.name, shape, f"tensor({'float' if v.elem_type == 'float32' else v.elem_type})")
+def _type_name(elem_type):
+    """onnxruntime's name of a tensor type: 'tensor(float)' for float32."""
+    return f"tensor({'float' if elem_type == 'float32' else elem_type})"
+
+
+def _node_arg(v, overrides=None):
+    shape = None if v.shape is None else [
+        overrides.get(d, d) if overrides and isinstance(d, str) else d for d in v.shape]
+    return NodeArg(v.name, shape, _type_name(v.elem_type))
 
 
 def _load_program(model, base_dir):
@@ -45,22 +52,46 @@ def _load_program(model, base_dir):
 
 
 class InferenceSession(SessionBase):
-    """Load a model once, run it many times.
+    """Load a model once, run it many times. onnxruntime's signature and semantics:
 
-    model: path to an .onnx file, its bytes, or an onnx.ModelProto.
-    threads: None uses OMP_NUM_THREADS or every core; N uses N threads.
+    path_or_bytes: path to an .onnx file or a compiled .pc1 plan, their bytes, or an
+        onnx.ModelProto.
+    sess_options: a pyconv1x1.SessionOptions (onnxruntime's own is read the same way):
+        intra_op_num_threads sets the threads, the rest see SessionOptions. (An int
+        here is taken as `threads`, as before this argument existed: deprecated.)
+    providers, provider_options: as onnxruntime's; only "CPUExecutionProvider" exists
+        here, any other is refused (UnsupportedError naming it).
+    threads: None uses OMP_NUM_THREADS or every available core; N uses N threads
+        (same as sess_options.intra_op_num_threads = N; give one of them).
     base_dir: folder of external data for a model given as bytes or ModelProto.
+    isa: force a kernel build ('generic', 'v3', 'v4'), as PYCONV1X1_ISA does.
     """
+    # (class-level defaults: a session rebuilt without __init__ still has them)
+    _profiler = None
+    _providers = ((ort_api.CPU_PROVIDER, {}),)
+    _sess_options = None
 
-    def __init__(self, model, threads=None, *, base_dir=None, isa=None):
+    def __init__(self, path_or_bytes, sess_options=None, providers=None,
+                 provider_options=None, *, threads=ort_api._UNSET, base_dir=None,
+                 isa=None, **kwargs):
+        load_start = time.perf_counter_ns()
+        threads, options, self._providers = ort_api.session_arguments(
+            sess_options, providers, provider_options, threads, kwargs)
+        self._sess_options = options
         self._threads_arg, self._isa_arg = threads, isa
         self.threads = resolve_threads(threads)
-        self._program = _load_program(model, base_dir)
+        self._program = _load_program(path_or_bytes, base_dir)
         self._kernels = _backend.kernels(isa)
         self._kset = KernelSet(self._program, self._kernels)
-        self._inputs = [_node_arg(v) for v in self._program.inputs]
+        overrides = ort_api.dim_overrides(options)
+        self._inputs = [_node_arg(v, overrides) for v in self._program.inputs]
         self._outputs = [_node_arg(v) for v in self._program.outputs]
         self._input_info = {v.name: v for v in self._program.inputs}
+        if overrides:  # fixed named dims are checked as declared sizes
+            from .ir import ValueInfo
+            self._input_info = {a.name: ValueInfo(a.name, v.elem_type, None if a.shape
+                                                  is None else tuple(a.shape))
+                                for a, v in zip(self._inputs, self._program.inputs)}
         self._output_names = [v.name for v in self._program.outputs]
         self._plans = collections.OrderedDict()
         # run() is SessionBase.run (C): it runs _fast_chain directly for a feed of the
@@ -68,6 +99,14 @@ class InferenceSession(SessionBase):
         self._fast_input = (self._program.inputs[0].name
                             if len(self._program.inputs) == 1 else None)
         self._lock = _thread.allocate_lock()  # (threading costs ~1 ms to import)
+        optimized = getattr(options, "optimized_model_filepath", "")
+        if optimized:
+            _write_optimized(self, path_or_bytes, optimized)
+        self._profiler = None
+        if getattr(options, "enable_profiling", False):
+            self._profiler = ort_api.Profiler(
+                getattr(options, "profile_file_prefix", "onnxruntime_profile_"), load_start)
+            self._profiler.record("session_initialization", load_start)
 
     # -- onnxruntime-compatible surface ----------------------------------------------
     def get_inputs(self):
@@ -77,7 +116,68 @@ class InferenceSession(SessionBase):
         return list(self._outputs)
 
     def get_providers(self):
-        return ["CPUExecutionProvider"]
+        return [name for name, _ in self._providers]
+
+    def get_provider_options(self):
+        """{provider: {option: value as str}}, as onnxruntime."""
+        return {name: dict(options) for name, options in self._providers}
+
+    def set_providers(self, providers=None, provider_options=None):
+        """As onnxruntime's: only CPUExecutionProvider exists (others are refused)."""
+        self._providers = ort_api._provider_list(providers, provider_options)
+
+    def disable_fallback(self):
+        """No effect: there is no other provider to fall back from."""
+
+    def enable_fallback(self):
+        """No effect: there is no other provider to fall back from."""
+
+    def get_overridable_initializers(self):
+        """[]: initializers come from the model alone (folded into the weights)."""
+        return []
+
+    def run_with_ort_values(self, output_names, input_dict_ort_values, run_options=None):
+        """run() with OrtValues in and out, as onnxruntime's."""
+        if not isinstance(input_dict_ort_values, dict):
+            raise InputError(f"input_dict_ort_values must be a dict of name -> OrtValue, "
+                             f"got {type(input_dict_ort_values).__name__}")
+        feeds = {k: ort_api._unwrap(v, f"input {k!r}")
+                 for k, v in input_dict_ort_values.items()}
+        return [ort_api.OrtValue(a) for a in self._run(output_names, feeds, run_options)]
+
+    def get_session_options(self):
+        """The SessionOptions the session was created with (defaults when none)."""
+        if self._sess_options is None:
+            self._sess_options = ort_api.SessionOptions()
+        return self._sess_options
+
+    def get_modelmeta(self):
+        """The model's producer, graph name and description, domain, description,
+        version and custom metadata (onnxruntime's ModelMetadata); compiled plans keep
+        them."""
+        return ort_api.ModelMetadata(self._program.metadata)
+
+    def io_binding(self):
+        """An IOBinding for run_with_iobinding (see pyconv1x1.ort_api.IOBinding)."""
+        return ort_api.IOBinding(self)
+
+    def run_with_iobinding(self, iobinding, run_options=None):
+        """Run with the inputs and outputs bound in `iobinding`; the results stay in
+        it (iobinding.copy_outputs_to_cpu() / get_outputs())."""
+        if not isinstance(iobinding, ort_api.IOBinding) or iobinding._session is not self:
+            raise InputError("run_with_iobinding takes an IOBinding made by this "
+                             "session's io_binding()")
+        iobinding._run(run_options)
+
+    def end_profiling(self):
+        """Stop profiling and write the records (Chrome trace JSON); returns the file's
+        path, or '' when profiling was off (as onnxruntime)."""
+        profiler, self._profiler = self._profiler, None
+        return "" if profiler is None else profiler.end()
+
+    def get_profiling_start_time_ns(self):
+        profiler = self._profiler
+        return 0 if profiler is None else profiler.wall_start_ns
 
     @property
     def kernel_variant(self):
@@ -94,15 +194,21 @@ class InferenceSession(SessionBase):
         This is what `run` does; `run` itself (SessionBase.run, in C) first tries the
         fast path: a single fused chain fed the shape validated last time runs without
         a Python frame."""
+        start = time.perf_counter_ns() if self._profiler is not None else 0
+        if run_options is not None:
+            ort_api.check_run_options(run_options)
         names = self._check_output_names(output_names)
         feeds = self._check_feed(input_feed)
         plan = self._plan({k: v.shape for k, v in feeds.items()})
-        if plan.direct is not None:  # this shape passed _check_feed: later runs may skip it
-            self._fast_chain = plan.direct
+        if plan.direct is not None and self._profiler is None:
+            self._fast_chain = plan.direct  # this shape passed _check_feed: later runs
+            # may skip it (not while profiling: each run must pass here to be recorded)
         try:
             env = plan.execute(dict(feeds))
         except MemoryError:
             raise _out_of_memory(feeds) from None
+        if start:
+            self._record_run(start, feeds)
         out, seen = [], set()
         for name in names:
             arr = env[name]
@@ -135,11 +241,20 @@ class InferenceSession(SessionBase):
             for fname, x in feeds.items():
                 if np.shares_memory(arr, x):
                     raise InputError(f"output buffer {name!r} overlaps input {fname!r}")
+        start = time.perf_counter_ns() if self._profiler is not None else 0
         try:
             plan.execute(dict(feeds), outputs)
         except MemoryError:
             raise _out_of_memory(feeds) from None
+        if start:
+            self._record_run(start, feeds)
         return outputs
+
+    def _record_run(self, start, feeds):
+        profiler = self._profiler
+        if profiler is not None:
+            profiler.record("model_run", start, {
+                "input_shapes": {k: list(v.shape) for k, v in feeds.items()}})
 
     def __reduce__(self):
         """Pickle as a compiled plan (bytes): unpickling needs numpy only, so sessions
@@ -260,3 +375,17 @@ def _out_of_memory(feeds):
 
 def _restore(data, threads, isa):
     return InferenceSession(data, threads=threads, isa=isa)
+
+
+def _write_optimized(session, model, path):
+    """SessionOptions.optimized_model_filepath: the compiled plan of the session."""
+    path = os.fspath(path)
+    if isinstance(model, (str, os.PathLike)) and os.path.exists(path) \
+            and os.path.samefile(path, os.fspath(model)):
+        raise Error(f"optimized_model_filepath {path!r} is the model itself; refusing to "
+                    "overwrite it")
+    try:
+        planfile.save(session._program, path, session._kernels.MAX_BLOCK_ROWS)
+    except OSError as exc:
+        raise Error(f"cannot write optimized_model_filepath {path!r}: "
+                    f"{exc.strerror or exc}") from None

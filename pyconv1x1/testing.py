@@ -308,6 +308,10 @@ def _export(torch, module, args, path, exporter, input_names, output_names,
         if dynamic_axes is not None:
             kwargs["dynamic_axes"] = dynamic_axes
         kwargs["dynamo"] = False
+    import importlib.util
+    if importlib.util.find_spec("onnx") is None:  # torch.onnx.export writes with it
+        from .errors import onnx_missing
+        raise onnx_missing("exporting with torch.onnx.export")
     with _quiet_exporter() as log:
         try:
             torch.onnx.export(module, args, path, **kwargs)

@@ -354,9 +354,14 @@ def test_bench_prints_numbers(tmp_path):
                             "1", cwd=tmp_path))
     row = [line.split() for line in out.splitlines() if line.strip().startswith("pyconv1x1")]
     assert len(row) == 1 and row[0][1] == "3"
-    median, p90, low, gfs = map(float, row[0][2:6])
-    assert 0 < low <= median <= p90 and gfs > 0
+    header = next(line.split() for line in out.splitlines()
+                  if line.strip().startswith("engine"))
+    assert header == ["engine", "runs", "p50", "ms", "p90", "ms", "p99", "ms", "min", "ms",
+                      "mean", "ms", "GF/s"]
+    p50, p90, p99, low, mean, gfs = map(float, row[0][2:8])
+    assert 0 < low <= p50 <= p90 <= p99 and low <= mean <= p99 and gfs > 0
     assert "6.29M FLOPs" in out and "1 thread" in out
+    assert "peak memory (RSS of this process): " in out and " MiB" in out
 
 
 def test_bench_compare_onnxruntime(tmp_path):
@@ -439,3 +444,230 @@ def test_cli_imports_are_lazy(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# ---- dynamic shapes, many inputs, plans, bench outputs (issue 13) --------------------
+def dynamic_model(path):
+    """x[batch,6,H,W] -> conv(6->5) -> y[batch,5,H,W]."""
+    rng = np.random.default_rng(4)
+    return _save(path, [__import__("onnx").helper.make_node("Conv", ["x", "w"], ["y"])],
+                 [("x", ["batch", 6, "H", "W"])], [("y", ["batch", 5, "H", "W"])],
+                 {"w": rng.standard_normal((5, 6, 1, 1))})
+
+
+def test_run_shape_and_dim_for_dynamic_models(tmp_path):
+    model = dynamic_model(tmp_path / "dyn.onnx")
+    out = assert_ok(cli_run("run", model, cwd=tmp_path))
+    assert "input  x: [1, 6, 1, 1]" in out
+    assert "dims not given, set to 1: batch, H, W" in out and "--dim NAME=N" in out
+    out = assert_ok(cli_run("run", model, "--dim", "batch=3", "--dim", "H=2", "--dim",
+                            "W=5", "--output", "y.npz", cwd=tmp_path))
+    assert "input  x: [3, 6, 2, 5]" in out and "set to 1" not in out
+    x = np.random.default_rng(0).standard_normal((3, 6, 2, 5), dtype=np.float32)
+    with np.load(tmp_path / "y.npz") as z:
+        np.testing.assert_array_equal(z["y"], _session_outputs(model, {"x": x})["y"])
+    out = assert_ok(cli_run("run", model, "--shape", "x=2x6x3x4", cwd=tmp_path))
+    assert "input  x: [2, 6, 3, 4]" in out and "set to 1" not in out
+    out = assert_ok(cli_run("bench", model, "--dim", "batch=2", "--repeat", "2", cwd=tmp_path))
+    assert "input: x=[2, 6, 1, 1]" in out and "set to 1: H, W" in out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--shape", "z=1x6x2x2"], ["no input 'z'", "['x']"]),
+    (["--dim", "depth=3"], ["'depth'", "['batch', 'H', 'W']"]),
+    (["--shape", "x=1x7x2x2"], ["dim 1 must be 6"]),
+    (["--shape", "x=1x6x2"], ["rank 3", "rank 4"]),
+    (["--shape", "x=2x6x2x2", "--dim", "batch=3"], ["'batch'", "3"]),
+    (["--input", "x.npy", "--dim", "batch=2"], ["--input"]),
+])
+def test_shape_and_dim_errors(tmp_path, args, words):
+    model = dynamic_model(tmp_path / "dyn.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((1, 6, 2, 2), np.float32))
+    line = assert_one_line_error(cli_run("run", model, *args, cwd=tmp_path))
+    for word in words:
+        assert word in line, line
+
+
+@pytest.mark.parametrize("bad", ["x=1x6", "x=", "=1x2", "x=1x-2x3", "batch"])
+def test_malformed_shape_is_usage_error(tmp_path, bad):
+    option = "--dim" if bad == "batch" else "--shape"
+    proc = cli_run("run", "m.onnx", option, bad, cwd=tmp_path)
+    if bad == "x=1x6":  # well formed; the model is missing
+        assert proc.returncode == 2 and "m.onnx" in proc.stderr
+        return
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: ")
+    assert "expected" in proc.stderr
+
+
+def test_run_over_a_folder(tmp_path):
+    model = dynamic_model(tmp_path / "dyn.onnx")
+    rng = np.random.default_rng(9)
+    (tmp_path / "xs").mkdir()
+    feeds = {}
+    for i, shape in enumerate([(1, 6, 2, 2), (2, 6, 3, 1), (4, 6, 1, 1)]):
+        feeds[f"s{i}"] = rng.standard_normal(shape, dtype=np.float32)
+        np.save(tmp_path / "xs" / f"s{i}.npy", feeds[f"s{i}"])
+    (tmp_path / "xs" / "notes.txt").write_text("ignored")
+    proc = cli_run("run", model, "--input", "xs", "--output", "ys", cwd=tmp_path)
+    out = assert_ok(proc)
+    assert proc.stderr == ""  # no progress bar: stderr is not a terminal
+    assert "ran 3 input(s), 7 sample(s)" in out and "runs/s" in out and "samples/s" in out
+    for stem, x in feeds.items():
+        want = _session_outputs(model, {"x": x})["y"]
+        np.testing.assert_array_equal(np.load(tmp_path / "ys" / f"{stem}.npy"), want)
+    assert_ok(cli_run("run", model, "--input", "xs", "--output", "all.npz", cwd=tmp_path))
+    with np.load(tmp_path / "all.npz") as z:
+        assert sorted(z.files) == ["s0", "s1", "s2"]
+        np.testing.assert_array_equal(z["s1"], _session_outputs(model, {"x": feeds["s1"]})
+                                      ["y"])
+    (tmp_path / "empty").mkdir()
+    assert "no .npy or .npz" in assert_one_line_error(
+        cli_run("run", model, "--input", "empty", cwd=tmp_path))
+    np.save(tmp_path / "xs" / "s9.npy", np.zeros((1, 7, 2, 2), np.float32))
+    line = assert_one_line_error(cli_run("run", model, "--input", "xs", cwd=tmp_path))
+    assert "'s9'" in line and "7" in line
+
+
+def test_run_batches_of_an_npz(tmp_path):
+    model = dynamic_model(tmp_path / "dyn.onnx")
+    x = np.random.default_rng(2).standard_normal((10, 6, 3, 2), dtype=np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = assert_ok(cli_run("run", model, "--input", "x.npz", "--batch-size", "4",
+                            "--output", "y.npz", cwd=tmp_path))
+    assert "ran 3 input(s), 10 sample(s)" in out
+    with np.load(tmp_path / "y.npz") as z:
+        np.testing.assert_allclose(z["y"], _session_outputs(model, {"x": x})["y"],
+                                   rtol=1e-6, atol=1e-6)
+    assert_ok(cli_run("run", model, "--input", "x.npz", "--batch-size", "4", "--output",
+                      "parts", cwd=tmp_path))
+    assert sorted(os.listdir(tmp_path / "parts")) == ["000000.npy", "000001.npy",
+                                                       "000002.npy"]
+    assert np.load(tmp_path / "parts" / "000002.npy").shape == (2, 5, 3, 2)
+    assert "--input FILE.npz" in assert_one_line_error(
+        cli_run("run", model, "--batch-size", "4", cwd=tmp_path))
+
+
+def test_progress_bar_only_on_a_terminal():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = cli.Progress(3, "run", stream=stream)
+        for _ in range(3):
+            bar.update()
+        bar.close()
+    assert "3/3" in tty.getvalue() and "\r" in tty.getvalue() and "#" in tty.getvalue()
+    assert pipe.getvalue() == ""
+
+
+def test_compile_refuses_to_overwrite_its_input(tmp_path):
+    model = dynamic_model(tmp_path / "dyn.onnx")
+    before = model.read_bytes()
+    os.symlink("dyn.onnx", tmp_path / "link.onnx")
+    os.link(model, tmp_path / "hard.onnx")
+    for target in ("dyn.onnx", "./dyn.onnx", "link.onnx", "hard.onnx",
+                   str(tmp_path / "dyn.onnx")):
+        line = assert_one_line_error(cli_run("compile", "dyn.onnx", "-o", target,
+                                             cwd=tmp_path))
+        assert "refusing to overwrite" in line, line
+    assert model.read_bytes() == before
+    assert_ok(cli_run("compile", "dyn.onnx", "-o", "dyn.pc1", cwd=tmp_path))
+
+
+def test_validate_a_plan(tmp_path):
+    _copy_with_recorded(tmp_path)
+    name = "embed_64to32_relu_torchscript"
+    assert_ok(cli_run("compile", f"{name}.onnx", "-o", f"{name}.pc1", cwd=tmp_path))
+    out = assert_ok(cli_run("validate", f"{name}.pc1", "--against", "recorded",
+                            cwd=tmp_path))
+    assert f"recorded outputs {name}.outputs.npz" in out and "ok:" in out
+    # a plan elsewhere finds the recorded files beside its --source
+    (tmp_path / "plans").mkdir()
+    assert_ok(cli_run("compile", f"{name}.onnx", "-o", "plans/p.pc1", cwd=tmp_path))
+    out = assert_ok(cli_run("validate", "plans/p.pc1", "--against", "recorded", "--source",
+                            f"{name}.onnx", cwd=tmp_path))
+    assert "ok:" in out
+    out = assert_ok(cli_run("validate", "plans/p.pc1", "--against", "source", "--source",
+                            f"{name}.onnx", cwd=tmp_path))
+    assert "pyconv1x1 on the source model" in out and "ok:" in out
+    line = assert_one_line_error(cli_run("validate", "plans/p.pc1", "--against",
+                                         "onnxruntime", cwd=tmp_path))
+    assert "--source" in line and "compiled plan" in line
+    line = assert_one_line_error(cli_run("validate", f"{name}.onnx", "--against",
+                                         "onnxruntime", "--source", f"{name}.onnx",
+                                         cwd=tmp_path))
+    assert "not a .pc1 plan" in line
+    assert "--source" in assert_one_line_error(
+        cli_run("validate", "plans/p.pc1", "--against", "source", cwd=tmp_path))
+
+
+def test_validate_plan_against_onnxruntime_source(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = dynamic_model(tmp_path / "dyn.onnx")
+    assert_ok(cli_run("compile", model, "-o", "dyn.pc1", cwd=tmp_path))
+    out = assert_ok(cli_run("validate", "dyn.pc1", "--against", "onnxruntime", "--source",
+                            "dyn.onnx", "--dim", "batch=2", "--dim", "H=3", "--dim", "W=3",
+                            cwd=tmp_path))
+    assert "[2, 5, 3, 3]" in out and "ok:" in out and "(dyn.onnx)" in out
+
+
+def test_validate_help_explains_torch(tmp_path):
+    out = assert_ok(cli_run("validate", "--help", cwd=tmp_path))
+    assert "REBUILT WITH TORCH OPS" in out
+    assert "pyconv1x1.testing.assert_matches_torch" in out
+    assert "--source" in out
+
+
+def test_bench_json(tmp_path):
+    out = assert_ok(cli_run("bench", REDUCE, "--repeat", "5", "--warmup", "1", "--json",
+                            "b.json", "--threads", "1", cwd=tmp_path))
+    assert "wrote b.json" in out
+    import json
+    data = json.loads((tmp_path / "b.json").read_text())
+    stats = data["engines"]["pyconv1x1"]
+    assert stats["runs"] == 5 and len(data["times_ms"]["pyconv1x1"]) == 5
+    assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+    assert data["flops_per_run"] == 6291456 and data["threads"] == 1
+    assert data["inputs"] == {"input": [3, 64, 32, 32]}
+    assert data["peak_rss_bytes"] is None or data["peak_rss_bytes"] > 2 ** 20
+
+
+def test_bench_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = assert_ok(cli_run("bench", REDUCE, "--repeat", "4", "--warmup", "1", "--plot",
+                            "b.png", "--target-ms", "0.5", cwd=tmp_path))
+    assert "wrote b.png" in out
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stats = {"pyconv1x1": {"p10_ms": 1.0, "p50_ms": 2.0, "p90_ms": 4.0},
+             "onnxruntime": {"p10_ms": 2.0, "p50_ms": 3.0, "p90_ms": 3.5}}
+    labels = cli._plot(str(tmp_path / "c.png"), "m.onnx", stats, 3.0, "onnxruntime median")
+    assert "target: onnxruntime median (3 ms)" in labels
+    assert any("error bars: p10 to p90" in label for label in labels)
+
+
+def test_bench_plot_without_matplotlib(tmp_path):
+    fake = tmp_path / "fake"
+    (fake / "matplotlib").mkdir(parents=True)
+    (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('not here')\n")
+    proc = cli_run("bench", REDUCE, "--repeat", "2", "--plot", "b.png", cwd=tmp_path,
+                   env={"PYTHONPATH": os.pathsep.join([str(fake), PACKAGE_PARENT])})
+    line = assert_one_line_error(proc)
+    assert "matplotlib" in line and "pip install 'pyconv1x1[plot]'" in line
+    assert "model:" not in proc.stdout  # refused before timing anything
+
+
+def test_kernels_line_names_variants_the_build_lacks(monkeypatch):
+    from pyconv1x1 import _backend
+
+    class FakeSession:
+        kernel_variant, threads = "v3", 1
+    flags = set(_backend._REQUIRES["v4"]) | set(_backend._REQUIRES["v3"])
+    monkeypatch.setattr(_backend, "_linux_cpu_flags", lambda: flags)
+    monkeypatch.setattr(_backend, "built_variants", lambda: ["v3", "generic"])
+    line = cli._kernels_line(FakeSession())
+    assert "v4 would run on this CPU but is not built" in line and "pip install -v" in line
+    monkeypatch.setattr(_backend, "built_variants", lambda: ["v4", "v3", "generic"])
+    assert "not built" not in cli._kernels_line(FakeSession())
