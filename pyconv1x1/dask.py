@@ -28,7 +28,7 @@ from .session import InferenceSession, _restore
 __all__ = ["predict", "task_threads"]
 
 SESSION_CACHE_SIZE = 4
-_sessions = collections.OrderedDict()  # (model token, threads) -> session, newest last
+_sessions = collections.OrderedDict()  # (digest, isa, threads) -> session, newest last
 
 
 def predict(model, x, *, output=None, threads=None):
@@ -106,9 +106,10 @@ def task_threads(threads=None):
 # --------------------------------------------------------------------------------------
 def _session(spec, threads):
     """This process's session for `spec` at `threads` threads: built once (loading the
-    path, or the plan bytes), then reused by every task of every graph."""
+    path, or the plan bytes), then reused by every task of every graph that runs the
+    same model (the same digest: two sessions of one file share it)."""
     source, isa, digest, token = spec
-    key = (token, threads)
+    key = (digest, isa, threads)
     sess = _sessions.get(key)
     if sess is None:
         sess = _restore(source, threads, isa, digest, token)
