@@ -10,7 +10,7 @@ a dask.distributed cluster), shipping the model once per worker, never once per 
 Install with `pip install "pyconv1x1[dask]"`; `import pyconv1x1` never imports this module.
 """
 import collections
-import os
+import threading
 
 try:
     import dask
@@ -29,6 +29,7 @@ __all__ = ["predict", "task_threads"]
 
 SESSION_CACHE_SIZE = 4
 _sessions = collections.OrderedDict()  # (digest, isa, threads) -> session, newest last
+_sessions_lock = threading.Lock()  # a worker may run several tasks at once
 
 
 def predict(model, x, *, output=None, threads=None):
@@ -110,14 +111,15 @@ def _session(spec, threads):
     same model (the same digest: two sessions of one file share it)."""
     source, isa, digest, token = spec
     key = (digest, isa, threads)
-    sess = _sessions.get(key)
-    if sess is None:
-        sess = _restore(source, threads, isa, digest, token)
-        _sessions[key] = sess
-        while len(_sessions) > SESSION_CACHE_SIZE:
-            _sessions.popitem(last=False)
-    else:
-        _sessions.move_to_end(key)
+    with _sessions_lock:
+        sess = _sessions.get(key)
+        if sess is None:
+            sess = _restore(source, threads, isa, digest, token)
+            _sessions[key] = sess
+            while len(_sessions) > SESSION_CACHE_SIZE:
+                _sessions.popitem(last=False)
+        else:
+            _sessions.move_to_end(key)
     return sess
 
 
@@ -155,6 +157,9 @@ def _as_batches(x, info):
     """x as a float32 dask array of the input's rank, one chunk along every axis but 0."""
     if not isinstance(x, da.Array):
         x = da.asarray(x)
+    if x.ndim < 1 or any(np.isnan(d) for d in x.shape):
+        raise InputError(f"input {info.name!r} needs a known shape with a batch axis, got "
+                         f"{x.shape}")
     if x.dtype != np.float32:
         raise InputError(f"input {info.name!r} has dtype {x.dtype}; expected float32 "
                          f"(no silent casting: use x.astype(np.float32))")
@@ -168,9 +173,6 @@ def _as_batches(x, info):
             if isinstance(want, int) and want != x.shape[axis]:
                 raise InputError(f"input {info.name!r} has shape {list(x.shape)}; dim "
                                  f"{axis} must be {want} (declared {list(decl)})")
-    if x.ndim < 1 or any(np.isnan(d) for d in x.shape):
-        raise InputError(f"input {info.name!r} needs a known shape with a batch axis, got "
-                         f"{x.shape}")
     if any(len(c) > 1 for c in x.chunks[1:]):
         x = x.rechunk({axis: -1 for axis in range(1, x.ndim)})
     return x

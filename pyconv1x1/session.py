@@ -323,6 +323,7 @@ def program_digest(program):
 
 RESTORED_CACHE_SIZE = 4
 _restored = collections.OrderedDict()  # (digest, threads, isa) -> session, newest last
+_lock_restored = _thread.allocate_lock()
 
 
 def _restore(source, threads, isa, digest=None, token=None):
@@ -332,10 +333,11 @@ def _restore(source, threads, isa, digest=None, token=None):
     shipped with every task loads its model once per process."""
     key = (digest, threads, isa)
     if isinstance(source, str) and digest is not None:
-        sess = _restored.get(key)
-        if sess is not None and sess._threads_arg == threads:
-            _restored.move_to_end(key)
-            return sess
+        with _lock_restored:
+            sess = _restored.get(key)
+            if sess is not None and sess._threads_arg == threads:
+                _restored.move_to_end(key)
+                return sess
     try:
         sess = InferenceSession(source, threads=threads, isa=isa)
     except ModelError as exc:
@@ -360,6 +362,3 @@ def _restore(source, threads, isa, digest=None, token=None):
     sess._digest = digest if digest is not None else sess._digest
     sess._token = token
     return sess
-
-
-_lock_restored = _thread.allocate_lock()
