@@ -16,8 +16,8 @@ try:
     import dask
     import dask.array as da
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(f"pyconv1x1.dask needs Dask: pip install \"pyconv1x1[dask]\" "
-                      f"({exc})") from None
+    raise type(exc)(f"pyconv1x1.dask needs Dask: pip install \"pyconv1x1[dask]\" "
+                    f"({exc})", name=exc.name) from None
 
 import numpy as np
 

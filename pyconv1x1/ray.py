@@ -13,8 +13,8 @@ Install with `pip install "pyconv1x1[ray]"`; `import pyconv1x1` never imports th
 try:
     import ray
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(f"pyconv1x1.ray needs Ray Data: pip install \"pyconv1x1[ray]\" "
-                      f"({exc})") from None
+    raise type(exc)(f"pyconv1x1.ray needs Ray Data: pip install \"pyconv1x1[ray]\" "
+                    f"({exc})", name=exc.name) from None
 
 import numpy as np
 

@@ -141,7 +141,8 @@ def test_model_digest_is_computed_once_and_names_the_model(model_path, monkeypat
 def test_dask_token_touches_no_weights(model_path, monkeypatch):
     """The token is drawn once: it neither hashes the program nor pickles the session
     (Dask's fallback for unknown objects), and pickled copies keep it."""
-    tokenize = pytest.importorskip("dask.base", reason="needs the [dask] extra").tokenize
+    tokenize = pytest.importorskip("dask.base", reason="needs the [dask] extra: pip "
+                                   "install \"pyconv1x1[dask]\"").tokenize
     sess = InferenceSession(model_path)
     clone = pickle.loads(pickle.dumps(sess))
 
