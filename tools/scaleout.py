@@ -26,9 +26,11 @@ CPU time per input sums user + system time of every process that ran the model (
 loop's process, the Dask workers, the Ray actors; not Dask's scheduler nor Ray's driver
 and daemons); equal figures for 1 and 2 workers mean no oversubscription (2 workers x 1
 thread on 2 cores). The machine is shared and noisy, so each engine runs --repeat
-rounds, each timing 1 and 2 workers back to back (alternating which goes first): the
-table gives the best round's inputs/s, the median over rounds of the 2 / 1 ratio of
-runs made side by side, and the median CPU time.
+rounds, each timing 1 and 2 workers back to back (alternating which goes first), and
+measures how many cores other processes kept busy meanwhile (/proc/stat minus this
+tool's process tree): the table gives the best run's inputs/s, the 2 / 1 ratio of the
+round with the least such load (the median over rounds beside it), and the median CPU
+time.
 
 Shipping a session, on the same model with 1-image tasks:
 * pickling costs per task: a session made from a path (pickled as its path and digest,
@@ -223,26 +225,65 @@ class Ray:
         self.ray.shutdown()
 
 
+def _machine_busy_seconds():
+    """CPU seconds the whole machine has spent busy (incl. steal), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _, _, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _our_seconds():
+    """CPU seconds of this process and all its descendants (workers, actors, daemons)."""
+    import psutil
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me] + me.children(recursive=True):
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measured(runner, k):
+    """runner.measure(k), plus the cores that other processes kept busy meanwhile."""
+    busy0, ours0, t0 = _machine_busy_seconds(), _our_seconds(), time.perf_counter()
+    result = runner.measure(k)
+    busy1, ours1, wall = _machine_busy_seconds(), _our_seconds(), time.perf_counter() - t0
+    result["others"] = (None if busy0 is None
+                        else max(0.0, (busy1 - busy0) - (ours1 - ours0)) / wall)
+    return result
+
+
 def rounds(runner, n, count, reference):
-    """`count` rounds of (1, 2) or (2, 1) alternately: the best of each, and the median
-    over rounds of the 2 / 1 throughput ratio of runs made side by side."""
-    runs, ratios = {1: [], 2: []}, []
+    """`count` rounds of (1, 2) or (2, 1) alternately. For the table: the best run of
+    each, and the 2 / 1 throughput ratio of the round in which other processes took the
+    least CPU (the median over rounds beside it)."""
+    runs, ratios, noise = {1: [], 2: []}, [], []
     for i in range(count):
         got = {}
         for k in ((1, 2) if i % 2 == 0 else (2, 1)):
-            got[k] = runner.measure(k)
+            got[k] = measured(runner, k)
             if reference is not None and got[k]["out"] is not None:
                 assert np.array_equal(got[k]["out"], reference), f"{runner.engine} differs"
             runs[k].append(got[k])
         ratios.append(got[1]["wall"] / got[2]["wall"])
+        noise.append(max(got[k]["others"] or 0.0 for k in (1, 2)))
         print(f"  {runner.engine} round {i + 1}: " + ", ".join(
             f"{runner.label(k)} {n / got[k]['wall']:.1f}/s" for k in (1, 2)) +
-            f", ratio {ratios[-1]:.2f}", flush=True)
+            f", ratio {ratios[-1]:.2f}; other processes used up to {noise[-1]:.2f} cores",
+            flush=True)
+    quiet = min(range(count), key=noise.__getitem__)
     result = []
     for k in (1, 2):
         best = min(runs[k], key=lambda r: r["wall"])
         best["cpu_median"] = statistics.median(r["cpu"] for r in runs[k])
-        best["ratio"] = statistics.median(ratios) if k == 2 else 1.0
+        best["ratio"] = (ratios[quiet], statistics.median(ratios), noise[quiet]) \
+            if k == 2 else None
         result.append((runner.engine, runner.label(k), best))
     return result
 
@@ -354,16 +395,19 @@ def main(argv=None):
         finally:
             runner.close()
 
-    print(f"\nload average {os.getloadavg()[0]:.2f} after the throughput runs (other "
-          f"processes on these CPUs lower the 2 / 1 ratios; the 1-process 2-thread ratio "
-          f"shows how much of a second core was free)")
-    header = ["engine", "workers", "inputs/s (best)", "vs 1 process", "2 / 1 (median)",
-              "CPU ms / input", "end-to-end s"]
+    print(f"\nload average {os.getloadavg()[0]:.2f} after the throughput runs; \"others' "
+          f"cores\": CPU that processes outside this tool took during the quietest round "
+          f"(they lower the 2 / 1 ratios)")
+    header = ["engine", "workers", "inputs/s (best)", "vs 1 process",
+              "2 / 1 quietest round (median)", "others' cores then", "CPU ms / input",
+              "end-to-end s"]
     table = []
     for engine, workers, r in rows:
         rate = n / r["wall"]
+        ratio = r["ratio"]
         table.append([engine, workers, f"{rate:.1f}", f"{rate * base['wall'] / n:.2f}",
-                      f"{r['ratio']:.2f}" if r["ratio"] != 1.0 else "",
+                      f"{ratio[0]:.2f} ({ratio[1]:.2f})" if ratio else "",
+                      f"{ratio[2]:.2f}" if ratio else "",
                       f"{r['cpu_median'] / n * 1e3:.1f}", f"{r['e2e']:.2f}"])
     _print_table(header, table, args.markdown)
 
