@@ -48,6 +48,7 @@ import argparse
 import logging
 import os
 import pickle
+import shutil
 import statistics
 import sys
 import tempfile
@@ -373,6 +374,13 @@ def main(argv=None):
         p for p in (PKG_ROOT, os.environ.get("PYTHONPATH", "")) if p)
 
     tmp = tempfile.mkdtemp(prefix="pyconv1x1-scaleout-")
+    try:
+        _main(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the .npy stack: --inputs x 400 KB
+
+
+def _main(args, tmp):
     path = os.path.join(tmp, "model.onnx")
     size = build_model(path)
     n, batch = args.inputs, args.batch
