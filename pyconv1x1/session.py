@@ -2,6 +2,7 @@
 import _thread
 import collections
 import os
+import stat
 import time
 
 import numpy as np
@@ -79,6 +80,7 @@ class InferenceSession(SessionBase):
             sess_options, providers, provider_options, threads, kwargs)
         self._sess_options = options
         self._threads_arg, self._isa_arg = threads, isa
+        self._source = _source_of(path_or_bytes)  # (path, stat) before loading: see __reduce__
         self.threads = resolve_threads(threads)
         self._program = _load_program(path_or_bytes, base_dir)
         self._kernels = _backend.kernels(isa)
@@ -107,6 +109,7 @@ class InferenceSession(SessionBase):
             self._profiler = ort_api.Profiler(
                 getattr(options, "profile_file_prefix", "onnxruntime_profile_"), load_start)
             self._profiler.record("session_initialization", load_start)
+        self._digest = self._token = None  # computed on first pickle / tokenize
 
     # -- onnxruntime-compatible surface ----------------------------------------------
     def get_inputs(self):
@@ -188,6 +191,25 @@ class InferenceSession(SessionBase):
     def program(self):
         return self._program
 
+    @property
+    def threads(self):
+        """Threads a run uses (settable: None resolves as in the constructor). Set it
+        between runs: a run in flight finishes with the count it started with."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, value):
+        count = resolve_threads(value)
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # in the constructor
+            self._threads = count
+            return
+        with lock:  # shape plans fix their thread count: drop them
+            self._threads = count
+            self._threads_arg = value
+            self._plans.clear()
+            self._fast_chain = None
+
     def _run(self, output_names, input_feed, run_options=None):
         """Run the model. output_names: None or [] for all. Returns new float32 arrays.
 
@@ -257,11 +279,34 @@ class InferenceSession(SessionBase):
                 "input_shapes": {k: list(v.shape) for k, v in feeds.items()}})
 
     def __reduce__(self):
-        """Pickle as a compiled plan (bytes): unpickling needs numpy only, so sessions
-        travel to multiprocessing / concurrent.futures / Dask / Ray workers."""
-        from . import planfile
+        """Pickle small: a session made from a model file that is still the one it
+        loaded (same size, mtime and inode) pickles as that file's absolute path plus
+        the digest of the loaded model; the unpickler loads the path and raises
+        ModelError if the digest differs. Any other session pickles as a compiled plan
+        (bytes; unpickling needs numpy only). Either way the thread count travels as
+        given (None resolves on the receiver) and the kernel variant is chosen there
+        unless `isa` was given."""
+        args = (self._threads_arg, self._isa_arg, self._model_digest(),
+                self.__dask_tokenize__())
+        if self._source is not None and _stat_key(self._source[0]) == self._source[1]:
+            return (_restore, (self._source[0],) + args)
         data = planfile.dumps(self._program, self._kernels.MAX_BLOCK_ROWS)
-        return (_restore, (data, self._threads_arg, self._isa_arg))
+        return (_restore, (data,) + args)
+
+    def __dask_tokenize__(self):
+        """Dask's name for this session: random, drawn once per session and kept by its
+        pickled copies, so Dask never hashes (or pickles) the weights to name a task."""
+        if self._token is None:
+            self._token = f"pyconv1x1.InferenceSession-{os.urandom(16).hex()}"
+        return self._token
+
+    def _model_digest(self):
+        """BLAKE2b of the loaded program (structure and folded weights): one pass over
+        the weights on the first pickle, then cached. It names the model, not the file,
+        so it covers external data files and does not depend on the kernel variant."""
+        if self._digest is None:
+            self._digest = program_digest(self._program)
+        return self._digest
 
     # -- validation ------------------------------------------------------------------
     def _check_output_names(self, output_names):
@@ -389,3 +434,96 @@ def _write_optimized(session, model, path):
     except OSError as exc:
         raise Error(f"cannot write optimized_model_filepath {path!r}: "
                     f"{exc.strerror or exc}") from None
+def _source_of(model):
+    """(absolute path, stat key) of a model given as a path to a regular file, else None."""
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    try:
+        path = os.path.abspath(os.fspath(model))
+    except (TypeError, ValueError):
+        return None
+    key = _stat_key(path)
+    return None if key is None else (path, key)
+
+
+def _stat_key(path):
+    """What changes when a file is rewritten or replaced: size, mtime, inode, device."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.R_OK):
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def program_digest(program):
+    """Hex BLAKE2b of a Program: every record's type and fields, arrays by dtype, shape
+    and bytes. Equal programs (the same model loaded anywhere) give equal digests."""
+    import hashlib
+    h = hashlib.blake2b(digest_size=20)
+
+    def walk(value):
+        if isinstance(value, np.ndarray):
+            arr = np.ascontiguousarray(value)
+            h.update(f"<{arr.dtype.str}{arr.shape}>".encode())
+            h.update(memoryview(arr).cast("B"))
+        elif isinstance(value, (list, tuple)):
+            h.update(f"[{len(value)}".encode())
+            for item in value:
+                walk(item)
+            h.update(b"]")
+        elif hasattr(type(value), "__slots__") and not isinstance(value, (str, bytes)):
+            h.update(f"{type(value).__name__}(".encode())
+            for key in type(value).__slots__:
+                h.update(key.encode() + b"=")
+                walk(getattr(value, key))
+            h.update(b")")
+        else:
+            h.update(f"{type(value).__name__}:{value!r};".encode())
+
+    walk(program)
+    return h.hexdigest()
+
+
+RESTORED_CACHE_SIZE = 4
+_restored = collections.OrderedDict()  # (digest, threads, isa) -> session, newest last
+_lock_restored = _thread.allocate_lock()
+
+
+def _restore(source, threads, isa, digest=None, token=None):
+    """Unpickle a session: `source` is a model path or compiled plan bytes. A path
+    session already restored in this process with the same digest, thread and kernel
+    arguments is returned again (the last RESTORED_CACHE_SIZE are kept), so a session
+    shipped with every task loads its model once per process."""
+    key = (digest, threads, isa)
+    if isinstance(source, str) and digest is not None:
+        with _lock_restored:
+            sess = _restored.get(key)
+            if sess is not None and sess._threads_arg == threads:
+                _restored.move_to_end(key)
+                return sess
+    try:
+        sess = InferenceSession(source, threads=threads, isa=isa)
+    except ModelError as exc:
+        if not isinstance(source, str):
+            raise
+        raise ModelError(f"cannot unpickle the session of {source!r} here: {exc} (a "
+                         f"session pickles as its model's path: the file must be readable "
+                         f"at that path on every worker; a session made from the model's "
+                         f"bytes pickles as a compiled plan instead)") from None
+    if digest is not None and isinstance(source, str):
+        got = sess._model_digest()
+        if got != digest:
+            raise ModelError(f"cannot unpickle the session of {source!r}: the file here "
+                             f"holds a different model than the one the session loaded "
+                             f"(digest {got[:12]}... != {digest[:12]}...): it was rewritten, "
+                             f"differs on this machine, or another pyconv1x1 version "
+                             f"loaded it")
+        with _lock_restored:
+            _restored[key] = sess
+            while len(_restored) > RESTORED_CACHE_SIZE:
+                _restored.popitem(last=False)
+    sess._digest = digest if digest is not None else sess._digest
+    sess._token = token
+    return sess
