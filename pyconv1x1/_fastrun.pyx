@@ -28,7 +28,8 @@ cdef class SessionBase:
         # chain, and its plan may be evicted, while this one runs without the GIL
         cdef DirectChain chain = self._fast_chain
         cdef object y
-        if (chain is not None and type(input_feed) is dict and len(<dict>input_feed) == 1
+        if (chain is not None and run_options is None and type(input_feed) is dict
+                and len(<dict>input_feed) == 1
                 and (output_names is None
                      or (type(output_names) is list and not output_names))):
             try:
