@@ -150,7 +150,7 @@ info=$(qemu "$PY_ARM" -m pyconv1x1 info models/embed_64to32_relu_dynamo.onnx) \
     || die "pyconv1x1 info"
 echo "$info" | grep -E "^kernels:|variant" >&2 || true
 echo "$info" | grep -q "kernels: neon" || die "pyconv1x1 info does not name the neon variant"
-[ $# -gt 0 ] || set -- -q "${DEFAULT_TESTS[@]}"
+[ $# -gt 0 ] || set -- -q -rs "${DEFAULT_TESTS[@]}"
 rc=0
 qemu "$PY_ARM" -m pytest -p no:cacheprovider "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
