@@ -518,6 +518,22 @@ def test_subnormal_weights_and_inputs(kern):
     assert v[0] != 0.0
 
 
+def test_flush_to_zero_is_on_in_every_thread(kern):
+    """y = 1 * x + 0 on subnormal x is exactly 0 (x86 MXCSR DAZ/FTZ, aarch64 FPCR.FZ):
+    a subnormal reaching the output would mean the kernels ran without the mode, on
+    the calling thread or on a pool worker; afterwards the caller's mode is back."""
+    tiny = np.float32(1e-40)
+    layer = make_layer(np.random.default_rng(11), 1, 1)
+    layer.weight = np.ones_like(layer.weight)
+    layer.bias = np.zeros_like(layer.bias)
+    x = np.full((2, 1, 16, 4 * kern.PANEL_WIDTH + 3), tiny, np.float32)
+    chain = make_chain(kern, [layer])
+    for t in (1, 3):
+        y = run_chain(kern, chain, [layer], x, [None], t, tile=kern.PANEL_WIDTH)
+        assert not y.any(), f"threads={t}: {np.count_nonzero(y)} subnormals not flushed"
+    assert (x * np.float32(1.0) == tiny).all()  # numpy's (this thread's) mode restored
+
+
 # ----------------------------------------------------------------------------------
 # element-wise kernels
 # ----------------------------------------------------------------------------------
