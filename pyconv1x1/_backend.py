@@ -1,18 +1,16 @@
 """Pick the kernel build for this CPU at import: x86-64-v4 (AVX-512), x86-64-v3 (AVX2 +
-FMA) or the generic baseline. PYCONV1X1_ISA=generic|v3|v4 forces one (tests use it)."""
+FMA), aarch64 NEON or the generic baseline (the table: _variants.py).
+PYCONV1X1_ISA=generic|v3|v4|neon forces one (tests use it)."""
 import functools
 import importlib
 import importlib.machinery
 import os
+import platform
 
+from ._variants import AARCH64_FEATURES, ORDER as _ORDER, VARIANTS, normalize_machine
 from .errors import Error
 
-_ORDER = ("v4", "v3", "generic")
-_REQUIRES = {
-    "v4": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd", "avx2", "fma"),
-    "v3": ("avx2", "fma", "bmi2"),
-    "generic": (),
-}
+_REQUIRES = {name: row["requires"] for name, row in VARIANTS.items()}
 _loaded = {}
 
 
@@ -35,16 +33,36 @@ def built_variants():
             if any(f"_kernels_{name}{suffix}" in files for suffix in suffixes)]
 
 
-def _linux_cpu_flags():
-    """CPU flags the kernel reports (it hides those the OS does not enable), or None."""
+def _machine():
+    return normalize_machine(platform.machine())
+
+
+def _linux_cpu_flags(path="/proc/cpuinfo"):
+    """CPU flags the kernel reports (it hides those the OS does not enable), or None:
+    the `flags` line of /proc/cpuinfo on x86, `Features` on aarch64. None when the line
+    is not there (qemu-user shows the host's /proc/cpuinfo): then the kernels ask the
+    CPU (x86 cpuid, aarch64 getauxval(AT_HWCAP))."""
+    key = "Features" if _machine() == "aarch64" else "flags"
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == key:
+                    return set(value.split())
     except OSError:
         pass
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_features():
+    """The aarch64 features recorded for the variants (asimd, asimddp, bf16, i8mm, sve)
+    -> whether this CPU has them; {} on other machines."""
+    if _machine() != "aarch64" or "generic" not in built_variants():
+        return {}
+    flags = _linux_cpu_flags()
+    has = flags.__contains__ if flags is not None else _import("generic").cpu_has
+    return {f: bool(has(f)) for f in AARCH64_FEATURES}
 
 
 @functools.lru_cache(maxsize=None)

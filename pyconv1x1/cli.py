@@ -11,16 +11,13 @@ import re
 import sys
 import time
 
+from ._variants import VARIANTS as _VARIANTS
 from .errors import Error, UnsupportedError
 
 PROG = "pyconv1x1"
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
-VARIANT_DESCRIPTIONS = {
-    "v4": "x86-64-v4, AVX-512",
-    "v3": "x86-64-v3, AVX2+FMA",
-    "generic": "baseline x86-64 / portable build",
-}
+VARIANT_DESCRIPTIONS = {name: row["description"] for name, row in _VARIANTS.items()}
 
 
 class CliError(Exception):

@@ -184,7 +184,8 @@ class InferenceSession(SessionBase):
 
     @property
     def kernel_variant(self):
-        """Which compiled kernel build runs: 'v4' (AVX-512), 'v3' (AVX2+FMA), 'generic'."""
+        """Which compiled kernel build runs: 'v4' (AVX-512), 'v3' (AVX2+FMA), 'neon'
+        (aarch64), 'generic'."""
         return self._kernels.VARIANT
 
     @property

@@ -3,6 +3,7 @@ references (onnx's ReferenceEvaluator, onnxruntime), and a float64 numpy referen
 1x1 convolution."""
 import importlib.util
 import os
+import platform
 import sys
 
 import numpy as np
@@ -35,6 +36,17 @@ def _prefer_built_package():
 
 
 _prefer_built_package()
+
+# an aarch64 run under qemu-user emulation (tools/aarch64.sh sets PYCONV1X1_EMULATED=1)
+EMULATED = (platform.machine() == "aarch64"
+            and os.environ.get("PYCONV1X1_EMULATED") == "1")
+# tests that start a child Python: under emulation sys.executable is an arm64 binary
+# that the x86-64 host cannot exec (no binfmt handler is registered, on purpose: they
+# are machine-wide); these run natively, on x86-64 and on a real aarch64 machine
+native_only = pytest.mark.skipif(
+    EMULATED, reason="starts a child Python (sys.executable): under qemu-user emulation "
+    "(tools/aarch64.sh) that arm64 binary cannot be exec'd by the x86-64 host without a "
+    "binfmt handler; runs in every native run")
 
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402

@@ -11,7 +11,8 @@ import onnx
 import pytest
 from onnx import helper
 
-from conftest import MODELS, assert_close, conv_node, make_model, rnd, run_ort
+from conftest import (MODELS, assert_close, conv_node, make_model, native_only, rnd,
+                      run_ort)
 import pyconv1x1
 from pyconv1x1 import Error, InferenceSession, InputError
 
@@ -304,6 +305,7 @@ def test_errors_hierarchy():
     assert pyconv1x1.NodeArg is not None
 
 
+@native_only
 def test_import_is_light(tmp_path):
     code = ("import sys, pyconv1x1\n"
             "assert 'onnx' not in sys.modules, 'onnx'\n"

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from conftest import act_ref, assert_close, conv1x1_ref
-from pyconv1x1 import _backend, plan
+from conftest import EMULATED, act_ref, assert_close, conv1x1_ref
+from pyconv1x1 import _backend, _variants, plan
 from pyconv1x1.program import (RES_AFTER_ACT, RES_BEFORE_ACT, RES_NONE, Activation,
                                ChainStep, ConvLayer, Program)
 from pyconv1x1.ir import ValueInfo
@@ -166,7 +166,9 @@ def check_chain(kern, rng, layers, x, tiles=(None,), what=""):
 # the module's constants
 # ----------------------------------------------------------------------------------
 def test_variants_are_consistent(kern):
-    assert kern.VARIANT in ("generic", "v3", "v4")
+    assert kern.VARIANT in _variants.VARIANTS
+    lanes, nv, mr_max = _variants.VARIANTS[kern.VARIANT]["shape"]
+    assert (kern.PANEL_WIDTH, kern.MAX_BLOCK_ROWS) == (lanes * nv, mr_max)
     assert kern.PANEL_WIDTH >= 8 and kern.PANEL_WIDTH % 8 == 0
     assert 1 <= kern.MAX_BLOCK_ROWS <= 16
     names = kern.kernel_names()
@@ -174,6 +176,117 @@ def test_variants_are_consistent(kern):
     assert all(kern.VARIANT in n and f"x{kern.PANEL_WIDTH}_" in n for n in names)
     assert "generic" in _backend.built_variants()
     assert "generic" in VARIANTS
+
+
+CPUINFO_AARCH64 = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
+CPU implementer\t: 0x41
+"""
+CPUINFO_X86 = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu vme sse sse2 avx avx2 fma bmi2
+vmx flags\t: vnmi
+"""
+
+
+def test_cpu_flags_come_from_the_architectures_line(tmp_path, monkeypatch):
+    """aarch64 reads `Features`, x86-64 `flags`; no such line (qemu-user shows the host's
+    /proc/cpuinfo) means "ask the CPU" (None), never another architecture's flags."""
+    arm, x86 = tmp_path / "arm", tmp_path / "x86"
+    arm.write_text(CPUINFO_AARCH64)
+    x86.write_text(CPUINFO_X86)
+    monkeypatch.setattr(_backend, "_machine", lambda: "aarch64")
+    flags = _backend._linux_cpu_flags(str(arm))
+    assert {"asimd", "asimddp", "fp"} <= flags and "vnmi" not in flags
+    assert _backend._linux_cpu_flags(str(x86)) is None
+    monkeypatch.setattr(_backend, "_machine", lambda: "x86_64")
+    assert _backend._linux_cpu_flags(str(x86)) == {"fpu", "vme", "sse", "sse2", "avx",
+                                                   "avx2", "fma", "bmi2"}
+    assert _backend._linux_cpu_flags(str(arm)) is None
+    assert _backend._linux_cpu_flags(str(tmp_path / "missing")) is None
+
+
+def test_a_missing_cpu_feature_falls_back_to_generic(monkeypatch):
+    """A variant whose features the CPU lacks is never chosen (never an illegal
+    instruction); with every feature each built variant runs."""
+    built = _backend.built_variants()
+    monkeypatch.setattr(_backend, "_linux_cpu_flags", lambda: set())
+    assert _backend.runnable_variants.__wrapped__() == ("generic",)
+    every = {f for name in built for f in _backend._REQUIRES[name]}
+    monkeypatch.setattr(_backend, "_linux_cpu_flags", lambda: every)
+    assert _backend.runnable_variants.__wrapped__() == tuple(built)
+    for name in built:  # one feature short: that variant drops out, generic stays
+        for feature in _backend._REQUIRES[name]:
+            monkeypatch.setattr(_backend, "_linux_cpu_flags",
+                                lambda f=feature: every - {f})
+            runnable = _backend.runnable_variants.__wrapped__()
+            assert name not in runnable and "generic" in runnable
+
+
+def test_this_machines_variants_and_features():
+    """The variants built here are the table's for this machine; aarch64 records its
+    features (asimd is architectural on Linux/AArch64) and runs the neon variant."""
+    machine = _backend._machine()
+    expected = [name for name in _variants.ORDER
+                if _variants.VARIANTS[name]["arch"] in (None, machine)]
+    assert set(_backend.built_variants()) <= set(expected)
+    features = _backend.cpu_features()
+    if machine == "aarch64":
+        assert set(features) == set(_variants.AARCH64_FEATURES)
+        assert features["asimd"] is True
+        assert _backend.built_variants() == expected
+        assert _backend.runnable_variants()[0] == "neon"
+        assert KERNELS["neon"].cpu_has("asimd") and not KERNELS["neon"].cpu_has("avx2")
+    else:
+        assert features == {}
+        assert not KERNELS["generic"].cpu_has("asimd")
+
+
+def _fuses_multiply_add(name):
+    """Variants whose a + w * x is one rounding: all but the x86-64 baseline (SSE2)."""
+    return not (name == "generic" and _backend._machine() == "x86_64")
+
+
+def test_variants_with_the_same_summation_order_agree_bitwise():
+    """Every variant sums each output over k in the same order (reduction chunks
+    included), so variants that all fuse the multiply-add give bitwise the same result
+    whatever their tile (neon vs generic on aarch64, v3 vs v4 on x86-64)."""
+    names = [n for n in VARIANTS if _fuses_multiply_add(n)]
+    if len(names) < 2:
+        pytest.skip(f"one variant with fused multiply-add runs here: {names}")
+    rng = np.random.default_rng(21)
+    for cin, cout, hw, act in ((3, 5, (7, 9), "relu"), (37, 13, (11, 13), "leaky_clip"),
+                               (300, 7, (5, 31), "clip")):
+        layers = [make_layer(rng, cin, cout, act=EPILOGUES[act]),
+                  make_layer(rng, cout, 6, act=EPILOGUES["relu6"])]
+        x = rng.standard_normal((2, cin) + hw).astype(np.float32)
+        x[0, 0, 0, :3] = (np.nan, -0.0, np.inf)
+        outs = {}
+        for name in names:
+            kern = KERNELS[name]
+            outs[name] = run_chain(kern, make_chain(kern, layers), layers, x,
+                                   [None, None], 2)
+        first = names[0]
+        for name in names[1:]:
+            assert np.array_equal(outs[name], outs[first], equal_nan=True), (
+                f"{name} differs from {first}: cin={cin} cout={cout} {hw} {act}")
+            assert np.array_equal(np.signbit(outs[name]), np.signbit(outs[first]))
+
+
+def test_relu_keeps_negative_zero_and_nan_like_x86(kern):
+    """max(0, v) returns v when v is -0 or NaN (x86 maxps with the bound first; aarch64
+    fmax would give +0): every variant gives the same bits on every machine."""
+    rng = np.random.default_rng(22)
+    layer = make_layer(rng, 1, 1, act=EPILOGUES["relu"])
+    layer.weight = np.ones_like(layer.weight)
+    layer.bias = np.full_like(layer.bias, -0.0)  # -0 + -0 * 1 stays -0
+    x = np.array([-0.0, np.nan, -1.0, 2.0, -np.inf, np.inf] * 3, np.float32)
+    x = x.reshape(1, 1, 1, -1)
+    y = run_chain(kern, make_chain(kern, [layer]), [layer], x, [None], 1).ravel()
+    ref = np.array([-0.0, np.nan, 0.0, 2.0, 0.0, np.inf] * 3, np.float32)
+    assert np.array_equal(y, ref, equal_nan=True)
+    assert np.array_equal(np.signbit(y), np.signbit(ref))
 
 
 def test_forced_variant_that_cannot_run_is_an_error():
@@ -245,8 +358,8 @@ def test_epilogues(kern, epilogue, res_mode):
     x = rng.standard_normal((2, 17) + image(2 * kern.PANEL_WIDTH + 3)).astype(np.float32)
     y = check_chain(kern, rng, [layer], x, what=epilogue)
     a = EPILOGUES[epilogue]
-    if res_mode != RES_AFTER_ACT:
-        assert y.min() >= a.lo and y.max() <= a.hi
+    if res_mode != RES_AFTER_ACT:  # the kernels clamp to the float32 bounds
+        assert y.min() >= np.float32(a.lo) and y.max() <= np.float32(a.hi)
 
 
 def test_nan_and_inf_pass_through_the_epilogue(kern):
@@ -403,6 +516,22 @@ def test_subnormal_weights_and_inputs(kern):
     # the caller's floating-point mode is restored: numpy still produces subnormals
     v = np.array([1e-38], np.float32) / np.float32(1000.0)
     assert v[0] != 0.0
+
+
+def test_flush_to_zero_is_on_in_every_thread(kern):
+    """y = 1 * x + 0 on subnormal x is exactly 0 (x86 MXCSR DAZ/FTZ, aarch64 FPCR.FZ):
+    a subnormal reaching the output would mean the kernels ran without the mode, on
+    the calling thread or on a pool worker; afterwards the caller's mode is back."""
+    tiny = np.float32(1e-40)
+    layer = make_layer(np.random.default_rng(11), 1, 1)
+    layer.weight = np.ones_like(layer.weight)
+    layer.bias = np.zeros_like(layer.bias)
+    x = np.full((2, 1, 16, 4 * kern.PANEL_WIDTH + 3), tiny, np.float32)
+    chain = make_chain(kern, [layer])
+    for t in (1, 3):
+        y = run_chain(kern, chain, [layer], x, [None], t, tile=kern.PANEL_WIDTH)
+        assert not y.any(), f"threads={t}: {np.count_nonzero(y)} subnormals not flushed"
+    assert (x * np.float32(1.0) == tiny).all()  # numpy's (this thread's) mode restored
 
 
 # ----------------------------------------------------------------------------------
@@ -568,6 +697,10 @@ def test_strides_and_pads_on_large_images(tmp_path):
     import subprocess
     import sys
     import pyconv1x1
+    if EMULATED:  # qemu-user cannot start a child arm64 Python: the same checks in-process
+        problems = check_large_geometries()
+        assert not problems, "\n".join(problems)
+        return
     tests = os.path.dirname(os.path.abspath(__file__))
     code = ("import sys\n"
             f"sys.path[:0] = [{tests!r}]\n"

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import native_only
 import pyconv1x1
 from pyconv1x1.testing import compare_outputs
 
@@ -156,6 +157,7 @@ def test_compare_outputs_all_zero_reference_and_atol():
         compare_outputs([zero], [zero, zero])
 
 
+@native_only
 def test_testing_module_imports_without_torch(tmp_path):
     # pyconv1x1.testing loads torch only inside its functions
     code = ("import sys; sys.modules['torch'] = None\n"

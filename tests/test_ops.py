@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import (NEWEST_OPSET, assert_close, conv_node, make_model, run_ort,
@@ -16,8 +17,29 @@ from pyconv1x1 import InferenceSession, UnsupportedError
 F = np.float32
 
 
+# onnx < 1.23's ReferenceEvaluator gets a Conv with auto_pad and strides > 1 wrong (a
+# wrong output shape, or "index can't contain negative values" from its im2col). The
+# emulated aarch64 run (tools/aarch64.sh) has onnx 1.19, the newest whose aarch64 wheels
+# run on Debian 12's numpy; there onnxruntime alone checks those convs.
+OLD_ONNX_REFERENCE = tuple(int(p) for p in onnx.__version__.split(".")[:2]) < (1, 23)
+
+
+def _reference_mishandles(model):
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        pad = attrs.get("auto_pad", b"NOTSET")
+        if pad not in (b"NOTSET", "NOTSET") and any(s > 1 for s in attrs.get("strides", [])):
+            return True
+    return False
+
+
 def check(model, feeds, ort=True, ref=True, rtol=1e-5, threads=(1, 2)):
     """Run here at each thread count and compare with the references; returns ours."""
+    if ref and OLD_ONNX_REFERENCE and _reference_mishandles(model):
+        assert ort, "no reference left to check this model against"
+        ref = False
     first = None
     for t in threads:
         sess = InferenceSession(model, threads=t)
