@@ -5,6 +5,7 @@ import importlib.util
 import os
 import platform
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -164,6 +165,11 @@ def run_ort(model, feeds):
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
+
+
+# cwd of test subprocesses and cluster workers: never the repository root, whose source
+# tree (without compiled kernels in a fresh clone) would shadow the installed package
+NEUTRAL_CWD = tempfile.gettempdir()
 
 
 def load_tool(name):

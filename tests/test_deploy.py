@@ -97,7 +97,8 @@ def test_plan_file_changed_under_a_live_session(tmp_path, how):
     out = tmp_path / "m.pc1"
     planfile.compile_model(_residual_model().SerializeToString(), out)
     proc = subprocess.run([sys.executable, "-c", _LIVE_PLAN, str(out), how],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+                          capture_output=True, text=True, env=ENV, timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", \
         (proc.returncode, proc.stderr[-2000:])
 

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from conftest import MODELS, conv_node, make_model, rnd
+from conftest import MODELS, NEUTRAL_CWD, conv_node, make_model, rnd
 import pyconv1x1
 from pyconv1x1 import Error, InputError, UnsupportedError
 
@@ -377,4 +377,4 @@ def test_api_objects_load_lazily():
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(pyconv1x1.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=NEUTRAL_CWD)

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from conftest import conv_node, make_model, rnd
+from conftest import NEUTRAL_CWD, conv_node, make_model, rnd
 import pyconv1x1
 from pyconv1x1 import InferenceSession, ModelError, session as session_mod
 
@@ -182,7 +182,7 @@ def test_threads_none_travels_unresolved(model_path):
     code = ("import pickle, sys; s = pickle.loads(sys.stdin.buffer.read()); "
             "print(s.threads)")
     out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True,
-                         env=dict(ENV, OMP_NUM_THREADS="3"), check=True)
+                         env=dict(ENV, OMP_NUM_THREADS="3"), check=True, cwd=NEUTRAL_CWD)
     assert out.stdout.decode().strip() == "3"
 
 
@@ -196,7 +196,7 @@ def test_package_import_loads_neither_dask_nor_ray(model_path):
             "bad = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', "
             "'ray', 'pyarrow', 'pandas')]\n"
             "assert not bad, bad\n")
-    subprocess.run([sys.executable, "-c", code], env=ENV, check=True)
+    subprocess.run([sys.executable, "-c", code], env=ENV, check=True, cwd=NEUTRAL_CWD)
 
 
 @pytest.mark.parametrize("module,extra", [("dask", "dask"), ("ray", "ray")])
@@ -207,7 +207,7 @@ def test_missing_extra_names_it(module, extra):
             "except ImportError as exc:\n"
             "    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True,
-                         check=True).stdout.decode()
+                         check=True, cwd=NEUTRAL_CWD).stdout.decode()
     assert f'pip install "pyconv1x1[{extra}]"' in out
 
 
@@ -381,9 +381,14 @@ def ray_data():
                               "pip install \"pyconv1x1[ray]\"")
     data = pytest.importorskip("ray.data", reason="needs the [ray] extra: "
                                "pip install \"pyconv1x1[ray]\"")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=128 << 20, logging_level=logging.ERROR,
-             runtime_env={"env_vars": {"PYTHONPATH": PKG_ROOT}})
+    here = os.getcwd()
+    os.chdir(NEUTRAL_CWD)  # Ray puts the driver's cwd first on its workers' sys.path
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=128 << 20, logging_level=logging.ERROR,
+                 runtime_env={"env_vars": {"PYTHONPATH": PKG_ROOT}})
+    finally:
+        os.chdir(here)
     ctx = data.DataContext.get_current()
     ctx.enable_progress_bars = False
     try:

@@ -258,7 +258,7 @@ def test_threads_none_honours_affinity(tmp_path):
             f"s = pyconv1x1.InferenceSession({str(tmp_path / 'm.onnx')!r})\n"
             "print(s.threads)\n")
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True,
-                         text=True, timeout=TIMEOUT)
+                         text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
 
