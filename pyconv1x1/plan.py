@@ -87,6 +87,30 @@ def tile_pixels(nr, max_channels, pixels, min_tiles=8, chunk=None):
     return max(nr, -(-(-(-pixels // tiles)) // nr) * nr)
 
 
+FOLD_LANE_GAIN = 0.9  # fold the batch when that leaves <= 90% of the panel lanes: the
+                      # folded gather and scatter go pixel by pixel, so a few % of wasted
+                      # lanes cost less than they do
+
+
+def panel_lanes(nr, pixels, tile):
+    """Panel lanes (pixels computed, valid or not) of `pixels` cut into tiles of `tile`."""
+    full, rest = divmod(pixels, tile)
+    return full * tile + -(-rest // nr) * nr
+
+
+def choose_tiling(nr, max_channels, n, pixels, min_tiles, chunk=None):
+    """(tile, folded): tiles over each image's pixels, or (folded) over the batch's
+    n * pixels with images back to back, when images are small enough that folding
+    fills clearly more of the panels (1x1 maps, 7x7, ... with a batch)."""
+    tile = tile_pixels(nr, max_channels, pixels, min_tiles, chunk)
+    if n > 1 and pixels > 0:
+        tile_f = tile_pixels(nr, max_channels, n * pixels, min_tiles, chunk)
+        if (panel_lanes(nr, n * pixels, tile_f)
+                <= FOLD_LANE_GAIN * n * panel_lanes(nr, pixels, tile)):
+            return tile_f, True
+    return tile, False
+
+
 class KernelSet:
     """The Cython kernel objects of one program: built once per session."""
 
@@ -193,10 +217,12 @@ class ShapePlan:
         p = ho * wo
         max_c = max(max(l.cin, l.cout) for l in step.layers)
         serial = flops < SERIAL_FLOPS
-        tile = tile_pixels(nr, max_c, p, 1 if serial else 8, kset.kernels.REDUCTION_CHUNK)
+        tile, folded = choose_tiling(nr, max_c, n, p, 1 if serial else 8,
+                                     kset.kernels.REDUCTION_CHUNK)
         nthreads = 1 if serial else threads
         bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
-                                           first.strides[1], pt, pl, tile, nthreads)
+                                           first.strides[1], pt, pl, tile, nthreads,
+                                           folded)
         if not any(residuals):
             return (_run_chain_plain, (step.input, step.output, bound))
         return (_run_chain, (step.input, step.output, tuple(residuals), bound))

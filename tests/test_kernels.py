@@ -600,3 +600,119 @@ def test_reductions_of_any_length_with_residual(kern, cin, res_mode):
     # 12 full panels and a partial one more than half a panel wide (9 x 23 at nr 16)
     x = rng.standard_normal((2, cin) + image(13 * nr - 1)).astype(np.float32)
     check_chain(kern, rng, layers, x, tiles=(None, nr, 3 * nr), what=f"K={cin}")
+
+
+# ----------------------------------------------------------------------------------
+# batch-folded tiles: a tile cuts the batch's n * p pixels, images back to back
+# ----------------------------------------------------------------------------------
+FOLD_THREADS = (1, 2, 3, 5, 8)
+
+
+def check_folded(kern, rng, layers, x, tiles=None, what=""):
+    """The folded run at several tiles and 1..8 threads, bitwise equal to the unfolded
+    run (one image per tile) and close to the float64 reference; then the bound form."""
+    n, _, h, w = x.shape
+    first = layers[0]
+    ho, wo, pt, pl = out_geometry(first, h, w)
+    nr = kern.PANEL_WIDTH
+    residuals = [rng.standard_normal((n, l.cout, ho, wo)).astype(np.float32)
+                 if l.res_mode else None for l in layers]
+    res = tuple(residuals)
+    chain = make_chain(kern, layers)
+    unfolded = run_chain(kern, chain, layers, x, residuals, 1)
+    assert_close(unfolded, reference(x, layers, residuals))
+    max_c = max(max(l.cin, l.cout) for l in layers)
+    planned, _ = plan.choose_tiling(nr, max_c, n, ho * wo, 8, kern.REDUCTION_CHUNK)
+    x_before = x.copy()
+    for tile in tiles or (nr, 2 * nr, 3 * nr, planned):
+        for t in FOLD_THREADS:
+            y = np.full_like(unfolded, np.nan)
+            chain.run(x, y, res, n, h, w, ho, wo, first.strides[0], first.strides[1],
+                      pt, pl, tile, t, True)
+            assert np.array_equal(y, unfolded), \
+                f"{what}: {kern.VARIANT} folded tile={tile} threads={t} differs"
+    bound = chain.bind(tuple(unfolded.shape), n, h, w, ho, wo, first.strides[0],
+                       first.strides[1], pt, pl, planned, 2, True)
+    assert np.array_equal(bound(x, res), unfolded), f"{what}: bound folded chain differs"
+    assert np.array_equal(x, x_before)
+    return unfolded
+
+
+@pytest.mark.parametrize("cin,cout", [(1, 1), (3, 7), (17, "rows+1")])
+def test_folded_one_pixel_images(kern, cin, cout):
+    """N x C x 1 x 1: batches of vectors fill panels with one pixel per image; batch
+    sizes around the panel width and up to 70."""
+    nr = kern.PANEL_WIDTH
+    cout = kern.MAX_BLOCK_ROWS + 1 if cout == "rows+1" else cout
+    rng = np.random.default_rng(cin * 100 + cout)
+    for n in sorted({1, 2, 3, nr // 2, nr // 2 + 1, nr - 1, nr, nr + 1, 64, 70}):
+        layers = [make_layer(rng, cin, cout, act=EPILOGUES["leaky_clip"])]
+        x = rng.standard_normal((n, cin, 1, 1)).astype(np.float32)
+        check_folded(kern, rng, layers, x, what=f"1x1 batch {n}")
+
+
+@pytest.mark.parametrize("res_mode", [RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT])
+def test_folded_chain_7x7_with_residuals(kern, res_mode):
+    rng = np.random.default_rng(res_mode)
+    layers = [make_layer(rng, 17, 13, act=EPILOGUES["relu"], res_mode=res_mode),
+              make_layer(rng, 13, kern.MAX_BLOCK_ROWS * 2 + 1, act=EPILOGUES["clip"]),
+              make_layer(rng, kern.MAX_BLOCK_ROWS * 2 + 1, 5, res_mode=res_mode)]
+    x = rng.standard_normal((3, 17, 7, 7)).astype(np.float32)
+    check_folded(kern, rng, layers, x, what="7x7 x 3")
+
+
+@pytest.mark.parametrize("strides,pads", [((2, 2), (0, 0, 0, 0)), ((1, 1), (1, 2, 0, 1)),
+                                          ((2, 3), (1, 0, 2, 1))])
+@pytest.mark.parametrize("res_mode", [RES_BEFORE_ACT, RES_AFTER_ACT])
+def test_folded_strides_pads_residuals(kern, strides, pads, res_mode):
+    rng = np.random.default_rng(7)
+    layers = [make_layer(rng, 5, 9, act=EPILOGUES["leaky"], res_mode=res_mode,
+                         strides=strides, pads=pads),
+              make_layer(rng, 9, 4, act=EPILOGUES["relu6"], res_mode=res_mode)]
+    for n, hw in ((4, (7, 7)), (9, (3, 5)), (2, (1, 1))):
+        x = rng.standard_normal((n, 5) + hw).astype(np.float32)
+        check_folded(kern, rng, layers, x, what=f"{n} x {hw} {strides} {pads}")
+
+
+def test_folded_long_reductions_and_remainders(kern):
+    """Chunked reductions (REDUCTION_CHUNK + 3 input channels), block remainders and a
+    last panel more than half full, in folded tiles of 5 x 5 images."""
+    kc, rows = kern.REDUCTION_CHUNK, kern.MAX_BLOCK_ROWS
+    rng = np.random.default_rng(11)
+    layers = [make_layer(rng, kc + 3, rows + 1, act=EPILOGUES["relu"],
+                         res_mode=RES_AFTER_ACT),
+              make_layer(rng, rows + 1, 2 * rows - 1)]
+    x = rng.standard_normal((5, kc + 3, 5, 5)).astype(np.float32)
+    check_folded(kern, rng, layers, x, what="chunked")
+
+
+def test_folded_preconditions(kern):
+    rng = np.random.default_rng(0)
+    layer = make_layer(rng, 3, 4)
+    chain = make_chain(kern, [layer])
+    nr = kern.PANEL_WIDTH
+    x = np.zeros((2, 3, 1, 1), np.float32)
+    y = np.zeros((2, 4, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="folded"):
+        chain.bind((1 << 40, 4, 1 << 20, 1), 1 << 40, 1 << 20, 1, 1 << 20, 1, 1, 1, 0,
+                   0, nr, 1, True)
+    with pytest.raises(ValueError, match="tile"):
+        chain.run(x, y, (None,), 2, 1, 1, 1, 1, 1, 1, 0, 0, nr + 1, 1, True)
+    # an empty batch or empty images run no task
+    chain.run(np.zeros((0, 3, 1, 1), np.float32), np.zeros((0, 4, 1, 1), np.float32),
+              (None,), 0, 1, 1, 1, 1, 1, 1, 0, 0, nr, 2, True)
+
+
+@pytest.mark.parametrize("nr", PANEL_WIDTHS)
+def test_choose_tiling_folds_small_images(nr):
+    for max_c in (3, 256, 2048):
+        # one image, or images of whole panels: no fold
+        assert plan.choose_tiling(nr, max_c, 1, 1, 8) == (nr, False)
+        assert not plan.choose_tiling(nr, max_c, 8, 4 * nr, 8)[1]
+        assert not plan.choose_tiling(nr, max_c, 4, 224 * 224, 8)[1]
+        # batches of vectors and of images smaller than a panel: folded
+        for n, p in ((2, 1), (64, 1), (3, nr // 2), (8, nr + 1)):
+            tile, folded = plan.choose_tiling(nr, max_c, n, p, 8)
+            assert folded and tile % nr == 0, (n, p, tile)
+            assert plan.panel_lanes(nr, n * p, tile) < n * plan.panel_lanes(
+                nr, p, plan.tile_pixels(nr, max_c, p, 8))
