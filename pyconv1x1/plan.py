@@ -98,6 +98,28 @@ def panel_lanes(nr, pixels, tile):
     return full * tile + -(-rest // nr) * nr
 
 
+SPLIT_TASKS_PER_THREAD = 2  # a chain with fewer tiles than this per thread runs layer by
+                            # layer, its output channels cut into ranges to make tasks
+MIN_TILES_PER_THREAD = 4    # threaded runs cut images into at least this many tiles per
+                            # thread while tiles stay >= a panel (see tile_pixels)
+
+
+def min_tiles(nthreads):
+    """Tiles an image is cut into at least (when it has panels enough): one thread wants
+    the largest tiles that stay in cache (each tile streams every weight once)."""
+    return 1 if nthreads <= 1 else MIN_TILES_PER_THREAD * nthreads
+
+
+def choose_split(ntiles, nthreads, nblocks):
+    """Output-channel ranges per tile and layer: 1 (each tile through the fused chain)
+    unless the tiles are too few to keep nthreads busy; at most the widest layer's
+    weight blocks."""
+    want = SPLIT_TASKS_PER_THREAD * nthreads
+    if nthreads <= 1 or ntiles <= 0 or ntiles >= want:
+        return 1
+    return max(1, min(nblocks, -(-want // ntiles)))
+
+
 def choose_tiling(nr, max_channels, n, pixels, min_tiles, chunk=None):
     """(tile, folded): tiles over each image's pixels, or (folded) over the batch's
     n * pixels with images back to back, when images are small enough that folding
@@ -217,12 +239,15 @@ class ShapePlan:
         p = ho * wo
         max_c = max(max(l.cin, l.cout) for l in step.layers)
         serial = flops < SERIAL_FLOPS
-        tile, folded = choose_tiling(nr, max_c, n, p, 1 if serial else 8,
-                                     kset.kernels.REDUCTION_CHUNK)
         nthreads = 1 if serial else threads
+        tile, folded = choose_tiling(nr, max_c, n, p, min_tiles(nthreads),
+                                     kset.kernels.REDUCTION_CHUNK)
+        ntiles = -(-n * p // tile) if folded else n * -(-p // tile)
+        nblocks = max(-(-l.cout // kset.kernels.MAX_BLOCK_ROWS) for l in step.layers)
+        split = choose_split(ntiles, nthreads, nblocks)
         bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
                                            first.strides[1], pt, pl, tile, nthreads,
-                                           folded)
+                                           folded, split)
         if not any(residuals):
             return (_run_chain_plain, (step.input, step.output, bound))
         return (_run_chain, (step.input, step.output, tuple(residuals), bound))

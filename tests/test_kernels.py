@@ -603,14 +603,20 @@ def test_reductions_of_any_length_with_residual(kern, cin, res_mode):
 
 
 # ----------------------------------------------------------------------------------
-# batch-folded tiles: a tile cuts the batch's n * p pixels, images back to back
+# batch-folded tiles (a tile cuts the batch's n * p pixels, images back to back) and
+# split runs (layer by layer, tasks of a tile and a range of output channels)
 # ----------------------------------------------------------------------------------
 FOLD_THREADS = (1, 2, 3, 5, 8)
 
 
-def check_folded(kern, rng, layers, x, tiles=None, what=""):
-    """The folded run at several tiles and 1..8 threads, bitwise equal to the unfolded
-    run (one image per tile) and close to the float64 reference; then the bound form."""
+SPLITS = (1, 2, 5, 64)
+
+
+def check_folded(kern, rng, layers, x, tiles=None, what="", splits=SPLITS):
+    """Folded and unfolded runs, fused (split 1) and layer by layer with output channels
+    cut into ranges (split > 1), at several tiles and 1..8 threads: all bitwise equal to
+    the unfolded fused run on one thread, which is close to the float64 reference; then
+    the bound forms."""
     n, _, h, w = x.shape
     first = layers[0]
     ho, wo, pt, pl = out_geometry(first, h, w)
@@ -624,16 +630,21 @@ def check_folded(kern, rng, layers, x, tiles=None, what=""):
     max_c = max(max(l.cin, l.cout) for l in layers)
     planned, _ = plan.choose_tiling(nr, max_c, n, ho * wo, 8, kern.REDUCTION_CHUNK)
     x_before = x.copy()
-    for tile in tiles or (nr, 2 * nr, 3 * nr, planned):
-        for t in FOLD_THREADS:
-            y = np.full_like(unfolded, np.nan)
-            chain.run(x, y, res, n, h, w, ho, wo, first.strides[0], first.strides[1],
-                      pt, pl, tile, t, True)
-            assert np.array_equal(y, unfolded), \
-                f"{what}: {kern.VARIANT} folded tile={tile} threads={t} differs"
-    bound = chain.bind(tuple(unfolded.shape), n, h, w, ho, wo, first.strides[0],
-                       first.strides[1], pt, pl, planned, 2, True)
-    assert np.array_equal(bound(x, res), unfolded), f"{what}: bound folded chain differs"
+    for folded in (True, False):
+        for split in splits:
+            for tile in tiles or (nr, 3 * nr, planned):
+                for t in FOLD_THREADS:
+                    y = np.full_like(unfolded, np.nan)
+                    chain.run(x, y, res, n, h, w, ho, wo, first.strides[0],
+                              first.strides[1], pt, pl, tile, t, folded, split)
+                    assert np.array_equal(y, unfolded), \
+                        (f"{what}: {kern.VARIANT} folded={folded} split={split} "
+                         f"tile={tile} threads={t} differs")
+        for split in (1, 3):
+            bound = chain.bind(tuple(unfolded.shape), n, h, w, ho, wo, first.strides[0],
+                               first.strides[1], pt, pl, planned, 2, folded, split)
+            assert np.array_equal(bound(x, res), unfolded), \
+                f"{what}: bound chain folded={folded} split={split} differs"
     assert np.array_equal(x, x_before)
     return unfolded
 
@@ -698,9 +709,15 @@ def test_folded_preconditions(kern):
                    0, nr, 1, True)
     with pytest.raises(ValueError, match="tile"):
         chain.run(x, y, (None,), 2, 1, 1, 1, 1, 1, 1, 0, 0, nr + 1, 1, True)
+    for split in (0, -1, 1 << 20):
+        with pytest.raises(ValueError, match="split"):
+            chain.run(x, y, (None,), 2, 1, 1, 1, 1, 1, 1, 0, 0, nr, 1, True, split)
+        with pytest.raises(ValueError, match="split"):
+            chain.bind((2, 4, 1, 1), 2, 1, 1, 1, 1, 1, 1, 0, 0, nr, 1, False, split)
     # an empty batch or empty images run no task
-    chain.run(np.zeros((0, 3, 1, 1), np.float32), np.zeros((0, 4, 1, 1), np.float32),
-              (None,), 0, 1, 1, 1, 1, 1, 1, 0, 0, nr, 2, True)
+    for split in (1, 2):
+        chain.run(np.zeros((0, 3, 1, 1), np.float32), np.zeros((0, 4, 1, 1), np.float32),
+                  (None,), 0, 1, 1, 1, 1, 1, 1, 0, 0, nr, 2, True, split)
 
 
 @pytest.mark.parametrize("nr", PANEL_WIDTHS)
@@ -716,3 +733,36 @@ def test_choose_tiling_folds_small_images(nr):
             assert folded and tile % nr == 0, (n, p, tile)
             assert plan.panel_lanes(nr, n * p, tile) < n * plan.panel_lanes(
                 nr, p, plan.tile_pixels(nr, max_c, p, 8))
+
+
+def test_split_wide_layers_few_pixels(kern):
+    """One 7 x 7 image through wide layers (more weight blocks than tasks want), one
+    tile: split runs cut every layer's output channels; residuals both ways."""
+    rows = kern.MAX_BLOCK_ROWS
+    rng = np.random.default_rng(5)
+    layers = [make_layer(rng, 40, 20 * rows + 1, act=EPILOGUES["relu"],
+                         res_mode=RES_BEFORE_ACT),
+              make_layer(rng, 20 * rows + 1, 7 * rows, act=EPILOGUES["relu6"]),
+              make_layer(rng, 7 * rows, 33, res_mode=RES_AFTER_ACT)]
+    x = rng.standard_normal((1, 40, 7, 7)).astype(np.float32)
+    check_folded(kern, rng, layers, x, splits=(1, 2, 3, 4, 7, 21, 4096), what="split")
+
+
+@pytest.mark.parametrize("group", [2, 3])
+def test_split_grouped_layers(kern, group):
+    rng = np.random.default_rng(group)
+    layers = [make_layer(rng, 6 * group, 5 * group, group=group, act=EPILOGUES["leaky"]),
+              make_layer(rng, 5 * group, 9 * group, group=group, res_mode=RES_AFTER_ACT)]
+    x = rng.standard_normal((3, 6 * group, 5, 3)).astype(np.float32)
+    check_folded(kern, rng, layers, x, what=f"groups {group}")
+
+
+def test_choose_split():
+    assert plan.choose_split(8, 1, 100) == 1      # one thread: never
+    assert plan.choose_split(100, 4, 100) == 1    # tiles enough
+    for threads in (2, 4, 8, 16):
+        for ntiles in (1, 2, 3, threads):
+            split = plan.choose_split(ntiles, threads, 1000)
+            assert ntiles * split >= plan.SPLIT_TASKS_PER_THREAD * threads
+            assert ntiles * (split - 1) < plan.SPLIT_TASKS_PER_THREAD * threads
+        assert plan.choose_split(1, threads, 3) <= 3  # at most the blocks there are
