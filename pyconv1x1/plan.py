@@ -9,6 +9,9 @@ from .program import AddStep, AffineStep, ChainStep, CopyStep
 TILE_BUDGET_BYTES = 96 * 1024  # a tile's input (one reduction chunk of it) in L2
 SERIAL_FLOPS = 5_000_000    # below this, waking a worker costs more than it saves: measured
                             # break-even ~5 MFLOP on a 2-core VM (0.8 MFLOP ran at 0.54x)
+THREAD_FLOPS = SERIAL_FLOPS // 2  # and each thread a run uses gets at least this much work:
+                            # waking a worker costs the same whatever the thread count, so
+                            # 16 threads need 40 MFLOP (2 threads: SERIAL_FLOPS, as before)
 _NO_OUTS = {}
 
 
@@ -102,6 +105,14 @@ SPLIT_TASKS_PER_THREAD = 2  # a chain with fewer tiles than this per thread runs
                             # layer, its output channels cut into ranges to make tasks
 MIN_TILES_PER_THREAD = 4    # threaded runs cut images into at least this many tiles per
                             # thread while tiles stay >= a panel (see tile_pixels)
+
+
+def threads_for(flops, threads):
+    """Threads a run of `flops` gets out of `threads`: one below SERIAL_FLOPS, and never
+    so many that a thread has less than THREAD_FLOPS of work."""
+    if flops < SERIAL_FLOPS:
+        return 1
+    return max(1, min(threads, flops // THREAD_FLOPS))
 
 
 def min_tiles(nthreads):
@@ -238,8 +249,7 @@ class ShapePlan:
         shapes[step.output] = out
         p = ho * wo
         max_c = max(max(l.cin, l.cout) for l in step.layers)
-        serial = flops < SERIAL_FLOPS
-        nthreads = 1 if serial else threads
+        nthreads = threads_for(flops, threads)
         tile, folded = choose_tiling(nr, max_c, n, p, min_tiles(nthreads),
                                      kset.kernels.REDUCTION_CHUNK)
         ntiles = -(-n * p // tile) if folded else n * -(-p // tile)

@@ -766,3 +766,22 @@ def test_choose_split():
             assert ntiles * split >= plan.SPLIT_TASKS_PER_THREAD * threads
             assert ntiles * (split - 1) < plan.SPLIT_TASKS_PER_THREAD * threads
         assert plan.choose_split(1, threads, 3) <= 3  # at most the blocks there are
+
+
+@pytest.mark.parametrize("res_mode", [RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT])
+@pytest.mark.parametrize("pixels", [1, 2, 3, 4, 5])
+def test_matrix_vector_tiles_match_panels(kern, res_mode, pixels):
+    """Tiles of a few pixels run the matrix-vector kernel (channels in the lanes), the
+    same pixels folded from a batch of 70 run the panel kernels: the bits agree. Long
+    reductions (chunked in the panel kernels, not in the matrix-vector one), blocks in
+    groups of four and a remainder, every epilogue kind, residuals, groups."""
+    kc, rows = kern.REDUCTION_CHUNK, kern.MAX_BLOCK_ROWS
+    rng = np.random.default_rng(pixels * 10 + res_mode)
+    for epilogue in ("none", "relu", "leaky_clip", "clip_hi"):
+        layers = [make_layer(rng, kc + 3, 5 * rows + 1, act=EPILOGUES[epilogue],
+                             res_mode=res_mode),
+                  make_layer(rng, 5 * rows + 1, 3, act=EPILOGUES["leaky"]),
+                  make_layer(rng, 3, 2 * rows, group=1, res_mode=res_mode),
+                  make_layer(rng, 2 * rows, 4 * rows, group=2)]
+        x = rng.standard_normal((70, kc + 3, 1, pixels)).astype(np.float32)
+        check_folded(kern, rng, layers, x, splits=(1, 3), what=f"gemv {epilogue}")
