@@ -80,7 +80,8 @@ def tile_pixels(nr, max_channels, pixels, min_tiles=8, chunk=None):
     """Pixels per tile: a multiple of nr that keeps the tile's input, up to one
     reduction chunk of channels (the kernels' REDUCTION_CHUNK), in L2, and cuts an image
     into balanced tiles (at least ~min_tiles when it is big enough, so threads share
-    it). Depends on shapes only, never on the thread count."""
+    it; see min_tiles). Results never depend on the tile: every output is summed in
+    the same order whatever the tiling."""
     hot = max(1, max_channels if chunk is None else min(max_channels, chunk))
     budget = TILE_BUDGET_BYTES // (4 * hot)
     t_cache = max(nr, min(512, budget // nr * nr))

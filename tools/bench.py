@@ -4,7 +4,7 @@
 Usage::
 
     python tools/bench.py [MODEL.onnx ...] [--threads 1,2] [--quick] [--markdown]
-                          [--plot FILE.png] [--workloads big256,tiny] [--peak GF/s]
+                          [--plot FILE.png] [--workloads big256,tiny|extra|sweep] [--peak GF/s]
 
 Every thread count runs in a fresh subprocess whose OMP_NUM_THREADS, OPENBLAS_NUM_THREADS
 and MKL_NUM_THREADS are set before numpy is imported, so numpy's BLAS (and torch) use that
