@@ -52,11 +52,13 @@ def image(pixels):
 
 def panel_edges(nr):
     """Pixel counts at the edges of a variant's panels (nr pixels; a last panel of at
-    most nr / 2 pixels runs the half-width kernel, a longer partial one goes through
-    scratch): one pixel (half), nr - 1 (partial), exactly one panel, one panel and a
-    pixel, two panels and a pixel, and ~1000 pixels ending in exactly half a panel.
-    With AVX2's nr = 16 these are 1, 15, 16, 17, 33 and 1000."""
-    return (1, nr - 1, nr, nr + 1, 2 * nr + 1, max(2, 1000 // nr) * nr + nr // 2)
+    most nr / 2 (or nr / 4 with AVX-512) pixels runs a narrow kernel, a longer partial
+    one goes through scratch): one pixel (half), nr - 1 (partial), exactly one panel,
+    one panel and a pixel, two panels and a pixel, ~1000 pixels ending in exactly half
+    a panel, and one panel and a quarter. With AVX2's nr = 16 these are 1, 15, 16, 17,
+    33, 1000 and 20."""
+    return (1, nr - 1, nr, nr + 1, 2 * nr + 1, max(2, 1000 // nr) * nr + nr // 2,
+            nr + nr // 4)
 
 
 def make_layer(rng, cin, cout, group=1, act=Activation(), res_mode=RES_NONE,
@@ -656,7 +658,10 @@ def test_folded_one_pixel_images(kern, cin, cout):
     nr = kern.PANEL_WIDTH
     cout = kern.MAX_BLOCK_ROWS + 1 if cout == "rows+1" else cout
     rng = np.random.default_rng(cin * 100 + cout)
-    for n in sorted({1, 2, 3, nr // 2, nr // 2 + 1, nr - 1, nr, nr + 1, 64, 70}):
+    # around the matrix-vector limit, the quarter (AVX-512) and half-width kernels, a
+    # panel, and a panel plus one pixel
+    for n in sorted({1, 2, 3, 4, 5, nr // 4, nr // 4 + 1, nr // 2, nr // 2 + 1, nr - 1,
+                     nr, nr + 1, 64, 70}):
         layers = [make_layer(rng, cin, cout, act=EPILOGUES["leaky_clip"])]
         x = rng.standard_normal((n, cin, 1, 1)).astype(np.float32)
         check_folded(kern, rng, layers, x, what=f"1x1 batch {n}")
