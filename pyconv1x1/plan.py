@@ -91,9 +91,10 @@ def tile_pixels(nr, max_channels, pixels, min_tiles=8, chunk=None):
     return max(nr, -(-(-(-pixels // tiles)) // nr) * nr)
 
 
-FOLD_LANE_GAIN = 0.9  # fold the batch when that leaves <= 90% of the panel lanes: the
-                      # folded gather and scatter go pixel by pixel, so a few % of wasted
-                      # lanes cost less than they do
+FOLD_LANE_GAIN = 0.9  # fold the batch when that needs <= 90% of the panel lanes: folded
+                      # tiles copy their input and output in runs of one image's pixels
+                      # (one pixel at a time for 1x1 maps and strided inputs), not whole
+                      # panel rows, so a few % of lanes saved do not pay for it
 
 
 def panel_lanes(nr, pixels, tile):
