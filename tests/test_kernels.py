@@ -52,11 +52,13 @@ def image(pixels):
 
 def panel_edges(nr):
     """Pixel counts at the edges of a variant's panels (nr pixels; a last panel of at
-    most nr / 2 pixels runs the half-width kernel, a longer partial one goes through
-    scratch): one pixel (half), nr - 1 (partial), exactly one panel, one panel and a
-    pixel, two panels and a pixel, and ~1000 pixels ending in exactly half a panel.
-    With AVX2's nr = 16 these are 1, 15, 16, 17, 33 and 1000."""
-    return (1, nr - 1, nr, nr + 1, 2 * nr + 1, max(2, 1000 // nr) * nr + nr // 2)
+    most nr / 2 (or nr / 4 with AVX-512) pixels runs a narrow kernel, a longer partial
+    one goes through scratch): one pixel (half), nr - 1 (partial), exactly one panel,
+    one panel and a pixel, two panels and a pixel, ~1000 pixels ending in exactly half
+    a panel, and one panel and a quarter. With AVX2's nr = 16 these are 1, 15, 16, 17,
+    33, 1000 and 20."""
+    return (1, nr - 1, nr, nr + 1, 2 * nr + 1, max(2, 1000 // nr) * nr + nr // 2,
+            nr + nr // 4)
 
 
 def make_layer(rng, cin, cout, group=1, act=Activation(), res_mode=RES_NONE,
@@ -733,3 +735,191 @@ def test_reductions_of_any_length_with_residual(kern, cin, res_mode):
     # 12 full panels and a partial one more than half a panel wide (9 x 23 at nr 16)
     x = rng.standard_normal((2, cin) + image(13 * nr - 1)).astype(np.float32)
     check_chain(kern, rng, layers, x, tiles=(None, nr, 3 * nr), what=f"K={cin}")
+
+
+# ----------------------------------------------------------------------------------
+# batch-folded tiles (a tile cuts the batch's n * p pixels, images back to back) and
+# split runs (layer by layer, tasks of a tile and a range of output channels)
+# ----------------------------------------------------------------------------------
+FOLD_THREADS = (1, 2, 3, 5, 8)
+
+
+SPLITS = (1, 2, 5, 64)
+
+
+def check_folded(kern, rng, layers, x, tiles=None, what="", splits=SPLITS):
+    """Folded and unfolded runs, fused (split 1) and layer by layer with output channels
+    cut into ranges (split > 1), at several tiles and 1..8 threads: all bitwise equal to
+    the unfolded fused run on one thread, which is close to the float64 reference; then
+    the bound forms."""
+    n, _, h, w = x.shape
+    first = layers[0]
+    ho, wo, pt, pl = out_geometry(first, h, w)
+    nr = kern.PANEL_WIDTH
+    residuals = [rng.standard_normal((n, l.cout, ho, wo)).astype(np.float32)
+                 if l.res_mode else None for l in layers]
+    res = tuple(residuals)
+    chain = make_chain(kern, layers)
+    unfolded = run_chain(kern, chain, layers, x, residuals, 1)
+    assert_close(unfolded, reference(x, layers, residuals))
+    max_c = max(max(l.cin, l.cout) for l in layers)
+    planned, _ = plan.choose_tiling(nr, max_c, n, ho * wo, 8, kern.REDUCTION_CHUNK)
+    x_before = x.copy()
+    for folded in (True, False):
+        for split in splits:
+            for tile in tiles or (nr, 3 * nr, planned):
+                for t in FOLD_THREADS:
+                    y = np.full_like(unfolded, np.nan)
+                    chain.run(x, y, res, n, h, w, ho, wo, first.strides[0],
+                              first.strides[1], pt, pl, tile, t, folded, split)
+                    assert np.array_equal(y, unfolded), \
+                        (f"{what}: {kern.VARIANT} folded={folded} split={split} "
+                         f"tile={tile} threads={t} differs")
+        for split in (1, 3):
+            bound = chain.bind(tuple(unfolded.shape), n, h, w, ho, wo, first.strides[0],
+                               first.strides[1], pt, pl, planned, 2, folded, split)
+            assert np.array_equal(bound(x, res), unfolded), \
+                f"{what}: bound chain folded={folded} split={split} differs"
+    assert np.array_equal(x, x_before)
+    return unfolded
+
+
+@pytest.mark.parametrize("cin,cout", [(1, 1), (3, 7), (17, "rows+1")])
+def test_folded_one_pixel_images(kern, cin, cout):
+    """N x C x 1 x 1: batches of vectors fill panels with one pixel per image; batch
+    sizes around the panel width and up to 70."""
+    nr = kern.PANEL_WIDTH
+    cout = kern.MAX_BLOCK_ROWS + 1 if cout == "rows+1" else cout
+    rng = np.random.default_rng(cin * 100 + cout)
+    # around the matrix-vector limit, the quarter (AVX-512) and half-width kernels, a
+    # panel, and a panel plus one pixel
+    for n in sorted({1, 2, 3, 4, 5, nr // 4, nr // 4 + 1, nr // 2, nr // 2 + 1, nr - 1,
+                     nr, nr + 1, 64, 70}):
+        layers = [make_layer(rng, cin, cout, act=EPILOGUES["leaky_clip"])]
+        x = rng.standard_normal((n, cin, 1, 1)).astype(np.float32)
+        check_folded(kern, rng, layers, x, what=f"1x1 batch {n}")
+
+
+@pytest.mark.parametrize("res_mode", [RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT])
+def test_folded_chain_7x7_with_residuals(kern, res_mode):
+    rng = np.random.default_rng(res_mode)
+    layers = [make_layer(rng, 17, 13, act=EPILOGUES["relu"], res_mode=res_mode),
+              make_layer(rng, 13, kern.MAX_BLOCK_ROWS * 2 + 1, act=EPILOGUES["clip"]),
+              make_layer(rng, kern.MAX_BLOCK_ROWS * 2 + 1, 5, res_mode=res_mode)]
+    x = rng.standard_normal((3, 17, 7, 7)).astype(np.float32)
+    check_folded(kern, rng, layers, x, what="7x7 x 3")
+
+
+@pytest.mark.parametrize("strides,pads", [((2, 2), (0, 0, 0, 0)), ((1, 1), (1, 2, 0, 1)),
+                                          ((2, 3), (1, 0, 2, 1))])
+@pytest.mark.parametrize("res_mode", [RES_BEFORE_ACT, RES_AFTER_ACT])
+def test_folded_strides_pads_residuals(kern, strides, pads, res_mode):
+    rng = np.random.default_rng(7)
+    layers = [make_layer(rng, 5, 9, act=EPILOGUES["leaky"], res_mode=res_mode,
+                         strides=strides, pads=pads),
+              make_layer(rng, 9, 4, act=EPILOGUES["relu6"], res_mode=res_mode)]
+    for n, hw in ((4, (7, 7)), (9, (3, 5)), (2, (1, 1))):
+        x = rng.standard_normal((n, 5) + hw).astype(np.float32)
+        check_folded(kern, rng, layers, x, what=f"{n} x {hw} {strides} {pads}")
+
+
+def test_folded_long_reductions_and_remainders(kern):
+    """Chunked reductions (REDUCTION_CHUNK + 3 input channels), block remainders and a
+    last panel more than half full, in folded tiles of 5 x 5 images."""
+    kc, rows = kern.REDUCTION_CHUNK, kern.MAX_BLOCK_ROWS
+    rng = np.random.default_rng(11)
+    layers = [make_layer(rng, kc + 3, rows + 1, act=EPILOGUES["relu"],
+                         res_mode=RES_AFTER_ACT),
+              make_layer(rng, rows + 1, 2 * rows - 1)]
+    x = rng.standard_normal((5, kc + 3, 5, 5)).astype(np.float32)
+    check_folded(kern, rng, layers, x, what="chunked")
+
+
+def test_folded_preconditions(kern):
+    rng = np.random.default_rng(0)
+    layer = make_layer(rng, 3, 4)
+    chain = make_chain(kern, [layer])
+    nr = kern.PANEL_WIDTH
+    x = np.zeros((2, 3, 1, 1), np.float32)
+    y = np.zeros((2, 4, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="folded"):
+        chain.bind((1 << 40, 4, 1 << 20, 1), 1 << 40, 1 << 20, 1, 1 << 20, 1, 1, 1, 0,
+                   0, nr, 1, True)
+    with pytest.raises(ValueError, match="tile"):
+        chain.run(x, y, (None,), 2, 1, 1, 1, 1, 1, 1, 0, 0, nr + 1, 1, True)
+    for split in (0, -1, 1 << 20):
+        with pytest.raises(ValueError, match="split"):
+            chain.run(x, y, (None,), 2, 1, 1, 1, 1, 1, 1, 0, 0, nr, 1, True, split)
+        with pytest.raises(ValueError, match="split"):
+            chain.bind((2, 4, 1, 1), 2, 1, 1, 1, 1, 1, 1, 0, 0, nr, 1, False, split)
+    # an empty batch or empty images run no task
+    for split in (1, 2):
+        chain.run(np.zeros((0, 3, 1, 1), np.float32), np.zeros((0, 4, 1, 1), np.float32),
+                  (None,), 0, 1, 1, 1, 1, 1, 1, 0, 0, nr, 2, True, split)
+
+
+@pytest.mark.parametrize("nr", PANEL_WIDTHS)
+def test_choose_tiling_folds_small_images(nr):
+    for max_c in (3, 256, 2048):
+        # one image, or images of whole panels: no fold
+        assert plan.choose_tiling(nr, max_c, 1, 1, 8) == (nr, False)
+        assert not plan.choose_tiling(nr, max_c, 8, 4 * nr, 8)[1]
+        assert not plan.choose_tiling(nr, max_c, 4, 224 * 224, 8)[1]
+        # batches of vectors and of images smaller than a panel: folded
+        for n, p in ((2, 1), (64, 1), (3, nr // 2), (8, nr + 1)):
+            tile, folded = plan.choose_tiling(nr, max_c, n, p, 8)
+            assert folded and tile % nr == 0, (n, p, tile)
+            assert plan.panel_lanes(nr, n * p, tile) < n * plan.panel_lanes(
+                nr, p, plan.tile_pixels(nr, max_c, p, 8))
+
+
+def test_split_wide_layers_few_pixels(kern):
+    """One 7 x 7 image through wide layers (more weight blocks than tasks want), one
+    tile: split runs cut every layer's output channels; residuals both ways."""
+    rows = kern.MAX_BLOCK_ROWS
+    rng = np.random.default_rng(5)
+    layers = [make_layer(rng, 40, 20 * rows + 1, act=EPILOGUES["relu"],
+                         res_mode=RES_BEFORE_ACT),
+              make_layer(rng, 20 * rows + 1, 7 * rows, act=EPILOGUES["relu6"]),
+              make_layer(rng, 7 * rows, 33, res_mode=RES_AFTER_ACT)]
+    x = rng.standard_normal((1, 40, 7, 7)).astype(np.float32)
+    check_folded(kern, rng, layers, x, splits=(1, 2, 3, 4, 7, 21, 4096), what="split")
+
+
+@pytest.mark.parametrize("group", [2, 3])
+def test_split_grouped_layers(kern, group):
+    rng = np.random.default_rng(group)
+    layers = [make_layer(rng, 6 * group, 5 * group, group=group, act=EPILOGUES["leaky"]),
+              make_layer(rng, 5 * group, 9 * group, group=group, res_mode=RES_AFTER_ACT)]
+    x = rng.standard_normal((3, 6 * group, 5, 3)).astype(np.float32)
+    check_folded(kern, rng, layers, x, what=f"groups {group}")
+
+
+def test_choose_split():
+    assert plan.choose_split(8, 1, 100) == 1      # one thread: never
+    assert plan.choose_split(100, 4, 100) == 1    # tiles enough
+    for threads in (2, 4, 8, 16):
+        for ntiles in (1, 2, 3, threads):
+            split = plan.choose_split(ntiles, threads, 1000)
+            assert ntiles * split >= plan.SPLIT_TASKS_PER_THREAD * threads
+            assert ntiles * (split - 1) < plan.SPLIT_TASKS_PER_THREAD * threads
+        assert plan.choose_split(1, threads, 3) <= 3  # at most the blocks there are
+
+
+@pytest.mark.parametrize("res_mode", [RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT])
+@pytest.mark.parametrize("pixels", [1, 2, 3, 4, 5])
+def test_matrix_vector_tiles_match_panels(kern, res_mode, pixels):
+    """Tiles of a few pixels run the matrix-vector kernel (channels in the lanes), the
+    same pixels folded from a batch of 70 run the panel kernels: the bits agree. Long
+    reductions (chunked in the panel kernels, not in the matrix-vector one), blocks in
+    groups of four and a remainder, every epilogue kind, residuals, groups."""
+    kc, rows = kern.REDUCTION_CHUNK, kern.MAX_BLOCK_ROWS
+    rng = np.random.default_rng(pixels * 10 + res_mode)
+    for epilogue in ("none", "relu", "leaky_clip", "clip_hi"):
+        layers = [make_layer(rng, kc + 3, 5 * rows + 1, act=EPILOGUES[epilogue],
+                             res_mode=res_mode),
+                  make_layer(rng, 5 * rows + 1, 3, act=EPILOGUES["leaky"]),
+                  make_layer(rng, 3, 2 * rows, group=1, res_mode=res_mode),
+                  make_layer(rng, 2 * rows, 4 * rows, group=2)]
+        x = rng.standard_normal((70, kc + 3, 1, pixels)).astype(np.float32)
+        check_folded(kern, rng, layers, x, splits=(1, 3), what=f"gemv {epilogue}")

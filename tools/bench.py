@@ -4,7 +4,7 @@
 Usage::
 
     python tools/bench.py [MODEL.onnx ...] [--threads 1,2] [--quick] [--markdown]
-                          [--plot FILE.png] [--workloads big256,tiny] [--peak GF/s]
+                          [--plot FILE.png] [--workloads big256,tiny|extra|sweep] [--peak GF/s]
 
 Every thread count runs in a fresh subprocess whose OMP_NUM_THREADS, OPENBLAS_NUM_THREADS
 and MKL_NUM_THREADS are set before numpy is imported, so numpy's BLAS (and torch) use that
@@ -415,13 +415,14 @@ def selected_workloads(args):
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     if names == ["none"]:
         return []
-    expand = {"all": workloads.NAMES, "extra": workloads.EXTRA_NAMES}
+    expand = {"all": workloads.NAMES, "extra": workloads.EXTRA_NAMES,
+              "sweep": workloads.SWEEP_NAMES}
     names = [m for n in names for m in expand.get(n, [n])]
-    known = workloads.NAMES + workloads.EXTRA_NAMES
+    known = workloads.NAMES + workloads.EXTRA_NAMES + workloads.SWEEP_NAMES
     bad = [n for n in names if n not in known]
     if bad:
         raise SystemExit(f"bench.py: unknown workload(s) {bad}; known: {known} "
-                         "('all': the targets, 'extra': the others)")
+                         "('all': the targets, 'extra' and 'sweep': the others)")
     return list(dict.fromkeys(names))
 
 
@@ -524,6 +525,8 @@ def summarize(run):
             tiny_median_us = ours["ms"] * 1e3
     builtin = [r for r, b in ratios.values() if b]
     geo = math.exp(sum(map(math.log, builtin)) / len(builtin)) if builtin else None
+    every = [r for r, _ in ratios.values()]
+    geo_all = math.exp(sum(map(math.log, every)) / len(every)) if every else None
     mn = min(builtin) if builtin else None
     checks = [
         (f"geomean ort/ours >= {TARGET_GEOMEAN}", geo, geo is not None and geo >= TARGET_GEOMEAN,
@@ -537,6 +540,8 @@ def summarize(run):
          _fmt(tiny_us, ".2f") + f" us (median of all rounds {_fmt(tiny_median_us, '.2f')} us)"),
     ]
     return {"geomean": geo, "min": mn, "n": len(builtin), "checks": checks,
+            "geomean_all": geo_all, "n_all": len(every),
+            "min_all": min(every) if every else None,
             "ratios": {k: v for k, (v, _) in ratios.items()}}
 
 
@@ -588,7 +593,9 @@ def print_text(results, engines, cpu, cores):
                       + (f"  ({r['error']})" if r.get("error") else ""))
         s = summarize(run)
         print(f"\nthreads={t}: geomean ort/ours {_fmt(s['geomean'], '.3f')} over {s['n']} "
-              f"built-in workloads, min {_fmt(s['min'], '.3f')}")
+              f"built-in workloads, min {_fmt(s['min'], '.3f')}; over all {s['n_all']} "
+              f"timed workloads {_fmt(s['geomean_all'], '.3f')}, min "
+              f"{_fmt(s['min_all'], '.3f')}")
         for label, value, ok, shown in s["checks"]:
             verdict = "n/a " if value is None else "PASS" if ok else "FAIL"
             print(f"  [{verdict}] {label}: {shown if value is not None else 'not measured'}")
@@ -635,7 +642,9 @@ def print_markdown(results, engines, cpu, cores):
         s = summarize(run)
         print(f"- {run['threads']} thread(s), sgemm peak {run['peak']:.0f} GF/s: geomean "
               f"onnxruntime/pyconv1x1 **{_fmt(s['geomean'], '.2f')}**, min "
-              f"{_fmt(s['min'], '.2f')}; " + "; ".join(
+              f"{_fmt(s['min'], '.2f')} (issue-4 workloads); all {s['n_all']} timed: "
+              f"geomean {_fmt(s['geomean_all'], '.2f')}, min {_fmt(s['min_all'], '.2f')}; "
+              + "; ".join(
                   f"{label} {'n/a' if value is None else 'yes' if ok else 'NO'} ({shown})"
                   for label, value, ok, shown in s["checks"][2:]))
 
@@ -696,7 +705,9 @@ def parse_args(argv):
     ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
     ap.add_argument("--workloads", default="all",
                     help="built-in workloads, comma-separated: names, 'all' (the issue-4 "
-                         "targets, the default), 'extra' (ResNet-style shapes) or 'none'")
+                         "targets, the default), 'extra' (ResNet-style shapes), 'sweep' "
+                         "(issue 11's shape sweep: 1 to 224x224 pixels, batch 1 to 64) or "
+                         "'none'")
     ap.add_argument("--engines", default=",".join(ENGINES),
                     help=f"engines to run (default {','.join(ENGINES)})")
     ap.add_argument("--quick", action="store_true", help="a short run (fewer, shorter rounds)")

@@ -39,7 +39,35 @@ EXTRA_SPECS = {
     "wide1024": ((1, 1024, 28, 28), [(1024, "relu")]),
 }
 EXTRA_NAMES = list(EXTRA_SPECS)
+# the shape sweep (issue 11): pixels per image 1 .. 224x224, batch 1 .. 64, channels
+# 3 .. 4096, single layers and chains; named <what>_p<pixels>_b<batch>. Sized so that the
+# whole sweep runs in a few minutes per thread count on 2 cores (--quick).
+SWEEP_SPECS = {
+    # 1x1 maps: classifier heads, squeeze-excitation, batches of feature vectors
+    "head_p1_b1": ((1, 1280, 1, 1), [(1000, None)]),
+    "head4096_p1_b1": ((1, 4096, 1, 1), [(1024, "relu")]),
+    "se_p1_b1": ((1, 256, 1, 1), [(64, "relu"), (256, None)]),
+    "vec_p1_b8": ((8, 512, 1, 1), [(512, "relu")]),
+    "head_p1_b32": ((32, 1280, 1, 1), [(1000, None)]),
+    "se_p1_b64": ((64, 256, 1, 1), [(64, "relu"), (256, None)]),
+    # 7x7 and 14x14 stages
+    "wide_p49_b1": ((1, 1024, 7, 7), [(1024, "relu")]),
+    "expand_p49_b8": ((8, 320, 7, 7), [(1280, "relu")]),
+    "c5_p49_b1": ((1, 2048, 7, 7), [(512, "relu"), (2048, None)]),
+    "mid_p49_b32": ((32, 128, 7, 7), [(256, "relu"), (128, None)]),
+    "c4_p196_b1": ((1, 1024, 14, 14), [(256, "relu")]),
+    "c4_p196_b8": ((8, 256, 14, 14), [(256, "relu"), (1024, None)]),
+    # larger maps
+    "c3_p784_b1": ((1, 512, 28, 28), [(128, "relu"), (512, None)]),
+    "narrow_p784_b32": ((32, 32, 28, 28), [(64, "relu6"), (32, None)]),
+    "c2_p3136_b1": ((1, 64, 56, 56), [(256, "relu")]),
+    "c2_p3136_b8": ((8, 256, 56, 56), [(64, "relu")]),
+    "stem_p50176_b1": ((1, 3, 224, 224), [(32, "relu"), (16, "relu")]),
+    "small_p50176_b8": ((8, 16, 224, 224), [(16, "relu6")]),
+}
+SWEEP_NAMES = list(SWEEP_SPECS)
 SPECS.update(EXTRA_SPECS)
+SPECS.update(SWEEP_SPECS)
 
 
 @dataclasses.dataclass
