@@ -7,8 +7,14 @@ from collections import deque
 from .errors import ONNX_EXTRA_HINT, ModelError, UnsupportedError
 from .ops import REGISTRY, Context, Refused
 from .program import AddStep, ChainStep
+from .quant import DOMAIN as QUANT_DOMAIN, lower_quantized
 
 MIN_OPSET = 7
+QUANT_EDGE_TYPES = ("uint8", "int8")
+
+
+def _bind_quantized(node, ctx):
+    return node.attrs["step"]
 
 
 BUILTIN_NEWEST_OPSET = 23  # every op we bind has its semantics unchanged up to here
@@ -86,6 +92,8 @@ def topological_order(graph):
 
 def _out_shape(step, shapes):
     """Symbolic shape of a step's output (ints, names or None per dim), or None."""
+    if hasattr(step, "out_shape"):  # (quantized steps compute their own)
+        return step.out_shape(shapes)
     if isinstance(step, ChainStep):
         x = shapes.get(step.input)
         layer = step.layers[0]
@@ -129,11 +137,17 @@ def lower(graph):
                         "onnx package's schemas; it is not installed: "
                         f"{ONNX_EXTRA_HINT})")
         problems.append(problem)
-    for v in graph.inputs:
-        if v.elem_type != "float32":
+    quant_reads = {t for n in graph.nodes if n.domain == QUANT_DOMAIN for t in n.inputs}
+    quant_writes = {t for n in graph.nodes if n.domain == QUANT_DOMAIN for t in n.outputs}
+    other_reads = {t for n in graph.nodes if n.domain != QUANT_DOMAIN for t in n.inputs}
+    for v in graph.inputs:  # (int8 / uint8 edges: only quantized steps read them)
+        if v.elem_type != "float32" and not (
+                v.elem_type in QUANT_EDGE_TYPES and v.name in quant_reads
+                and v.name not in other_reads):
             problems.append(f"input {v.name!r} is {v.elem_type}; only float32 inputs run")
     for v in graph.outputs:  # (every output is computed in float32: declaring another
-        if v.elem_type != "float32":  # type made a session that could not be compiled)
+        if v.elem_type != "float32" and not (  # type made a session that could not be
+                v.elem_type in QUANT_EDGE_TYPES and v.name in quant_writes):  # compiled)
             problems.append(f"output {v.name!r} is declared {v.elem_type}; only float32 "
                             "outputs are computed")
     order = topological_order(graph)
@@ -146,10 +160,13 @@ def lower(graph):
     steps = []
     for i in order:
         node = graph.nodes[i]
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain == QUANT_DOMAIN:  # made by quant.lower_quantized
+            binder = _bind_quantized
+        elif node.domain not in ("", "ai.onnx"):
             problems.append(f"{node.label()}: domain {node.domain!r} is not supported")
             continue
-        binder = REGISTRY.get(node.op_type)
+        else:
+            binder = REGISTRY.get(node.op_type)
         if binder is None:
             problems.append(f"{node.label()}: op {node.op_type} is not supported "
                             f"(supported: {', '.join(sorted(REGISTRY))})")
@@ -193,7 +210,7 @@ def unsupported_report(graph):
             if w is not None and w.ndim >= 3 and all(k == 1 for k in w.shape[2:]):
                 ones += 1
     try:
-        lower(graph)
+        lower(lower_quantized(graph)[0])
     except UnsupportedError as exc:
         problems = str(exc).split("\n  ")[1:] or [str(exc)]
     except ModelError as exc:

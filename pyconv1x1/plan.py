@@ -152,8 +152,14 @@ class KernelSet:
     def __init__(self, program, kernels):
         self.kernels = kernels
         self.chains = {}
+        self.qapi = None
         for step in program.steps:
-            if isinstance(step, ChainStep):
+            if hasattr(step, "build"):  # a quantized step: int8 kernel objects
+                if self.qapi is None:
+                    from .quant import kernels as int8_kernels
+                    self.qapi = int8_kernels()
+                self.chains[id(step)] = step.build(self.qapi)
+            elif isinstance(step, ChainStep):
                 specs = []
                 for layer in step.layers:
                     packed, blocks = pack_layer(layer, kernels.MAX_BLOCK_ROWS)
@@ -185,7 +191,13 @@ class ShapePlan:
         keep = {v.name for v in program.outputs}
         nr = kset.kernels.PANEL_WIDTH
         for i, step in enumerate(program.steps):
-            if isinstance(step, ChainStep):
+            if hasattr(step, "bind"):  # a quantized step binds itself
+                call, flops = step.bind(kset.chains.get(id(step)), kset.qapi, shapes,
+                                        threads)
+                _check_size(shapes[step.output], step.name, step.reads[0],
+                            shapes[step.reads[0]], "step")
+                self.flops += flops
+            elif isinstance(step, ChainStep):
                 call = self._chain(step, kset, shapes, nr, threads)
             elif isinstance(step, AffineStep):
                 call = self._affine(step, kset, shapes, threads)

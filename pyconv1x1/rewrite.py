@@ -10,6 +10,7 @@ from collections import deque
 
 import numpy as np
 
+from .quant.rewrite import merge_quantized
 from .program import (RES_AFTER_ACT, RES_BEFORE_ACT, AddStep, AffineStep, ChainStep,
                       CopyStep, Program)
 
@@ -21,6 +22,7 @@ def build_program(graph, steps):
     steps = _drop_copies(steps, outputs, inputs, notes)
     steps = _fuse(steps, outputs, notes)
     steps = _chain(steps, outputs, notes)
+    steps = merge_quantized(steps, outputs, notes)
     steps = _toposort(steps, inputs)
     return Program(inputs=graph.inputs, outputs=graph.outputs, steps=steps,
                    opset=graph.opset, producer=graph.producer, notes=notes,
@@ -37,7 +39,9 @@ def _consumers(steps):
 
 def _rename_reads(steps, old, new):
     for s in steps:
-        if isinstance(s, ChainStep):
+        if hasattr(s, "rename_read"):  # (quantized steps rename their own)
+            s.rename_read(old, new)
+        elif isinstance(s, ChainStep):
             if s.input == old:
                 s.input = new
             for layer in s.layers:

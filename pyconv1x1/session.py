@@ -15,6 +15,7 @@ from .plan import KernelSet, ShapePlan
 
 PLAN_CACHE_SIZE = 32
 _F32 = np.dtype(np.float32)
+_FEED_TYPES = ("float32", "uint8", "int8")  # (uint8 / int8: quantized models' edges)
 
 
 class NodeArg:
@@ -47,9 +48,13 @@ def _load_program(model, base_dir):
     if planfile.is_plan(model):
         return planfile.load(model)
     from . import check, onnx_reader, rewrite
+    from .quant import lower_quantized
     graph = onnx_reader.load(model, base_dir=base_dir)
+    graph, quant_notes = lower_quantized(graph)
     steps, _ = check.lower(graph)
-    return rewrite.build_program(graph, steps)
+    program = rewrite.build_program(graph, steps)
+    program.notes[:0] = quant_notes
+    return program
 
 
 class InferenceSession(SessionBase):
@@ -189,6 +194,13 @@ class InferenceSession(SessionBase):
         return self._kernels.VARIANT
 
     @property
+    def int8_path(self):
+        """Which int8 kernels run the model's quantized steps (compiled variant or the
+        numpy reference), or None when the model has none."""
+        from .quant import int8_path
+        return int8_path(self._program)
+
+    @property
     def program(self):
         return self._program
 
@@ -251,12 +263,14 @@ class InferenceSession(SessionBase):
         self._check_output_names(list(outputs))
         feeds = self._check_feed(input_feed)
         plan = self._plan({k: v.shape for k, v in feeds.items()})
+        declared = {v.name: v.elem_type for v in self._program.outputs}
         for name, arr in outputs.items():
             want = plan.shapes[name]
-            if not isinstance(arr, np.ndarray) or arr.dtype != _F32 \
+            dtype = declared[name] if declared[name] in _FEED_TYPES else "float32"
+            if not isinstance(arr, np.ndarray) or arr.dtype != dtype \
                     or not arr.flags.c_contiguous or not arr.flags.writeable:
                 raise InputError(f"output buffer {name!r} must be a writable C-contiguous "
-                                 f"float32 numpy array, got "
+                                 f"{dtype} numpy array, got "
                                  f"{getattr(arr, 'dtype', type(arr).__name__)}")
             if tuple(arr.shape) != tuple(want):
                 raise InputError(f"output buffer {name!r} has shape {list(arr.shape)}; "
@@ -350,9 +364,10 @@ class InferenceSession(SessionBase):
                 raise InputError(f"input {name!r} is a masked array; the model would "
                                  "read the masked values too: pass np.ma.filled(x, value) "
                                  "or the plain array x.data")
-            if arr.dtype != np.float32:
-                raise InputError(f"input {name!r} has dtype {arr.dtype}; expected float32 "
-                                 "(tensor(float)); no silent casting")
+            want = info.elem_type if info.elem_type in _FEED_TYPES else "float32"
+            if arr.dtype != want:
+                raise InputError(f"input {name!r} has dtype {arr.dtype}; expected {want} "
+                                 f"({_type_name(want)}); no silent casting")
             decl = info.shape
             if decl is not None:
                 if arr.ndim != len(decl):
