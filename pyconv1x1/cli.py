@@ -634,6 +634,15 @@ def _layer_rows(program, shapes, op_types):
             what = ("copy", ops_of(step.name.split("+")),
                     step.name, "", "", "", "", "-", "-")
             shapes[step.output] = shapes.get(step.input)
+        elif hasattr(step, "describe"):  # a quantized step: it describes itself
+            params = sum(int(getattr(l, "w").size) for l in
+                         getattr(step, "layers", [getattr(step, "layer", None)]) if l)
+            total_params += params
+            what = (step.kind, "-", step.name, "", "", "", "", "-", "-")
+            try:
+                shapes[step.output] = step.out_shape(shapes)
+            except Error:
+                shapes[step.output] = None
         else:  # pragma: no cover - a step type this CLI does not know yet
             params = 0
             what = (type(step).__name__, "-", getattr(step, "name", "?"), "", "", "",
@@ -654,6 +663,8 @@ def cmd_info(args):
     print(f"model: {args.model}")
     print(f"producer: {program.producer or '?'}, opset {program.opset}")
     print(_kernels_line(session))
+    if session.int8_path:
+        print(f"int8 kernels: {session.int8_path}")
     print("inputs:")
     _table([(a.name, _shape_text(a.shape), a.type) for a in session.get_inputs()])
     print("outputs:")

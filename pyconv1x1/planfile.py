@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import ModelError
 from .ir import ValueInfo
+from .quant import codec as quant_codec
 from .program import (Activation, AddStep, AffineStep, ChainStep, ConvLayer, CopyStep,
                       Program, RES_AFTER_ACT, RES_BEFORE_ACT, RES_NONE)
 
@@ -35,7 +36,9 @@ FORMAT_VERSION = 1
 PREFIX = struct.Struct("<8sIIQQI28x")
 ALIGN = 64
 MAX_HEADER_BYTES = 64 << 20
-_DTYPES = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8")}
+_DTYPES = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8"), "int32": np.dtype("<i4"),
+           "int8": np.dtype("i1"), "uint8": np.dtype("u1")}  # (int8..: quantized steps)
+_KEEP = ("int32", "int8", "uint8")  # stored as they are; other integers as int64
 
 
 def is_plan(data_or_path):
@@ -64,7 +67,8 @@ class _Arrays:
         if arr is None:
             return None
         arr = np.ascontiguousarray(arr)
-        dtype = "float32" if arr.dtype.kind == "f" else "int64"
+        dtype = ("float32" if arr.dtype.kind == "f" else
+                 arr.dtype.name if arr.dtype.name in _KEEP else "int64")
         arr = np.ascontiguousarray(arr, dtype=_DTYPES[dtype])
         pad = (-self.size) % ALIGN
         if pad:
@@ -122,8 +126,11 @@ def dumps(program, mr):
         elif isinstance(step, CopyStep):
             steps.append({"type": "copy", "name": step.name, "input": step.input,
                           "output": step.output})
-        else:  # pragma: no cover
-            raise TypeError(step)
+        else:  # a quantized step (quant.codec), or a bug
+            record = quant_codec.record(step, arrays.add)
+            if record is None:  # pragma: no cover
+                raise TypeError(step)
+            steps.append(record)
     header = json.dumps({
         "format": "pyconv1x1-plan", "version": FORMAT_VERSION,
         "inputs": [_vi_json(v) for v in program.inputs],
@@ -365,6 +372,9 @@ def _step(s, arr, what):
                        _act(_field(s, "act", what), f"{what} act"))
     if kind == "copy":
         return CopyStep(name("name"), name("input"), name("output"))
+    if kind in quant_codec.KINDS:
+        import sys
+        return quant_codec.load(s, arr, what, sys.modules[__name__])
     raise ModelError(f"{what}: step type {_show(kind)} is unknown")
 
 
@@ -455,8 +465,9 @@ def validate(program):
     if len(defined) != len(program.inputs):
         raise ModelError("plan declares an input twice")
     for v in program.inputs + program.outputs:
-        if v.elem_type != "float32":
-            raise ModelError(f"plan value {v.name!r} is {v.elem_type}, not float32")
+        if v.elem_type not in ("float32", "uint8", "int8"):
+            raise ModelError(f"plan value {v.name!r} is {v.elem_type}, not float32 "
+                             "(or uint8 / int8 for a quantized model's edges)")
     for step in program.steps:
         for t in step.reads:
             if t not in defined:

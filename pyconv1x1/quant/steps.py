@@ -134,6 +134,7 @@ class QChainStep(_Mutable):
 
     name = property(lambda self: " -> ".join(l.name for l in self.layers))
     reads = property(lambda self: [self.input])
+    kind = property(lambda self: f"int8 chain[{len(self.layers)}]")
 
     @property
     def out_dtype(self):
@@ -215,6 +216,7 @@ class _Elementwise(_Mutable):
 class QuantizeStep(_Elementwise):
     """float32 -> uint8: clamp(round_half_even(x / scale) + zp, 0, 255)."""
     __slots__ = ("name", "input", "output", "scale", "zp")
+    kind = "quantize"
 
     def __init__(self, name, input, output, scale, zp):
         self.name, self.input, self.output = name, input, output
@@ -240,6 +242,7 @@ def _run_quantize(env, outs, src, dst, api, shape, scale, zp, threads):
 class DequantizeStep(_Elementwise):
     """uint8 -> float32: (q - zp) * scale."""
     __slots__ = ("name", "input", "output", "scale", "zp")
+    kind = "dequantize"
 
     def __init__(self, name, input, output, scale, zp):
         self.name, self.input, self.output = name, input, output
@@ -265,6 +268,7 @@ def _run_dequantize(env, outs, src, dst, api, shape, scale, zp, threads):
 class EdgeStep(_Elementwise):
     """An int8 graph edge: int8 feed -> held uint8 (+128), or held uint8 -> int8 result."""
     __slots__ = ("name", "input", "output", "to_signed")
+    kind = "int8 edge"
 
     def __init__(self, name, input, output, to_signed):
         self.name, self.input, self.output = name, input, output
@@ -290,6 +294,7 @@ class QAddStep(_Mutable):
     """c = clamp(round_half_even(((a - za) * sa + (b - zb) * sb) / sc) + zc, lo, hi)
     on uint8 tensors of one shape (QLinearAdd, or DequantizeLinear x2 -> Add -> Q)."""
     __slots__ = ("name", "a", "b", "output", "za", "sa", "zb", "sb", "zc", "sc", "lo", "hi")
+    kind = "int8 add"
 
     def __init__(self, name, a, b, output, za, sa, zb, sb, zc, sc, lo=0, hi=255):
         self.name, self.a, self.b, self.output = name, a, b, output
@@ -338,6 +343,7 @@ class DynQConvStep(_Mutable):
     min / max on every run (the ONNX spec's formula), the conv runs in int8 and its
     result is float32(acc) * float32(x_scale * w_scale[o]) + bias[o]."""
     __slots__ = ("layer", "input", "output", "wscale", "wsum")
+    kind = "int8 dynamic conv"
 
     def __init__(self, layer, input, output, wscale):
         self.layer, self.input, self.output = layer, input, output
