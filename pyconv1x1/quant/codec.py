@@ -6,7 +6,7 @@ from ..errors import ModelError
 from ..program import CopyStep  # noqa: F401  (a quantized model's uint8 output copy)
 from . import steps as S
 
-KINDS = ("qchain", "quantize", "dequantize", "qedge", "qadd", "qdynconv")
+KINDS = ("qchain", "quantize", "dequantize", "qedge", "qadd", "qact", "qdynconv")
 
 
 def _layer_record(layer, add):
@@ -38,6 +38,10 @@ def record(step, add):
         return {"type": "qadd", "name": step.name, "a": step.a, "b": step.b,
                 "output": step.output, **{k: getattr(step, k) for k in
                                           ("za", "sa", "zb", "sb", "zc", "sc", "lo", "hi")}}
+    if isinstance(step, S.QActStep):
+        return {"type": "qact", "name": step.name, "input": step.input,
+                "output": step.output, **{k: getattr(step, k) for k in
+                                          ("zi", "si", "zo", "so", "lo", "hi")}}
     if isinstance(step, S.DynQConvStep):
         return {"type": "qdynconv", "input": step.input, "output": step.output,
                 "layer": _layer_record(step.layer, add), "wscale": add(step.wscale)}
@@ -78,6 +82,12 @@ def load(s, arr, what, pf):
                           zp(get("za"), f"{what} za"), _scale(get("sa"), f"{what} sa", pf),
                           zp(get("zb"), f"{what} zb"), _scale(get("sb"), f"{what} sb", pf),
                           zp(get("zc"), f"{what} zc"), _scale(get("sc"), f"{what} sc", pf),
+                          zp(get("lo"), f"{what} lo"), zp(get("hi"), f"{what} hi"))
+    if kind == "qact":
+        get = lambda k: pf._field(s, k, what)  # noqa: E731
+        return S.QActStep(name("name"), name("input"), name("output"),
+                          zp(get("zi"), f"{what} zi"), _scale(get("si"), f"{what} si", pf),
+                          zp(get("zo"), f"{what} zo"), _scale(get("so"), f"{what} so", pf),
                           zp(get("lo"), f"{what} lo"), zp(get("hi"), f"{what} hi"))
     if kind == "qdynconv":
         layer = _layer(pf._field(s, "layer", what), arr, f"{what} layer", pf)

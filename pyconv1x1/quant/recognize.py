@@ -79,6 +79,7 @@ class _Recognizer:
         self.cdq = {}            # DequantizeLinear of a constant -> (q, scale, zp, axis)
         self.dyn = {}            # DynamicQuantizeLinear output -> (node, index)
         self.deferred = []       # Mul(x_scale, w_scale) nodes a ConvInteger must claim
+        self.writer = {}         # internal tensor -> the quantized step writing it
 
     # -- helpers ----------------------------------------------------------------------
     def const(self, node, index, what, required=True):
@@ -166,6 +167,8 @@ class _Recognizer:
         node = Node(name=name, op_type=op, domain=DOMAIN if step is not None else "",
                     inputs=inputs, outputs=outputs, attrs={"step": step} if step else {})
         self.nodes.append(node)
+        for o in outputs:
+            self.writer[o] = step
         return node
 
     def need_float(self, t):
@@ -703,6 +706,39 @@ class _Recognizer:
         self.need_float(src_x)
         self.emit("DynQConv", [src_x], [out], node.name,
                   S.DynQConvStep(layer, src_x, out, wscale))
+
+    def on_Relu(self, node):
+        """DequantizeLinear -> Relu / Clip -> QuantizeLinear: a clamp in integers (folded
+        into the producing int8 conv when the two quantizations are the same)."""
+        x = node.inputs[0] if node.inputs else ""
+        info = self.dq.get(x)
+        tail = self.tail(x) if info is not None and x not in self.dq_done else None
+        if tail is None or tail[0] is not node:
+            return self.on_default(node)
+        qnode = tail[1]
+        q, si, zi, _ = info
+        s, _, zu, signed = self.params(qnode, 1, 2, "output", per_tensor=True)
+        so, zo = float(s[0]), int(zu[0])
+        lo, hi = self.clamp(node, so, zo)
+        out = qnode.outputs[0]
+        self.consumed.add(id(qnode))
+        self.qt[out] = signed
+        producer = self.writer.get(q)
+        if producer is not None and (si, zi) == (so, zo) and \
+                len(self.users.get(q, [])) == 1 and q not in self.held.values() and \
+                q not in self.outputs and isinstance(producer, S.QChainStep):
+            last = producer.layers[-1]
+            last.lo, last.hi = max(last.lo, lo), min(last.hi, hi)
+            last.names.append(node.name)
+            self.held[out] = q
+            self.notes.append(f"{node.label()} folded into the clamp of int8 conv "
+                              f"{last.names[0]}")
+            return
+        name = node.name
+        self.emit("QAct", [q], [out], name, S.QActStep(name, q, out, zi, si, zo, so,
+                                                        lo, max(lo, hi)))
+
+    on_Clip = on_Relu
 
     def on_Cast(self, node):
         self.on_default(node)

@@ -290,6 +290,29 @@ def _run_edge(env, outs, src, dst, shape, to_signed):
     env[dst] = y
 
 
+class QActStep(_Elementwise):
+    """Relu / Clip between a DequantizeLinear and a QuantizeLinear, in integers:
+    y = clamp(round_half_even(float32(x - zi) * si / so) + zo, lo, hi) (the qadd kernel
+    with a second term of scale 0)."""
+    __slots__ = ("name", "input", "output", "zi", "si", "zo", "so", "lo", "hi")
+    kind = "int8 activation"
+
+    def __init__(self, name, input, output, zi, si, zo, so, lo, hi):
+        self.name, self.input, self.output = name, input, output
+        self.zi, self.zo, self.lo, self.hi = int(zi), int(zo), int(lo), int(hi)
+        self.si, self.so = float(np.float32(si)), float(np.float32(so))
+
+    def describe(self):
+        return f"int8 activation {self.name} (clamp {self.lo}..{self.hi})"
+
+    def bind(self, kobj, api, shapes, threads):
+        shape = tuple(shapes[self.input])
+        shapes[self.output] = shape
+        args = (self.zi, self.si, self.zi, 0.0, self.zo, self.so, self.lo, self.hi)
+        return (_run_qadd, (self.input, self.input, self.output, api, shape, args,
+                            threads)), 0
+
+
 class QAddStep(_Mutable):
     """c = clamp(round_half_even(((a - za) * sa + (b - zb) * sb) / sc) + zc, lo, hi)
     on uint8 tensors of one shape (QLinearAdd, or DequantizeLinear x2 -> Add -> Q)."""
@@ -410,4 +433,5 @@ def _run_dynconv(env, outs, step, api, out, threads):
     env[step.output] = y
 
 
-QUANT_STEPS = (QChainStep, QuantizeStep, DequantizeStep, EdgeStep, QAddStep, DynQConvStep)
+QUANT_STEPS = (QChainStep, QuantizeStep, DequantizeStep, EdgeStep, QAddStep, QActStep,
+               DynQConvStep)
