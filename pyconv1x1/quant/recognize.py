@@ -571,11 +571,12 @@ class _Recognizer:
             self.emit("Dequantize", [x], [xf], node.name,
                       S.DequantizeStep(node.name, x, xf, float(xs[0]), int(xz_u8[0])))
             shape = [cout] + [1] * (w.ndim - 1)
-            w_float = ((w.astype(np.float64) - wz.reshape(shape)).astype(np.float32)
+            wz = np.broadcast_to(wz.reshape(-1), (cout,)).reshape(shape)
+            ws = np.broadcast_to(ws.reshape(-1), (cout,)).astype(np.float32)
+            w_float = ((w.astype(np.float64) - wz).astype(np.float32)
                        * ws.reshape(shape)).astype(np.float32)
             b_float = None if bias is None else (
-                bias.astype(np.float32) * (_f32(xs[0]) * ws)).astype(np.float32).reshape(
-                cout)
+                bias.astype(np.float32) * (_f32(xs[0]) * ws)).astype(np.float32)
             self._float_conv(node, xf, w_float, b_float, out, why,
                              q_out=(float(ys[0]), int(yz_u8[0])))
             return
