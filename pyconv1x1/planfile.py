@@ -37,8 +37,9 @@ PREFIX = struct.Struct("<8sIIQQI28x")
 ALIGN = 64
 MAX_HEADER_BYTES = 64 << 20
 _DTYPES = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8"), "int32": np.dtype("<i4"),
-           "int8": np.dtype("i1"), "uint8": np.dtype("u1")}  # (int8..: quantized steps)
-_KEEP = ("int32", "int8", "uint8")  # stored as they are; other integers as int64
+           "int16": np.dtype("<i2"), "int8": np.dtype("i1"),
+           "uint8": np.dtype("u1")}  # (int32 and smaller: quantized steps)
+_KEEP = ("int32", "int16", "int8", "uint8")  # stored as they are; other ints as int64
 
 
 def is_plan(data_or_path):

@@ -183,6 +183,8 @@ CASES = {
                                     activation_type=U8, weight_type=S8,
                                     nodes_to_exclude=["conv0"]), True),
     "dynamic": (float_model, dict(dynamic=True, weight_type=S8), True),
+    "dynamic_u8_weights": (lambda: float_model(residual=False),
+                           dict(dynamic=True, weight_type=U8), True),
 }
 
 
@@ -305,7 +307,7 @@ def test_dynamic_quantization_matches_the_spec_formula(quantized):
 
 def test_plan_round_trip_keeps_int8_steps(quantized, tmp_path):
     for name in ("qdq_s8_relu_kept", "qop_s8", "dynamic", "qdq_strided_padded",
-                 "qdq_mixed"):
+                 "qdq_mixed", "dynamic_u8_weights", "qop_u8_weights"):
         model = quantized(name)
         sess = pyconv1x1.InferenceSession(model.SerializeToString())
         path = tmp_path / f"{name}.pc1"

@@ -44,7 +44,8 @@ def record(step, add):
                                           ("zi", "si", "zo", "so", "lo", "hi")}}
     if isinstance(step, S.DynQConvStep):
         return {"type": "qdynconv", "input": step.input, "output": step.output,
-                "layer": _layer_record(step.layer, add), "wscale": add(step.wscale)}
+                "layer": _layer_record(step.layer, add), "wscale": add(step.wscale),
+                "wide": add(step.wide)}
     return None
 
 
@@ -94,7 +95,10 @@ def load(s, arr, what, pf):
         wscale = arr(pf._field(s, "wscale", what), f"{what} wscale", "float32")
         if wscale is None or wscale.shape != (layer.cout,):
             raise ModelError(f"{what}: wscale does not match {layer.cout} channels")
-        return S.DynQConvStep(layer, name("input"), name("output"), wscale)
+        wide = arr(s.get("wide"), f"{what} wide", "int16")
+        if wide is not None and wide.shape != layer.w.shape:
+            raise ModelError(f"{what}: wide weight does not match {list(layer.w.shape)}")
+        return S.DynQConvStep(layer, name("input"), name("output"), wscale, wide)
     return None
 
 

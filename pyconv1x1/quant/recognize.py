@@ -691,12 +691,15 @@ class _Recognizer:
                 add = None
         try:
             strides, pads, rank = self._geometry(node, wq)
-            w_eff = wq.reshape(cout, -1).astype(np.int64) - np.asarray(
-                wz, np.int64).reshape(-1)[:, None]
-            if w_eff.size and (w_eff.min() < -128 or w_eff.max() > 127):
-                raise _Fallback("its weight minus the weight zero point leaves int8")
         except _Fallback as why:
             raise UnsupportedError(f"{node.label()}: {why}; not supported") from None
+        w_eff = wq.reshape(cout, -1).astype(np.int64) - np.asarray(
+            wz, np.int64).reshape(-1)[:, None]
+        wide = None
+        if w_eff.size and (w_eff.min() < -128 or w_eff.max() > 127):
+            wide, w_eff = w_eff.astype(np.int16), np.zeros(w_eff.shape, np.int8)
+            self.notes.append(f"{node.label()}: its weight minus the weight zero point "
+                              "leaves int8 (uint8 weights); it runs in numpy integers")
         layer = S.QConvLayer([node.name, cast.name, mul.name] + ([add.name] if add else []),
                              w_eff, np.zeros(cout, np.int32), np.ones(cout, np.float32),
                              fbias=fbias, out_float=True, strides=strides, pads=pads,
@@ -706,7 +709,7 @@ class _Recognizer:
         src_x = dql.inputs[0]
         self.need_float(src_x)
         self.emit("DynQConv", [src_x], [out], node.name,
-                  S.DynQConvStep(layer, src_x, out, wscale))
+                  S.DynQConvStep(layer, src_x, out, wscale, wide))
 
     def on_Relu(self, node):
         """DequantizeLinear -> Relu / Clip -> QuantizeLinear: a clamp in integers (folded

@@ -365,13 +365,16 @@ class DynQConvStep(_Mutable):
     float32 in, float32 out; the input's uint8 scale and zero point come from its
     min / max on every run (the ONNX spec's formula), the conv runs in int8 and its
     result is float32(acc) * float32(x_scale * w_scale[o]) + bias[o]."""
-    __slots__ = ("layer", "input", "output", "wscale", "wsum")
+    __slots__ = ("layer", "input", "output", "wscale", "wide", "wsum")
     kind = "int8 dynamic conv"
 
-    def __init__(self, layer, input, output, wscale):
+    def __init__(self, layer, input, output, wscale, wide=None):
+        # wide: int16 [cout, cin] weights minus zero point when they leave int8 (uint8
+        # weights): then the conv runs in numpy integers, layer.w unused
         self.layer, self.input, self.output = layer, input, output
         self.wscale = np.ascontiguousarray(wscale, np.float32)
-        self.wsum = layer.w.astype(np.int64).sum(axis=1)
+        self.wide = None if wide is None else np.ascontiguousarray(wide, np.int16)
+        self.wsum = (layer.w if wide is None else self.wide).astype(np.int64).sum(axis=1)
 
     name = property(lambda self: self.layer.name)
     reads = property(lambda self: [self.input])
@@ -426,9 +429,16 @@ def _run_dynconv(env, outs, step, api, out, threads):
     bias = layer.bias.astype(np.int64) - xz * step.wsum
     scale = (np.float32(xs) * step.wscale).astype(np.float32)
     fbias = layer.fbias if layer.fbias is not None else np.zeros(layer.cout, np.float32)
+    n = out[0]
+    if step.wide is not None:
+        acc = np.einsum("ok,nkp->nop", step.wide.astype(np.int64),
+                        q.reshape(n, q.shape[1], -1).astype(np.int64)) + bias[None, :, None]
+        y.reshape(n, layer.cout, -1)[...] = (acc.astype(np.int32).astype(np.float32)
+                                             * scale[None, :, None] + fbias[None, :, None])
+        env[step.output] = y
+        return
     chain = api.QChain([api.QLayer(layer.w, bias.astype(np.int32), scale, 0, 0, 255,
                                    fbias)], True)
-    n = out[0]
     chain.run_u8(q.reshape(n, q.shape[1], -1), y.reshape(n, layer.cout, -1), threads)
     env[step.output] = y
 
