@@ -157,7 +157,7 @@ class KernelSet:
             if hasattr(step, "build"):  # a quantized step: int8 kernel objects
                 if self.qapi is None:
                     from .quant import kernels as int8_kernels
-                    self.qapi = int8_kernels()
+                    self.qapi = int8_kernels(getattr(kernels, "VARIANT", None))
                 self.chains[id(step)] = step.build(self.qapi)
             elif isinstance(step, ChainStep):
                 specs = []

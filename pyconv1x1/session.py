@@ -198,7 +198,7 @@ class InferenceSession(SessionBase):
         """Which int8 kernels run the model's quantized steps (compiled variant or the
         numpy reference), or None when the model has none."""
         from .quant import int8_path
-        return int8_path(self._program)
+        return int8_path(self._program, self.kernel_variant)
 
     @property
     def program(self):

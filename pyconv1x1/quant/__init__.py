@@ -4,23 +4,24 @@ int8 kernels when built, else the numpy reference of the same API: reference).""
 from .recognize import DOMAIN, is_quantized, lower_quantized  # noqa: F401
 
 
-def kernels():
-    """The int8 kernel module: compiled (`_backend.qkernels()`) when this build has it,
-    else the numpy reference (same names, same results)."""
+def kernels(variant=None):
+    """The int8 kernel module built with float kernel variant `variant` (default: the
+    one this CPU runs): compiled (`_backend.qkernels`) when this build has it, else the
+    numpy reference (same names, same results)."""
     from .. import _backend
     get = getattr(_backend, "qkernels", None)
     if get is not None:
         try:
-            return get()
-        except Exception:  # not built / cannot run here: the reference computes the same
-            pass
+            return get(variant)
+        except ImportError:  # not built in this installation: the reference computes
+            pass             # the same
     from . import reference
     return reference
 
 
-def int8_path(program):
+def int8_path(program, variant=None):
     """Which int8 path runs the program's quantized steps, or None when it has none."""
     from .steps import QUANT_STEPS
     if not any(isinstance(s, QUANT_STEPS) for s in program.steps):
         return None
-    return kernels().INT8_PATH
+    return kernels(variant).INT8_PATH

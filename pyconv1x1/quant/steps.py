@@ -292,8 +292,9 @@ def _run_edge(env, outs, src, dst, shape, to_signed):
 
 class QActStep(_Elementwise):
     """Relu / Clip between a DequantizeLinear and a QuantizeLinear, in integers:
-    y = clamp(round_half_even(float32(x - zi) * si / so) + zo, lo, hi) (the qadd kernel
-    with a second term of scale 0)."""
+    y = clamp(round_half_even(float32(x - zi) * si / so) + zo, lo, hi): the qadd kernel
+    adding x to itself at half the scale (exact: halving a float32 scale only lowers its
+    exponent, and the two equal halves sum to float32(x - zi) * si)."""
     __slots__ = ("name", "input", "output", "zi", "si", "zo", "so", "lo", "hi")
     kind = "int8 activation"
 
@@ -308,7 +309,8 @@ class QActStep(_Elementwise):
     def bind(self, kobj, api, shapes, threads):
         shape = tuple(shapes[self.input])
         shapes[self.output] = shape
-        args = (self.zi, self.si, self.zi, 0.0, self.zo, self.so, self.lo, self.hi)
+        half = self.si / 2
+        args = (self.zi, half, self.zi, half, self.zo, self.so, self.lo, self.hi)
         return (_run_qadd, (self.input, self.input, self.output, api, shape, args,
                             threads)), 0
 
