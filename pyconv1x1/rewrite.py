@@ -169,6 +169,9 @@ def _chain(steps, outputs, notes, declined):
             readers = users.get(t, ())
             nxt = [u for u in readers if u.layers and u.input == t and u is not s]
             if len(nxt) != 1:
+                for d in nxt:
+                    _decline_chain(declined, s, d, f"{t!r} is also read by "
+                                   f"{_names(u for u in readers if u is not d)}")
                 break
             d = nxt[0]
             first = d.layers[0]
@@ -186,8 +189,7 @@ def _chain(steps, outputs, notes, declined):
             elif first.spatial_rank != s.layers[0].spatial_rank:
                 why = "the two convs differ in spatial rank"
             if why is not None:
-                declined.add(d, f"conv {first.names[0]} not chained after conv "
-                                f"{s.layers[-1].names[0]}: {why}")
+                _decline_chain(declined, s, d, why)
                 break
             s.layers.extend(d.layers)
             s.output = d.output
@@ -197,6 +199,11 @@ def _chain(steps, outputs, notes, declined):
                 users[r] = [s if u is d else u for u in users.get(r, ())]
             notes.append(f"chained {first.names[0]} after {s.layers[-2].names[0]}")
     return [s for s in steps if id(s) not in merged]
+
+
+def _decline_chain(declined, s, d, why):
+    declined.add(d, f"conv {d.layers[0].names[0]} not chained after conv "
+                    f"{s.layers[-1].names[0]}: {why}")
 
 
 def _toposort(steps, inputs):
