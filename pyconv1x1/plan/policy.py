@@ -13,6 +13,20 @@ THREAD_FLOPS = SERIAL_FLOPS // 2  # and each thread a run uses gets at least thi
 # -- tiles: bytes of cache, pixels per tile -----------------------------------------------
 TILE_BUDGET_BYTES = 96 * 1024  # a tile's input (one reduction chunk of it) in L2
 MAX_TILE_PIXELS = 512          # a tile's pixels at most, however few its channels
+
+# -- how work is cut: tasks and tiles per thread -----------------------------------------
+SPLIT_TASKS_PER_THREAD = 2  # a chain with fewer tiles than this per thread runs layer by
+                            # layer, its output channels cut into ranges to make tasks
+MIN_TILES_PER_THREAD = 4    # threaded runs cut images into at least this many tiles per
+                            # thread while tiles stay >= a panel (see tile_pixels)
+
+# -- batch folding: panel lanes (pixels computed, valid or padding) ------------------------
+FOLD_LANE_GAIN = 0.9  # fold the batch when that needs <= 90% of the panel lanes: folded
+                      # tiles copy their input and output in runs of one image's pixels
+                      # (one pixel at a time for 1x1 maps and strided inputs), not whole
+                      # panel rows, so a few % of lanes saved do not pay for it
+
+
 def tile_pixels(nr, max_channels, pixels, min_tiles=8, chunk=None):
     """Pixels per tile: a multiple of nr that keeps the tile's input, up to one
     reduction chunk of channels (the kernels' REDUCTION_CHUNK), in L2, and cuts an image
@@ -28,22 +42,10 @@ def tile_pixels(nr, max_channels, pixels, min_tiles=8, chunk=None):
     return max(nr, -(-(-(-pixels // tiles)) // nr) * nr)
 
 
-FOLD_LANE_GAIN = 0.9  # fold the batch when that needs <= 90% of the panel lanes: folded
-                      # tiles copy their input and output in runs of one image's pixels
-                      # (one pixel at a time for 1x1 maps and strided inputs), not whole
-                      # panel rows, so a few % of lanes saved do not pay for it
-
-
 def panel_lanes(nr, pixels, tile):
     """Panel lanes (pixels computed, valid or not) of `pixels` cut into tiles of `tile`."""
     full, rest = divmod(pixels, tile)
     return full * tile + -(-rest // nr) * nr
-
-
-SPLIT_TASKS_PER_THREAD = 2  # a chain with fewer tiles than this per thread runs layer by
-                            # layer, its output channels cut into ranges to make tasks
-MIN_TILES_PER_THREAD = 4    # threaded runs cut images into at least this many tiles per
-                            # thread while tiles stay >= a panel (see tile_pixels)
 
 
 def threads_for(flops, threads):
