@@ -154,8 +154,15 @@ def lower(graph):
 
 def unsupported_report(graph):
     """(problems, conv_count, conv1x1_count) without raising: for `pyconv1x1 info`.
-    problems: one line each (str of the Problem records UnsupportedError.problems
-    holds)."""
+    problems: one line each (see unsupported_problems for the records)."""
+    problems, convs, ones = unsupported_problems(graph)
+    return [str(p) for p in problems], convs, ones
+
+
+def unsupported_problems(graph):
+    """(problems, conv_count, conv1x1_count) without raising; problems: Problem records
+    (op, node, reason), as UnsupportedError.problems holds them (group them by op and
+    reason without parsing text)."""
     problems = []
     convs = ones = 0
     for n in graph.nodes:
@@ -167,8 +174,7 @@ def unsupported_report(graph):
     try:
         lower(graph)
     except UnsupportedError as exc:
-        problems = [str(p) for p in exc.problems] or [str(exc)]
+        problems = exc.problems or [Problem("", "", str(exc))]
     except ModelError as exc:
-        problems = [str(exc)]
+        problems = [Problem("", "", str(exc))]
     return problems, convs, ones
-

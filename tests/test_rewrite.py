@@ -187,3 +187,14 @@ def test_unsupported_nodes_are_reported_as_records():
     assert all(isinstance(p, Problem) and "is not supported" in p.reason
                for p in problems)
     assert str(info.value).splitlines()[1:] == [f"  {p}" for p in problems]
+
+
+def test_the_info_report_gets_the_same_records():
+    from pyconv1x1 import check, onnx_reader
+    nodes = [_conv("x", "t", "c")[0], helper.make_node("Sin", ["t"], ["y"], name="sine")]
+    model = make_model(nodes, [("x", [1, C, 2, 2])], [("y", [None] * 4)],
+                       _conv("x", "t", "c")[1])
+    problems, convs, ones = check.unsupported_problems(onnx_reader.load(model))
+    assert problems == [Problem("Sin", "sine", problems[0].reason)] and (convs, ones) == (1, 1)
+    lines, _, _ = check.unsupported_report(onnx_reader.load(model))
+    assert lines == [f"Sin 'sine': {problems[0].reason}"]
