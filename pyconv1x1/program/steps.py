@@ -1,16 +1,29 @@
 """The step kinds of a Program. Each kind owns its behaviour, so a new kind (an int8
-chain, a pooling step) is one class here plus its kernel binder in plan/:
+chain, a pooling step) is one class here, registered in STEP_KINDS, plus its kernel
+binder in plan/ (plan.BINDERS, and plan.KERNEL_BUILDERS if it prepares a kernel object
+once per session) and its op binder in ops.py. The interface (defaults in Step):
 
-    kind                     the plan file's "type" string (STEP_KINDS maps it back)
-    reads, outputs           tensor names read / written
+    kind                     class attribute: the plan file's "type" string
+    reads                    tensor names read (every one, residuals included)
+    outputs / output         tensor names written (one today)
+    label                    how messages name the step
+    layers, copy_of          the conv layers it runs (() if none); the tensor it only
+                             copies (None if it computes)
     rename_read(old, new)    point a read elsewhere (the rewrite drops copies)
-    out_shape(shapes)        symbolic output shape from the input shapes (check stage)
+    out_shape(shapes)        symbolic output shape from {tensor: shape} (check stage;
+                             UnsupportedError with .problems for what cannot run)
     describe()               one line for humans
     encode(arrays, mr)       -> JSON object; arrays.add(ndarray) -> index (plan file)
     decode(obj, arr, what)   classmethod: JSON object -> step, every field validated
+                             (arr(index, what, dtype) -> checked ndarray)
     validate(defined)        structural checks of a decoded step (ModelError)
     fuse_candidates()        (read, other) pairs the rewrite may merge into a producer
-    absorb(s, other, notes)  merge step s into self: None when done, else why not
+    absorb(s, other, notes)  merge step s into self: None when done, else why not;
+                             double dispatch through s.fold_into_conv(layer, other,
+                             notes) / s.fold_into_elementwise(p, notes) /
+                             p.merge_affine(s), each None or a reason
+ChainStep adds geometry(x) and layer_shapes(x): the one place the chain's output-shape
+arithmetic lives (check, plan and `pyconv1x1 info` use it).
 """
 from typing import List, Optional
 
@@ -186,6 +199,7 @@ class Step(_Mutable):
     __slots__ = ()
     kind = ""
     layers = ()  # the conv layers a step runs (a chain's; none for the others)
+    copy_of = None  # the tensor a step only copies (CopyStep's input), else None
 
     @property
     def outputs(self):
@@ -489,7 +503,6 @@ class CopyStep(Step):
 
     @property
     def copy_of(self):
-        """The tensor this step copies (None for every other kind: see Step)."""
         return self.input
 
     def describe(self):
@@ -504,8 +517,6 @@ class CopyStep(Step):
         n = lambda key: _name(field(s, key, what), f"{what} {key}")  # noqa: E731
         return cls(n("name"), n("input"), n("output"))
 
-
-Step.copy_of = None
 
 # plan-file "type" -> step class: the one place a kind string is dispatched on
 STEP_KINDS = {cls.kind: cls for cls in (ChainStep, AffineStep, AddStep, CopyStep)}
