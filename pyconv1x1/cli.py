@@ -634,11 +634,11 @@ def _layer_rows(program, shapes, op_types):
             what = ("copy", ops_of(step.name.split("+")),
                     step.name, "", "", "", "", "-", "-")
             shapes[step.output] = shapes.get(step.input)
-        elif hasattr(step, "describe"):  # a quantized step: it describes itself
-            params = sum(int(getattr(l, "w").size) for l in
-                         getattr(step, "layers", [getattr(step, "layer", None)]) if l)
+        elif hasattr(step, "title"):  # a quantized step (quant.steps)
+            params = sum(int(l.w.size) for l in
+                         getattr(step, "qlayers", [getattr(step, "layer", None)]) if l)
             total_params += params
-            what = (step.kind, "-", step.name, "", "", "", "", "-", "-")
+            what = (step.title, "-", step.name, "", "", "", "", "-", "-")
             try:
                 shapes[step.output] = step.out_shape(shapes)
             except Error:

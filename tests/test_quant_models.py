@@ -277,7 +277,7 @@ def test_quantized_model_matches_onnxruntime_and_reference(quantized, name):
 def test_chains_quantize_once_and_residual_joins_stay_int8(quantized):
     for name in ("qdq_s8_per_channel", "qop_u8"):
         program = pyconv1x1.InferenceSession(quantized(name).SerializeToString()).program
-        kinds = [s.kind for s in program.steps]
+        kinds = [getattr(s, "title", s.kind) for s in program.steps]
         assert kinds == ["int8 chain[2]", "int8 chain[1]", "int8 add", "dequantize"], kinds
         assert program.steps[0].in_q is not None  # the float input quantized in the chain
 
@@ -287,7 +287,7 @@ def test_fallbacks_are_noted(quantized):
         quantized("qdq_grouped_falls_back").SerializeToString()).program.notes
     assert any("conv1" in n and "float32" in n and "group=2" in n for n in notes), notes
     mixed = pyconv1x1.InferenceSession(quantized("qdq_mixed").SerializeToString()).program
-    kinds = [getattr(s, "kind", "float") for s in mixed.steps]
+    kinds = [getattr(s, "title", "float") for s in mixed.steps]
     assert any(k.startswith("int8 chain") for k in kinds), kinds
     assert any(type(s).__name__ == "ChainStep" for s in mixed.steps)  # conv1 in float
 

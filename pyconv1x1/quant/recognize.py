@@ -731,7 +731,7 @@ class _Recognizer:
         if producer is not None and (si, zi) == (so, zo) and \
                 len(self.users.get(q, [])) == 1 and q not in self.held.values() and \
                 q not in self.outputs and isinstance(producer, S.QChainStep):
-            last = producer.layers[-1]
+            last = producer.qlayers[-1]
             last.lo, last.hi = max(last.lo, lo), min(last.hi, hi)
             last.names.append(node.name)
             self.held[out] = q

@@ -29,17 +29,17 @@ def merge_quantized(steps, outputs, notes):
             gone.add(id(p))
             users.setdefault(p.input, []).append(s)
             notes.append(f"quantize {p.name} moved into int8 chain {s.name}")
-        while s.out_dq is None and not s.layers[-1].out_float:
+        while s.out_dq is None and not s.qlayers[-1].out_float:
             d = only_user(s.output)
             if isinstance(d, QChainStep) and d.in_q is None and d.input == s.output \
-                    and d.layers[0].keeps_pixels \
-                    and d.layers[0].spatial_rank == s.layers[-1].spatial_rank:
-                s.layers.extend(d.layers)
+                    and d.qlayers[0].keeps_pixels \
+                    and d.qlayers[0].spatial_rank == s.qlayers[-1].spatial_rank:
+                s.qlayers.extend(d.qlayers)
                 s.output, s.out_dq = d.output, d.out_dq
                 producer[s.output] = s
                 gone.add(id(d))
-                notes.append(f"int8 chain: {d.layers[0].name} after "
-                             f"{s.layers[-len(d.layers) - 1].name}")
+                notes.append(f"int8 chain: {d.qlayers[0].name} after "
+                             f"{s.qlayers[-len(d.qlayers) - 1].name}")
                 continue
             if isinstance(d, DequantizeStep):
                 s.output, s.out_dq = d.output, (d.scale, d.zp)

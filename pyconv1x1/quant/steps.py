@@ -1,28 +1,17 @@
-"""The quantized program steps: what the recognizer makes of QDQ / QOperator /
-ConvInteger nodes and what a plan file stores. Each step owns its behaviour: the
-tensors it reads, its output shape, its description, its kernel objects, its bound call
-for one input shape and its plan-file record.
+"""The quantized program steps (program.steps.Step kinds): what the recognizer makes of
+QDQ / QOperator / ConvInteger nodes and what a plan file stores. Each step owns its
+behaviour: the tensors it reads, its output shape, its description, its plan-file codec
+(encode / decode / validate), its kernel object (build) and its bound call for one input
+shape (bind). They are registered in program.STEP_KINDS here and in plan.BINDERS /
+plan.KERNEL_BUILDERS through BINDERS / KERNEL_BUILDERS below.
 
 Quantized tensors between steps are uint8 arrays with a zero point (an int8 value v is
 held as v + 128); params travel with the steps that read or write them."""
 import numpy as np
 
 from ..errors import InputError, ModelError, UnsupportedError
-from ..program import _Mutable
-
-
-def _same_shape_out(step, shapes, a, b=None):
-    x = shapes.get(a)
-    if b is None:
-        return x
-    y = shapes.get(b)
-    if x is None or y is None:
-        return x or y
-    if len(x) != len(y) or any(isinstance(p, int) and isinstance(q, int) and p != q
-                               for p, q in zip(x, y)):
-        raise UnsupportedError(f"{step.describe()}: inputs {list(x)} and {list(y)} "
-                               "broadcast; only same-shape tensor sums run")
-    return tuple(p if isinstance(p, int) else q for p, q in zip(x, y))
+from ..program.codec import field, integer, json_list, name as _name, number, show
+from ..program.steps import STEP_KINDS, Step, _Mutable
 
 
 def _flat(a):
@@ -35,6 +24,38 @@ def _out(outs, dst, shape, dtype):
     if y is not None and y.dtype == dtype and tuple(y.shape) == tuple(shape):
         return y
     return np.empty(shape, dtype)
+
+
+# -- plan-file field readers ------------------------------------------------------------
+def _scale(v, what):
+    v = number(v, what)
+    if not (np.isfinite(v) and v > 0):
+        raise ModelError(f"{what} is {v}; a scale must be finite and > 0")
+    return v
+
+
+def _u8(v, what):
+    return integer(v, what, 0, 255)
+
+
+def _flag(v, what):
+    if not isinstance(v, bool):
+        raise ModelError(f"{what} is {show(v)}; expected a boolean")
+    return v
+
+
+def _q_pair(v, what):
+    """(scale, zero point) or None, from a plan file."""
+    if v is None:
+        return None
+    v = json_list(v, what)
+    if len(v) != 2:
+        raise ModelError(f"{what} has {len(v)} values; expected [scale, zero point]")
+    return _scale(v[0], f"{what} scale"), _u8(v[1], f"{what} zero point")
+
+
+def _names(s, what, *keys):
+    return [_name(field(s, k, what), f"{what} {k}") for k in keys]
 
 
 # --------------------------------------------------------------------------------------
@@ -76,6 +97,53 @@ class QConvLayer(_Mutable):
         return api.QLayer(self.w, self.bias, self.scale, self.zp_out, self.lo, self.hi,
                           self.fbias)
 
+    def describe(self):
+        out = "float32" if self.out_float else f"uint8 clamp {self.lo}..{self.hi}"
+        return f"int8 conv {self.name} {self.cin}->{self.cout} ({out})"
+
+    def encode(self, arrays):
+        return {"names": list(self.names), "w": arrays.add(self.w),
+                "bias": arrays.add(self.bias), "scale": arrays.add(self.scale),
+                "zp_out": self.zp_out, "lo": self.lo, "hi": self.hi,
+                "fbias": arrays.add(self.fbias), "out_float": self.out_float,
+                "strides": list(self.strides), "pads": list(self.pads),
+                "in_zp": self.in_zp, "spatial_rank": self.spatial_rank}
+
+    @classmethod
+    def decode(cls, l, arr, what):
+        get = lambda key: field(l, key, what)  # noqa: E731
+        names = [_name(n, f"{what} name") for n in json_list(get("names"), f"{what} names")]
+        if not names:
+            raise ModelError(f"{what} has no names")
+        w = arr(get("w"), f"{what} w", "int8")
+        if w is None or w.ndim != 2 or 0 in w.shape:
+            raise ModelError(f"{what}: weight must be a non-empty [cout, cin] int8 array")
+        cout = w.shape[0]
+        vec = {}
+        for key, dtype in (("bias", "int32"), ("scale", "float32"), ("fbias", "float32")):
+            a = arr(get(key), f"{what} {key}", dtype)
+            if a is not None and a.shape != (cout,):
+                raise ModelError(f"{what}: {key} has shape {list(a.shape)}; expected "
+                                 f"[{cout}]")
+            vec[key] = a
+        if vec["bias"] is None or vec["scale"] is None:
+            raise ModelError(f"{what}: bias and scale are required")
+        if not (np.isfinite(vec["scale"]).all() and (vec["scale"] > 0).all()):
+            raise ModelError(f"{what}: scales must be finite and > 0")
+        ints = lambda key: tuple(  # noqa: E731
+            integer(x, f"{what} {key}", 0, 1 << 20) for x in json_list(get(key),
+                                                                      f"{what} {key}"))
+        strides, pads = ints("strides"), ints("pads")
+        if len(strides) != 2 or len(pads) != 4 or min(strides) < 1:
+            raise ModelError(f"{what}: bad strides / pads")
+        lo, hi = _u8(get("lo"), f"{what} lo"), _u8(get("hi"), f"{what} hi")
+        if lo > hi:
+            raise ModelError(f"{what}: clamp {lo}..{hi} is empty")
+        return cls(names, w, vec["bias"], vec["scale"], _u8(get("zp_out"), f"{what} zp_out"),
+                   lo, hi, vec["fbias"], _flag(get("out_float"), f"{what} out_float"),
+                   strides, pads, _u8(get("in_zp"), f"{what} in_zp"),
+                   integer(get("spatial_rank"), f"{what} spatial_rank", 1, 2))
+
 
 def _geometry(q, layer, zp):
     """The layer's input after its pads (filled with the zero point) and strides."""
@@ -115,56 +183,76 @@ def _check_conv_input(layer, src, x):
     if x[1] != layer.cin:
         raise InputError(f"Conv '{layer.name}': input {src!r} has shape {list(x)}; "
                          f"expected {layer.cin} channels (dim 1)")
-    out = _conv_out_shape(layer, layer.cout, tuple(x))
-    if any(d < 1 for d in out[2:]) and all(d > 0 for d in x[2:]):
-        raise InputError(f"Conv '{layer.name}': input {list(x)} gives an empty output")
-    return out
+    if any(d == 0 for d in x[2:]):
+        return (x[0], layer.cout) + tuple(0 for _ in x[2:])
+    return _conv_out_shape(layer, layer.cout, tuple(x))
 
 
-class QChainStep(_Mutable):
+class QChainStep(Step):
     """Consecutive int8 convs run as one kernel chain. in_q: (scale, zp) when the input
     is float32 and is quantized here; out_dq: (scale, zp) when the uint8 result is
     dequantized here; else the input / output are uint8 tensors (or float32 from a last
-    layer with out_float)."""
-    __slots__ = ("input", "output", "layers", "in_q", "out_dq")
+    layer with out_float). Its layers are `qlayers` (Step.layers: float convs only)."""
+    __slots__ = ("input", "output", "qlayers", "in_q", "out_dq")
+    kind = "qchain"
 
-    def __init__(self, input, output, layers, in_q=None, out_dq=None):
-        self.input, self.output, self.layers = input, output, list(layers)
+    def __init__(self, input, output, qlayers, in_q=None, out_dq=None):
+        self.input, self.output, self.qlayers = input, output, list(qlayers)
         self.in_q, self.out_dq = in_q, out_dq
 
-    name = property(lambda self: " -> ".join(l.name for l in self.layers))
+    name = property(lambda self: " -> ".join(l.name for l in self.qlayers))
     reads = property(lambda self: [self.input])
-    kind = property(lambda self: f"int8 chain[{len(self.layers)}]")
+    title = property(lambda self: f"int8 chain[{len(self.qlayers)}]")
 
     @property
     def out_dtype(self):
-        return np.float32 if (self.out_dq or self.layers[-1].out_float) else np.uint8
-
-    def rename_read(self, old, new):
-        if self.input == old:
-            self.input = new
+        return np.float32 if (self.out_dq or self.qlayers[-1].out_float) else np.uint8
 
     def describe(self):
         ends = (" (quantize in)" if self.in_q else "") + (
             " (dequantize out)" if self.out_dq else "")
-        return f"int8 chain[{len(self.layers)}] {self.name}{ends}"
+        return " -> ".join(l.describe() for l in self.qlayers) + ends
 
     def out_shape(self, shapes):
-        return _conv_out_shape(self.layers[0], self.layers[-1].cout,
+        return _conv_out_shape(self.qlayers[0], self.qlayers[-1].cout,
                                shapes.get(self.input))
+
+    def encode(self, arrays, mr):
+        pair = lambda p: None if p is None else [float(p[0]), int(p[1])]  # noqa: E731
+        return {"type": self.kind, "input": self.input, "output": self.output,
+                "in_q": pair(self.in_q), "out_dq": pair(self.out_dq),
+                "layers": [l.encode(arrays) for l in self.qlayers]}
+
+    @classmethod
+    def decode(cls, s, arr, what):
+        layers = [QConvLayer.decode(l, arr, f"{what} layer {i}") for i, l in
+                  enumerate(json_list(field(s, "layers", what), f"{what} layers"))]
+        return cls(*_names(s, what, "input", "output"), layers,
+                   _q_pair(field(s, "in_q", what), f"{what} in_q"),
+                   _q_pair(field(s, "out_dq", what), f"{what} out_dq"))
+
+    def validate(self, defined):
+        if not self.qlayers:
+            raise ModelError(f"plan int8 chain {self.output!r} has no layers")
+        for i in range(1, len(self.qlayers)):
+            a, b = self.qlayers[i - 1], self.qlayers[i]
+            if b.cin != a.cout or not b.keeps_pixels or a.out_float:
+                raise ModelError(f"plan int8 layer {b.name}: does not chain")
+        if self.out_dq is not None and self.qlayers[-1].out_float:
+            raise ModelError(f"plan int8 chain {self.name}: dequantizes a float output")
 
     def flops(self, shape):
         n, p = shape[0], int(np.prod(shape[2:], dtype=np.int64))
-        return sum(2 * n * p * l.cout * l.cin for l in self.layers)
+        return sum(2 * n * p * l.cout * l.cin for l in self.qlayers)
 
     def build(self, api):
-        return api.QChain([l.kernel(api) for l in self.layers],
-                          self.layers[-1].out_float)
+        return api.QChain([l.kernel(api) for l in self.qlayers],
+                          self.qlayers[-1].out_float)
 
     def bind(self, kobj, api, shapes, threads):
-        first = self.layers[0]
+        first = self.qlayers[0]
         out = _check_conv_input(first, self.input, shapes[self.input])
-        out = out[:1] + (self.layers[-1].cout,) + out[2:]
+        out = out[:1] + (self.qlayers[-1].cout,) + out[2:]
         shapes[self.output] = out
         return (_run_qchain, (self.input, self.output, kobj, api, self.in_q, self.out_dq,
                               first, out, np.dtype(self.out_dtype), threads)), \
@@ -200,36 +288,42 @@ def _run_qchain(env, outs, src, dst, kobj, api, in_q, out_dq, first, out, dtype,
 
 class _Elementwise(_Mutable):
     __slots__ = ()
+class _Elementwise(Step):
+    """One input, one output of its shape; no kernel object."""
+    __slots__ = ()
     reads = property(lambda self: [self.input])
-
-    def rename_read(self, old, new):
-        if self.input == old:
-            self.input = new
-
-    def out_shape(self, shapes):
-        return shapes.get(self.input)
+    title = property(lambda self: self.kind)
 
     def build(self, api):
         return None
 
 
-class QuantizeStep(_Elementwise):
-    """float32 -> uint8: clamp(round_half_even(x / scale) + zp, 0, 255)."""
+class _Rescale(_Elementwise):
+    """Quantize / Dequantize: (name, input, output, scale, zp)."""
     __slots__ = ("name", "input", "output", "scale", "zp")
-    kind = "quantize"
 
     def __init__(self, name, input, output, scale, zp):
         self.name, self.input, self.output = name, input, output
         self.scale, self.zp = float(np.float32(scale)), int(zp)
 
     def describe(self):
-        return f"quantize {self.name} (scale {self.scale:g}, zero point {self.zp})"
+        return f"{self.kind} {self.name} (scale {self.scale:g}, zero point {self.zp})"
+
+    def encode(self, arrays, mr):
+        return {"type": self.kind, "name": self.name, "input": self.input,
+                "output": self.output, "scale": self.scale, "zp": self.zp}
+
+    @classmethod
+    def decode(cls, s, arr, what):
+        return cls(*_names(s, what, "name", "input", "output"),
+                   _scale(field(s, "scale", what), f"{what} scale"),
+                   _u8(field(s, "zp", what), f"{what} zp"))
 
     def bind(self, kobj, api, shapes, threads):
         shape = tuple(shapes[self.input])
         shapes[self.output] = shape
-        return (_run_quantize, (self.input, self.output, api, shape, self.scale, self.zp,
-                                threads)), 0
+        return (self._run, (self.input, self.output, api, shape, self.scale, self.zp,
+                            threads)), 0
 
 
 def _run_quantize(env, outs, src, dst, api, shape, scale, zp, threads):
@@ -239,25 +333,6 @@ def _run_quantize(env, outs, src, dst, api, shape, scale, zp, threads):
     env[dst] = y
 
 
-class DequantizeStep(_Elementwise):
-    """uint8 -> float32: (q - zp) * scale."""
-    __slots__ = ("name", "input", "output", "scale", "zp")
-    kind = "dequantize"
-
-    def __init__(self, name, input, output, scale, zp):
-        self.name, self.input, self.output = name, input, output
-        self.scale, self.zp = float(np.float32(scale)), int(zp)
-
-    def describe(self):
-        return f"dequantize {self.name} (scale {self.scale:g}, zero point {self.zp})"
-
-    def bind(self, kobj, api, shapes, threads):
-        shape = tuple(shapes[self.input])
-        shapes[self.output] = shape
-        return (_run_dequantize, (self.input, self.output, api, shape, self.scale,
-                                  self.zp, threads)), 0
-
-
 def _run_dequantize(env, outs, src, dst, api, shape, scale, zp, threads):
     y = _out(outs, dst, shape, np.float32)
     if y.size:
@@ -265,10 +340,24 @@ def _run_dequantize(env, outs, src, dst, api, shape, scale, zp, threads):
     env[dst] = y
 
 
+class QuantizeStep(_Rescale):
+    """float32 -> uint8: clamp(round_half_even(x / scale) + zp, 0, 255)."""
+    __slots__ = ()
+    kind = "quantize"
+    _run = staticmethod(_run_quantize)
+
+
+class DequantizeStep(_Rescale):
+    """uint8 -> float32: (q - zp) * scale."""
+    __slots__ = ()
+    kind = "dequantize"
+    _run = staticmethod(_run_dequantize)
+
+
 class EdgeStep(_Elementwise):
     """An int8 graph edge: int8 feed -> held uint8 (+128), or held uint8 -> int8 result."""
     __slots__ = ("name", "input", "output", "to_signed")
-    kind = "int8 edge"
+    kind = "qedge"
 
     def __init__(self, name, input, output, to_signed):
         self.name, self.input, self.output = name, input, output
@@ -276,6 +365,15 @@ class EdgeStep(_Elementwise):
 
     def describe(self):
         return f"int8 {'output' if self.to_signed else 'input'} {self.name} (+-128)"
+
+    def encode(self, arrays, mr):
+        return {"type": self.kind, "name": self.name, "input": self.input,
+                "output": self.output, "to_signed": self.to_signed}
+
+    @classmethod
+    def decode(cls, s, arr, what):
+        return cls(*_names(s, what, "name", "input", "output"),
+                   _flag(field(s, "to_signed", what), f"{what} to_signed"))
 
     def bind(self, kobj, api, shapes, threads):
         shape = tuple(shapes[self.input])
@@ -290,42 +388,59 @@ def _run_edge(env, outs, src, dst, shape, to_signed):
     env[dst] = y
 
 
-class QActStep(_Elementwise):
-    """Relu / Clip between a DequantizeLinear and a QuantizeLinear, in integers:
-    y = clamp(round_half_even(float32(x - zi) * si / so) + zo, lo, hi): the qadd kernel
-    adding x to itself at half the scale (exact: halving a float32 scale only lowers its
-    exponent, and the two equal halves sum to float32(x - zi) * si)."""
-    __slots__ = ("name", "input", "output", "zi", "si", "zo", "so", "lo", "hi")
-    kind = "int8 activation"
+class _QSum(Step):
+    """c = clamp(round_half_even(((a - za) * sa + (b - zb) * sb) / sc) + zc, lo, hi) on
+    uint8 tensors of one shape; the qadd kernel. FIELDS name the subclass's params."""
+    __slots__ = ()
+    FIELDS = ()
+    title = property(lambda self: f"int8 {self.kind[1:]}")
 
-    def __init__(self, name, input, output, zi, si, zo, so, lo, hi):
-        self.name, self.input, self.output = name, input, output
-        self.zi, self.zo, self.lo, self.hi = int(zi), int(zo), int(lo), int(hi)
-        self.si, self.so = float(np.float32(si)), float(np.float32(so))
+    def __init__(self, name, *values):
+        self.name = name
+        for key, v in zip(self.FIELDS, values):  # (two-letter keys: s* scales, others
+            if len(key) == 2:                    # zero points and clamp bounds)
+                v = float(np.float32(v)) if key[0] == "s" else int(v)
+            setattr(self, key, v)
 
-    def describe(self):
-        return f"int8 activation {self.name} (clamp {self.lo}..{self.hi})"
+    def encode(self, arrays, mr):
+        return {"type": self.kind, "name": self.name,
+                **{k: getattr(self, k) for k in self.FIELDS}}
 
-    def bind(self, kobj, api, shapes, threads):
-        shape = tuple(shapes[self.input])
-        shapes[self.output] = shape
-        half = self.si / 2
-        args = (self.zi, half, self.zi, half, self.zo, self.so, self.lo, self.hi)
-        return (_run_qadd, (self.input, self.input, self.output, api, shape, args,
-                            threads)), 0
+    @classmethod
+    def decode(cls, s, arr, what):
+        values = []
+        for key in cls.FIELDS:
+            v = field(s, key, what)
+            values.append(_name(v, f"{what} {key}") if len(key) != 2
+                          else _scale(v, f"{what} {key}") if key[0] == "s"
+                          else _u8(v, f"{what} {key}"))
+        step = cls(_name(field(s, "name", what), f"{what} name"), *values)
+        if step.lo > step.hi:
+            raise ModelError(f"{what}: clamp {step.lo}..{step.hi} is empty")
+        return step
+
+    def build(self, api):
+        return None
+
+    def _bind(self, a, b, args, shapes, api, threads):
+        sa, sb = tuple(shapes[a]), tuple(shapes[b])
+        if sa != sb:
+            raise UnsupportedError(f"{self.describe()}: inputs {a!r} {list(sa)} and {b!r} "
+                                   f"{list(sb)} differ; broadcasting sums are not "
+                                   "supported")
+        shapes[self.output] = sa
+        return (_run_qadd, (a, b, self.output, api, sa, args, threads)), 0
 
 
-class QAddStep(_Mutable):
-    """c = clamp(round_half_even(((a - za) * sa + (b - zb) * sb) / sc) + zc, lo, hi)
-    on uint8 tensors of one shape (QLinearAdd, or DequantizeLinear x2 -> Add -> Q)."""
-    __slots__ = ("name", "a", "b", "output", "za", "sa", "zb", "sb", "zc", "sc", "lo", "hi")
-    kind = "int8 add"
+class QAddStep(_QSum):
+    """A residual join in int8 (QLinearAdd, or DequantizeLinear x2 -> Add [-> Relu] ->
+    QuantizeLinear)."""
+    FIELDS = ("a", "b", "output", "za", "sa", "zb", "sb", "zc", "sc", "lo", "hi")
+    __slots__ = ("name",) + FIELDS
+    kind = "qadd"
 
     def __init__(self, name, a, b, output, za, sa, zb, sb, zc, sc, lo=0, hi=255):
-        self.name, self.a, self.b, self.output = name, a, b, output
-        self.za, self.zb, self.zc = int(za), int(zb), int(zc)
-        self.sa, self.sb, self.sc = (float(np.float32(v)) for v in (sa, sb, sc))
-        self.lo, self.hi = int(lo), int(hi)
+        super().__init__(name, a, b, output, za, sa, zb, sb, zc, sc, lo, hi)
 
     reads = property(lambda self: [self.a, self.b])
 
@@ -334,23 +449,44 @@ class QAddStep(_Mutable):
         self.b = new if self.b == old else self.b
 
     def describe(self):
-        return f"int8 add {self.name}"
+        return f"int8 add {self.name} ({self.a} + {self.b})"
 
     def out_shape(self, shapes):
-        return _same_shape_out(self, shapes, self.a, self.b)
-
-    def build(self, api):
-        return None
+        a, b = shapes.get(self.a), shapes.get(self.b)
+        if a is None or b is None:
+            return a or b
+        if len(a) != len(b) or any(isinstance(p, int) and isinstance(q, int) and p != q
+                                   for p, q in zip(a, b)):
+            raise UnsupportedError(f"{self.describe()}: inputs {list(a)} and {list(b)} "
+                                   "broadcast; only same-shape tensor sums run")
+        return tuple(p if isinstance(p, int) else q for p, q in zip(a, b))
 
     def bind(self, kobj, api, shapes, threads):
-        a, b = tuple(shapes[self.a]), tuple(shapes[self.b])
-        if a != b:
-            raise UnsupportedError(f"{self.describe()}: inputs {self.a!r} {list(a)} and "
-                                   f"{self.b!r} {list(b)} differ; broadcasting sums are "
-                                   "not supported")
-        shapes[self.output] = a
         args = (self.za, self.sa, self.zb, self.sb, self.zc, self.sc, self.lo, self.hi)
-        return (_run_qadd, (self.a, self.b, self.output, api, a, args, threads)), 0
+        return self._bind(self.a, self.b, args, shapes, api, threads)
+
+
+class QActStep(_QSum):
+    """Relu / Clip between a DequantizeLinear and a QuantizeLinear, in integers:
+    y = clamp(round_half_even(float32(x - zi) * si / so) + zo, lo, hi): the qadd kernel
+    adding x to itself at half the scale (exact: halving a float32 scale only lowers its
+    exponent, and the two equal halves sum to float32(x - zi) * si)."""
+    FIELDS = ("input", "output", "zi", "si", "zo", "so", "lo", "hi")
+    __slots__ = ("name",) + FIELDS
+    kind = "qact"
+
+    def __init__(self, name, input, output, zi, si, zo, so, lo, hi):
+        super().__init__(name, input, output, zi, si, zo, so, lo, hi)
+
+    reads = property(lambda self: [self.input])
+
+    def describe(self):
+        return f"int8 activation {self.name} (clamp {self.lo}..{self.hi})"
+
+    def bind(self, kobj, api, shapes, threads):
+        half = self.si / 2
+        args = (self.zi, half, self.zi, half, self.zo, self.so, self.lo, self.hi)
+        return self._bind(self.input, self.input, args, shapes, api, threads)
 
 
 def _run_qadd(env, outs, a, b, dst, api, shape, args, threads):
@@ -362,34 +498,47 @@ def _run_qadd(env, outs, a, b, dst, api, shape, args, threads):
     env[dst] = y
 
 
-class DynQConvStep(_Mutable):
+class DynQConvStep(Step):
     """quantize_dynamic's DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul -> Add:
     float32 in, float32 out; the input's uint8 scale and zero point come from its
     min / max on every run (the ONNX spec's formula), the conv runs in int8 and its
-    result is float32(acc) * float32(x_scale * w_scale[o]) + bias[o]."""
+    result is float32(acc) * float32(x_scale * w_scale[o]) + bias[o]. wide: int16
+    [cout, cin] weights minus zero point when they leave int8 (uint8 weights): then the
+    conv runs in numpy integers and layer.w is unused."""
     __slots__ = ("layer", "input", "output", "wscale", "wide", "wsum")
-    kind = "int8 dynamic conv"
+    kind = "qdynconv"
+    title = "int8 dynamic conv"
 
     def __init__(self, layer, input, output, wscale, wide=None):
-        # wide: int16 [cout, cin] weights minus zero point when they leave int8 (uint8
-        # weights): then the conv runs in numpy integers, layer.w unused
         self.layer, self.input, self.output = layer, input, output
         self.wscale = np.ascontiguousarray(wscale, np.float32)
         self.wide = None if wide is None else np.ascontiguousarray(wide, np.int16)
         self.wsum = (layer.w if wide is None else self.wide).astype(np.int64).sum(axis=1)
 
-    name = property(lambda self: self.layer.name)
+    name = property(lambda self: self.layer.names[0])
     reads = property(lambda self: [self.input])
 
-    def rename_read(self, old, new):
-        if self.input == old:
-            self.input = new
-
     def describe(self):
-        return f"int8 dynamic conv {self.name}"
+        return f"int8 dynamic conv {self.layer.name} {self.layer.cin}->{self.layer.cout}"
 
     def out_shape(self, shapes):
         return _conv_out_shape(self.layer, self.layer.cout, shapes.get(self.input))
+
+    def encode(self, arrays, mr):
+        return {"type": self.kind, "input": self.input, "output": self.output,
+                "layer": self.layer.encode(arrays), "wscale": arrays.add(self.wscale),
+                "wide": arrays.add(self.wide)}
+
+    @classmethod
+    def decode(cls, s, arr, what):
+        layer = QConvLayer.decode(field(s, "layer", what), arr, f"{what} layer")
+        wscale = arr(field(s, "wscale", what), f"{what} wscale", "float32")
+        if wscale is None or wscale.shape != (layer.cout,):
+            raise ModelError(f"{what}: wscale does not match {layer.cout} channels")
+        wide = arr(field(s, "wide", what), f"{what} wide", "int16")
+        if wide is not None and wide.shape != layer.w.shape:
+            raise ModelError(f"{what}: wide weight does not match {list(layer.w.shape)}")
+        return cls(layer, *_names(s, what, "input", "output"), wscale, wide)
 
     def build(self, api):
         return None
@@ -447,3 +596,25 @@ def _run_dynconv(env, outs, step, api, out, threads):
 
 QUANT_STEPS = (QChainStep, QuantizeStep, DequantizeStep, EdgeStep, QAddStep, QActStep,
                DynQConvStep)
+STEP_KINDS.update({cls.kind: cls for cls in QUANT_STEPS})
+
+
+def _kernels_for(kernels):
+    from . import kernels as int8_kernels
+    return int8_kernels(getattr(kernels, "VARIANT", None))
+
+
+def _bind(planner, step, kset, shapes, nr, threads):
+    """plan.BINDERS entry of every quantized step: its bound call; counts its FLOPs and
+    checks its output's size like the float steps."""
+    from ..plan import _check_size
+    call, flops = step.bind(kset.chains.get(id(step)), _kernels_for(kset.kernels), shapes,
+                            threads)
+    _check_size(shapes[step.output], step.label, step.reads[0], shapes[step.reads[0]],
+                "step")
+    planner.flops += flops
+    return call
+
+
+BINDERS = {cls.kind: _bind for cls in QUANT_STEPS}
+KERNEL_BUILDERS = {QChainStep.kind: lambda step, kernels: step.build(_kernels_for(kernels))}
