@@ -3,7 +3,7 @@ rewrite them into internal nodes (domain DOMAIN) that the check stage binds to t
 of quant.steps:
 
 - QDQ (quantize_static's default): DequantizeLinear(x_q) -> Conv(DequantizeLinear(w_q),
-  DequantizeLinear(b_q)) [-> Relu | Clip] -> QuantizeLinear  =>  QConv (int8 in, int8 out);
+  DequantizeLinear(b_q)) [-> Relu | Clip] -> QuantizeLinear  =>  QConv (int8 in and out);
   a Conv whose result stays float => QConv with a float32 output;
   DequantizeLinear(a) + DequantizeLinear(b) [-> Relu] -> QuantizeLinear  =>  QAdd.
 - QOperator: QLinearConv => QConv, QLinearAdd (com.microsoft) => QAdd,
@@ -114,8 +114,8 @@ class _Recognizer:
                              f"{float(s[bad][0])!r}; a scale must be finite and > 0")
         s = s.astype(np.float32)
         if np.any(s == 0) or not np.isfinite(s).all():
-            raise ModelError(f"{node.label()}: {what} scale {sname!r} is 0 or infinite in "
-                             "float32; a scale must be finite and > 0")
+            raise ModelError(f"{node.label()}: {what} scale {sname!r} is 0 or infinite "
+                             "in float32; a scale must be finite and > 0")
         zp = self.const(node, zi, f"{what} zero point", required=False)
         zname = node.inputs[zi] if zi < len(node.inputs) else ""
         if zp is None:
@@ -259,8 +259,9 @@ class _Recognizer:
         for m in self.deferred:
             if id(m) not in self.consumed:
                 raise UnsupportedError(f"{m.label()}: reads the scale of a "
-                                       "DynamicQuantizeLinear outside the quantize_dynamic "
-                                       "ConvInteger pattern; not supported")
+                                       "DynamicQuantizeLinear outside the "
+                                       "quantize_dynamic ConvInteger pattern; not "
+                                       "supported")
         self._outputs()
         graph = Graph(nodes=self.nodes, inputs=self.g.inputs, outputs=self.g.outputs,
                       constants=self.consts, value_info=self.g.value_info,
@@ -323,7 +324,8 @@ class _Recognizer:
 
     # -- constants ----------------------------------------------------------------------
     def on_Reshape(self, node):
-        if node.inputs and all(t in self.consts or t in self.cdq for t in node.inputs if t):
+        known = [t in self.consts or t in self.cdq for t in node.inputs if t]
+        if known and all(known):
             data = self.const(node, 0, "data")
             shape = self.const(node, 1, "shape")
             try:
@@ -453,7 +455,8 @@ class _Recognizer:
         name = [node.name] + ([act.name] if act is not None else [])
         if y is None:
             return S.QConvLayer(name, w_eff, bias, acc_scale, out_float=True,
-                                strides=strides, pads=pads, in_zp=xz_u8, spatial_rank=rank)
+                                strides=strides, pads=pads, in_zp=xz_u8,
+                                spatial_rank=rank)
         ys, yz_u8 = y
         scale = (acc_scale / _f32(ys)).astype(np.float32)
         lo, hi = self.clamp(act, ys, yz_u8)
@@ -558,8 +561,9 @@ class _Recognizer:
                 raise ModelError(f"{node.label()}: bias {node.inputs[8]!r} is "
                                  f"{bias.dtype.name}; QLinearConv's bias is int32")
             if bias.size != cout:
-                raise ModelError(f"{node.label()}: bias {node.inputs[8]!r} has {bias.size}"
-                                 f" values; the weight has {cout} output channels")
+                raise ModelError(f"{node.label()}: bias {node.inputs[8]!r} has "
+                                 f"{bias.size} values; the weight has {cout} output "
+                                 "channels")
             bias = bias.reshape(-1)
         out = node.outputs[0]
         self.qt[out] = ysigned
@@ -639,8 +643,8 @@ class _Recognizer:
 
     def on_ConvInteger(self, node):
         refuse = UnsupportedError(
-            f"{node.label()}: only quantize_dynamic's DynamicQuantizeLinear -> ConvInteger "
-            "-> Cast -> Mul(x_scale * w_scale) [-> Add(bias)] pattern runs")
+            f"{node.label()}: only quantize_dynamic's DynamicQuantizeLinear -> "
+            "ConvInteger -> Cast -> Mul(x_scale * w_scale) [-> Add(bias)] pattern runs")
         ins = list(node.inputs) + [""] * 4
         x, w, xz, wzn = ins[:4]
         src = self.dyn.get(x)
@@ -700,10 +704,10 @@ class _Recognizer:
             wide, w_eff = w_eff.astype(np.int16), np.zeros(w_eff.shape, np.int8)
             self.notes.append(f"{node.label()}: its weight minus the weight zero point "
                               "leaves int8 (uint8 weights); it runs in numpy integers")
-        layer = S.QConvLayer([node.name, cast.name, mul.name] + ([add.name] if add else []),
-                             w_eff, np.zeros(cout, np.int32), np.ones(cout, np.float32),
-                             fbias=fbias, out_float=True, strides=strides, pads=pads,
-                             spatial_rank=rank)
+        names = [node.name, cast.name, mul.name] + ([add.name] if add else [])
+        layer = S.QConvLayer(names, w_eff, np.zeros(cout, np.int32),
+                             np.ones(cout, np.float32), fbias=fbias, out_float=True,
+                             strides=strides, pads=pads, spatial_rank=rank)
         wscale = np.broadcast_to(np.asarray(ws, np.float32).reshape(-1), (cout,))
         self.consumed.update(id(n) for n in (cast, mul, smul, add) if n is not None)
         src_x = dql.inputs[0]

@@ -10,7 +10,8 @@ held as v + 128); params travel with the steps that read or write them."""
 import numpy as np
 
 from ..errors import InputError, ModelError, UnsupportedError
-from ..program.codec import field, integer, json_list, name as _name, number, show
+from ..program.codec import (field, integer, json_list, layer_names, name as _name,
+                              number, show)
 from ..program.steps import STEP_KINDS, Step, _Mutable
 
 
@@ -64,8 +65,8 @@ class QConvLayer(_Mutable):
     requantized to uint8 (scale, zp_out, clamp lo..hi) or, when out_float, float32
     acc * scale + fbias. strides / pads (top, left, bottom, right; padded pixels hold
     in_zp) apply to the layer's input: only a chain's first layer has them."""
-    __slots__ = ("names", "w", "bias", "scale", "zp_out", "lo", "hi", "fbias", "out_float",
-                 "strides", "pads", "in_zp", "spatial_rank")
+    __slots__ = ("names", "w", "bias", "scale", "zp_out", "lo", "hi", "fbias",
+                 "out_float", "strides", "pads", "in_zp", "spatial_rank")
 
     def __init__(self, names, w, bias, scale, zp_out=0, lo=0, hi=255, fbias=None,
                  out_float=False, strides=(1, 1), pads=(0, 0, 0, 0), in_zp=0,
@@ -112,9 +113,7 @@ class QConvLayer(_Mutable):
     @classmethod
     def decode(cls, l, arr, what):
         get = lambda key: field(l, key, what)  # noqa: E731
-        names = [_name(n, f"{what} name") for n in json_list(get("names"), f"{what} names")]
-        if not names:
-            raise ModelError(f"{what} has no names")
+        names = layer_names(l, what)
         w = arr(get("w"), f"{what} w", "int8")
         if w is None or w.ndim != 2 or 0 in w.shape:
             raise ModelError(f"{what}: weight must be a non-empty [cout, cin] int8 array")
@@ -139,8 +138,9 @@ class QConvLayer(_Mutable):
         lo, hi = _u8(get("lo"), f"{what} lo"), _u8(get("hi"), f"{what} hi")
         if lo > hi:
             raise ModelError(f"{what}: clamp {lo}..{hi} is empty")
-        return cls(names, w, vec["bias"], vec["scale"], _u8(get("zp_out"), f"{what} zp_out"),
-                   lo, hi, vec["fbias"], _flag(get("out_float"), f"{what} out_float"),
+        return cls(names, w, vec["bias"], vec["scale"],
+                   _u8(get("zp_out"), f"{what} zp_out"), lo, hi, vec["fbias"],
+                   _flag(get("out_float"), f"{what} out_float"),
                    strides, pads, _u8(get("in_zp"), f"{what} in_zp"),
                    integer(get("spatial_rank"), f"{what} spatial_rank", 1, 2))
 
@@ -166,8 +166,8 @@ def _conv_out_shape(layer, cout, x):
     if all(isinstance(d, int) for d in hw):
         ho, wo = layer.out_hw(*hw)
         if ho < 1 or wo < 1:
-            raise ModelError(f"Conv '{layer.name}': input {list(x)} gives an empty output "
-                             f"({ho}x{wo})")
+            raise ModelError(f"Conv '{layer.name}': input {list(x)} gives an empty "
+                             f"output ({ho}x{wo})")
     elif layer.keeps_pixels:
         ho, wo = hw
     else:
@@ -176,13 +176,9 @@ def _conv_out_shape(layer, cout, x):
 
 
 def _check_conv_input(layer, src, x):
-    rank = layer.spatial_rank + 2
-    if len(x) != rank:
-        raise InputError(f"Conv '{layer.name}': input {src!r} has shape {list(x)}; "
-                         f"expected rank {rank}")
-    if x[1] != layer.cin:
-        raise InputError(f"Conv '{layer.name}': input {src!r} has shape {list(x)}; "
-                         f"expected {layer.cin} channels (dim 1)")
+    """The output shape of int8 conv `layer` for input shape x (InputError if wrong)."""
+    from ..plan import check_conv_input
+    check_conv_input(layer, src, x)
     if any(d == 0 for d in x[2:]):
         return (x[0], layer.cout) + tuple(0 for _ in x[2:])
     return _conv_out_shape(layer, layer.cout, tuple(x))
@@ -355,7 +351,8 @@ class DequantizeStep(_Rescale):
 
 
 class EdgeStep(_Elementwise):
-    """An int8 graph edge: int8 feed -> held uint8 (+128), or held uint8 -> int8 result."""
+    """An int8 graph edge: int8 feed -> held uint8 (+128), or held uint8 -> int8
+    result."""
     __slots__ = ("name", "input", "output", "to_signed")
     kind = "qedge"
 
@@ -425,8 +422,8 @@ class _QSum(Step):
     def _bind(self, a, b, args, shapes, api, threads):
         sa, sb = tuple(shapes[a]), tuple(shapes[b])
         if sa != sb:
-            raise UnsupportedError(f"{self.describe()}: inputs {a!r} {list(sa)} and {b!r} "
-                                   f"{list(sb)} differ; broadcasting sums are not "
+            raise UnsupportedError(f"{self.describe()}: inputs {a!r} {list(sa)} and "
+                                   f"{b!r} {list(sb)} differ; broadcasting sums are not "
                                    "supported")
         shapes[self.output] = sa
         return (_run_qadd, (a, b, self.output, api, sa, args, threads)), 0
@@ -493,8 +490,8 @@ def _run_qadd(env, outs, a, b, dst, api, shape, args, threads):
     y = _out(outs, dst, shape, np.uint8)
     if y.size:
         za, sa, zb, sb, zc, sc, lo, hi = args
-        api.qadd_u8(_flat(env[a]), za, sa, _flat(env[b]), zb, sb, _flat(y), zc, sc, lo, hi,
-                    threads)
+        api.qadd_u8(_flat(env[a]), za, sa, _flat(env[b]), zb, sb, _flat(y), zc, sc, lo,
+                    hi, threads)
     env[dst] = y
 
 
@@ -570,8 +567,8 @@ def _run_dynconv(env, outs, step, api, out, threads):
         env[step.output] = y
         return
     if not np.isfinite(x).all():
-        raise InputError(f"{step.describe()}: input {step.input!r} holds NaN or infinity; "
-                         "its dynamic quantization range is undefined")
+        raise InputError(f"{step.describe()}: input {step.input!r} holds NaN or "
+                         "infinity; its dynamic quantization range is undefined")
     xs, xz = dynamic_quantize_params(x)
     q = np.empty(x.shape, np.uint8)
     api.quantize_f32(_flat(x), xs, xz, _flat(q), threads)
@@ -582,10 +579,11 @@ def _run_dynconv(env, outs, step, api, out, threads):
     fbias = layer.fbias if layer.fbias is not None else np.zeros(layer.cout, np.float32)
     n = out[0]
     if step.wide is not None:
-        acc = np.einsum("ok,nkp->nop", step.wide.astype(np.int64),
-                        q.reshape(n, q.shape[1], -1).astype(np.int64)) + bias[None, :, None]
-        y.reshape(n, layer.cout, -1)[...] = (acc.astype(np.int32).astype(np.float32)
-                                             * scale[None, :, None] + fbias[None, :, None])
+        q3 = q.reshape(n, q.shape[1], -1).astype(np.int64)
+        acc = np.einsum("ok,nkp->nop", step.wide.astype(np.int64), q3)
+        acc += bias[None, :, None]
+        y3 = acc.astype(np.int32).astype(np.float32) * scale[None, :, None]
+        y.reshape(n, layer.cout, -1)[...] = y3 + fbias[None, :, None]
         env[step.output] = y
         return
     chain = api.QChain([api.QLayer(layer.w, bias.astype(np.int32), scale, 0, 0, 255,
@@ -617,4 +615,5 @@ def _bind(planner, step, kset, shapes, nr, threads):
 
 
 BINDERS = {cls.kind: _bind for cls in QUANT_STEPS}
-KERNEL_BUILDERS = {QChainStep.kind: lambda step, kernels: step.build(_kernels_for(kernels))}
+KERNEL_BUILDERS = {
+    QChainStep.kind: lambda step, kernels: step.build(_kernels_for(kernels))}
