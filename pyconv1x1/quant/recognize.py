@@ -290,19 +290,17 @@ class _Recognizer:
                 step = S.EdgeStep(t, held, t, True) if signed else CopyStep(t, held, t)
                 self.emit("Edge" if signed else "Copy", [held], [t], t, step)
             elif signed:
-                held = f"{t}::u8"
+                held = f"{t}::u8"  # the steps write and read uint8 values under it
                 for i, n in enumerate(self.nodes):
+                    if t not in n.outputs and t not in n.inputs:
+                        continue
+                    step = n.attrs["step"]  # (only quantized steps touch int8 tensors)
                     if t in n.outputs:
-                        step = n.attrs["step"]
                         step.output = held
-                        self.nodes[i] = Node(n.name, n.op_type, n.domain, n.inputs,
-                                             [held if o == t else o for o in n.outputs],
-                                             n.attrs)
-                for n in self.nodes:
-                    if t in n.inputs:
-                        n.attrs["step"].rename_read(t, held)
-                        object.__setattr__(n, "inputs", tuple(
-                            held if i == t else i for i in n.inputs))
+                    step.rename_read(t, held)
+                    swap = lambda names: [held if x == t else x for x in names]  # noqa
+                    self.nodes[i] = Node(n.name, n.op_type, n.domain, swap(n.inputs),
+                                         swap(n.outputs), n.attrs)
                 self.emit("Edge", [held], [t], t, S.EdgeStep(t, held, t, True))
 
     def on_default(self, node):
