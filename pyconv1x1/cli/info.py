@@ -1,10 +1,9 @@
 """Describe a model: inputs, outputs, each layer after fusion with its shape,
 parameters and FLOPs; for a model that cannot run, what keeps it from running (exit
 2)."""
-import re
 import sys
 
-from ..errors import Error, UnsupportedError, one_line
+from ..errors import Error, Problem, UnsupportedError, one_line
 from .common import (EXIT_OK, EXIT_USAGE, PROG, add_command, fmt_count, kernels_line,
                      open_session, print_table, shape_text)
 
@@ -27,19 +26,39 @@ def _op_types_by_name(model):
         return {}
 
 
-def _layer_output(layer, chain_output):
-    """(output shape, FLOPs) of one conv of a chain whose output shape the plan gave:
-    every conv of a chain keeps the chain's pixels (only its channels differ)."""
-    n, spatial = chain_output[0], tuple(chain_output[2:])
-    ho, wo = (1,) + spatial if len(spatial) == 1 else spatial
-    return (n, layer.cout) + spatial, layer.flops(n, ho, wo)
+def _conv_rows(index, step, x, ops_of):
+    """One row per conv of a chain step whose input has shape x (None: unknown), and
+    its parameter count; shapes from the step's own arithmetic (ChainStep.geometry)."""
+    at = step.geometry(x) if step.layer_shapes(x) is not None else None
+    kind = f"chain[{len(step.layers)}]" if len(step.layers) > 1 else "conv"
+    rows, total = [], 0
+    for j, layer in enumerate(step.layers):
+        params = layer.cout * layer.k + layer.bias.size
+        total += params
+        out = flops = None
+        if at is not None:
+            n, ho, wo = at[0], at[3], at[4]
+            out, flops = layer.out_shape(n, ho, wo), layer.flops(n, ho, wo)
+        pads = (layer.auto_pad if layer.auto_pad not in ("NOTSET", "")
+                else ",".join(str(p) for p in layer.pads))
+        residual = "-"
+        if layer.residual:
+            when = {1: "before act", 2: "after act"}.get(layer.res_mode, "")
+            residual = f"+{layer.residual}" + (f" ({when})" if when else "")
+        rows.append((f"{index}" if j == 0 else "", kind if j == 0 else "",
+                     ops_of(layer.names), "+".join(layer.names),
+                     f"{layer.cin}->{layer.cout}",
+                     layer.group, "x".join(str(s) for s in layer.strides), pads,
+                     layer.act.describe() or "-", residual,
+                     shape_text(out) if out else "?",
+                     params, "?" if flops is None else flops))
+    return rows, total
 
 
 def _layer_rows(program, shapes, op_types):
     """Table rows for every step (a chain gives one row per conv) and the parameter
     total. shapes: {tensor: shape} of the session's plan at the declared input shapes
     ({} when they could not be planned: shapes and FLOPs show as '?')."""
-    from ..program import AddStep, AffineStep, ChainStep, CopyStep
     rows = [("#", "step", "ops", "nodes", "cin->cout", "group", "strides", "pads",
              "act", "residual", "output", "params", "FLOPs")]
     total_params = 0
@@ -49,47 +68,21 @@ def _layer_rows(program, shapes, op_types):
             return "-"
         return "+".join(op_types.get(n, "?") for n in names)
     for index, step in enumerate(program.steps, 1):
-        out = shapes.get(getattr(step, "output", ""))
-        if isinstance(step, ChainStep):
-            kind = f"chain[{len(step.layers)}]" if len(step.layers) > 1 else "conv"
-            for j, layer in enumerate(step.layers):
-                params = layer.cout * layer.k + layer.bias.size
-                total_params += params
-                layer_out, flops = _layer_output(layer, out) if out else (None, None)
-                pads = (layer.auto_pad if layer.auto_pad not in ("NOTSET", "")
-                        else ",".join(str(p) for p in layer.pads))
-                residual = "-"
-                if layer.residual:
-                    when = {1: "before act", 2: "after act"}.get(layer.res_mode, "")
-                    residual = f"+{layer.residual}" + (f" ({when})" if when else "")
-                rows.append((f"{index}" if j == 0 else "",
-                             kind if j == 0 else "",
-                             ops_of(layer.names), "+".join(layer.names),
-                             f"{layer.cin}->{layer.cout}",
-                             layer.group, "x".join(str(s) for s in layer.strides), pads,
-                             layer.act.describe() or "-", residual,
-                             shape_text(layer_out) if layer_out else "?",
-                             params, "?" if flops is None else flops))
+        if step.layers:
+            conv_rows, params = _conv_rows(index, step, shapes.get(step.input), ops_of)
+            rows += conv_rows
+            total_params += params
             continue
-        if isinstance(step, AffineStep):
-            params = sum(v.size for v in (step.scale, step.shift) if v is not None)
-            what = ("affine", ops_of(step.name.split("+")),
-                    step.name, "", "", "", "", step.act.describe() or "-", "-")
-        elif isinstance(step, AddStep):
-            params = 0
-            what = ("add", ops_of(step.name.split("+")), step.name,
-                    "", "", "", "", step.act.describe() or "-", f"{step.a} + {step.b}")
-        elif isinstance(step, CopyStep):
-            params = 0
-            what = ("copy", ops_of(step.name.split("+")),
-                    step.name, "", "", "", "", "-", "-")
-        else:  # pragma: no cover - a step type this CLI does not know yet
-            params = 0
-            what = (type(step).__name__, "-", getattr(step, "name", "?"), "", "", "",
-                    "", "-", "-")
+        # an element-wise step: its per-channel constants are its parameters
+        params = sum(v.size for v in (getattr(step, "scale", None),
+                                      getattr(step, "shift", None)) if v is not None)
         total_params += params
-        rows.append((str(index),) + what + (shape_text(out) if out else "?", params,
-                                            "-"))
+        act = getattr(step, "act", None)
+        out = shapes.get(step.output)
+        rows.append((str(index), step.kind, ops_of(step.label.split("+")), step.label,
+                     "", "", "", "", (act.describe() if act else "") or "-",
+                     " + ".join(step.reads) if step.kind == "add" else "-",
+                     shape_text(out) if out else "?", params, "-"))
     return rows, total_params
 
 
@@ -179,24 +172,14 @@ def _onnx_type(elem_type):
     return f"tensor({_ONNX_TYPE_NAMES.get(elem_type, elem_type)})"
 
 
-_PROBLEM = re.compile(r"^(\S+) '(.*)': (.*)$", re.S)
-
-
 def _group_problems(problems, shown=6):
-    """Problems with the same op and reason on one line, naming the first nodes."""
-    groups, order = {}, []
+    """Problem records with the same op and reason on one line, naming the first
+    nodes; a problem that names no node on its own line."""
+    groups = {}
     for p in problems:
-        m = _PROBLEM.match(p)
-        key = (m.group(1), m.group(3)) if m else (None, p)
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        if m:
-            groups[key].append(m.group(2))
+        groups.setdefault((p.op, p.reason) if p.op else (None, str(p)), []).append(p.node)
     lines = []
-    for key in order:
-        op, reason = key
-        names = groups[key]
+    for (op, reason), names in groups.items():
         if op is None:
             lines.append(reason)
         elif len(names) == 1:
@@ -217,9 +200,10 @@ def _info_unsupported(model, exc, verbose=False):
         graph = onnx_reader.load(model)
     except UnsupportedError:  # refused while parsing (e.g. sparse initializers)
         raise exc from None
-    problems, n_conv, n_ones = check.unsupported_report(graph)
-    if not problems:
-        problems = [line.strip() for line in str(exc).splitlines()[1:]] or [str(exc)]
+    problems, n_conv, n_ones = check.unsupported_problems(graph)
+    if not problems:  # refused after the check stage: the session's own records
+        problems = exc.problems or [Problem("", "", line.strip()) for line in
+                                    str(exc).splitlines()[1:]] or [Problem("", "", str(exc))]
     print(f"model: {model}")
     print(f"producer: {graph.producer or '?'}, opset {graph.opset}")
     print("inputs:")
@@ -241,7 +225,7 @@ def _info_unsupported(model, exc, verbose=False):
     print(f"Conv nodes: {max(n_conv, len(kernels))}, of which 1x1: {ones}"
           + (f" (kernels {detail})" if detail else ""))
     print(f"cannot run this model: {len(problems)} problem(s):")
-    for line in (problems if verbose else _group_problems(problems)):
+    for line in (map(str, problems) if verbose else _group_problems(problems)):
         print(f"  {line}")
     sys.stdout.flush()
     print(f"{PROG}: error: {model} cannot run here: {len(problems)} problem(s), listed "
