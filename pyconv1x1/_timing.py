@@ -3,13 +3,13 @@ tools/bench.py: engines run interleaved in rounds, one block of calls per engine
 round, each block started once the previous engine's threads have gone idle; an engine
 is compared with another by the median over rounds of the ratio of their two blocks of
 the same round (blocks milliseconds apart), so drift of the machine between rounds
-cancels out of each ratio. Only the standard library: numpy is not needed to time."""
-import statistics
+cancels out of each ratio. Only light standard modules: numpy is not needed to time, and
+the command line imports this module only to time."""
+import collections
 import time
-from dataclasses import dataclass
-from typing import Optional
 
-__all__ = ["timed", "settle", "Rounds", "Ratio", "paired_ratio", "percentiles_ms"]
+__all__ = ["timed", "settle", "Rounds", "Ratio", "median", "paired_ratio",
+           "percentiles_ms"]
 
 
 def timed(fn, count, into):
@@ -33,24 +33,27 @@ def settle(max_s=0.2, window_s=0.005):
             return
 
 
-@dataclass(frozen=True)
-class Ratio:
-    """numerator time / denominator time over paired rounds: the median and the
-    quartiles of the per-round ratios, and how many rounds paired."""
-    median: float
-    q1: float
-    q3: float
-    rounds: int
+# numerator time / denominator time over paired rounds: the median and the quartiles of
+# the per-round ratios, and how many rounds paired
+Ratio = collections.namedtuple("Ratio", "median q1 q3 rounds")
 
 
-def paired_ratio(numerator_blocks, denominator_blocks) -> Optional[Ratio]:
+def median(values):
+    """The median of a non-empty sequence (the mean of the middle two for an even
+    count)."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def paired_ratio(numerator_blocks, denominator_blocks):
     """The Ratio of two engines' per-round block times (None where a round has no
     block of one of them); None when no round pairs."""
     pairs = sorted(a / b for a, b in zip(numerator_blocks, denominator_blocks)
                    if a is not None and b is not None and b > 0)
     if not pairs:
         return None
-    return Ratio(median=statistics.median(pairs), q1=pairs[len(pairs) // 4],
+    return Ratio(median=median(pairs), q1=pairs[len(pairs) // 4],
                  q3=pairs[min(len(pairs) - 1, (3 * len(pairs)) // 4)], rounds=len(pairs))
 
 
@@ -107,7 +110,7 @@ class Rounds:
                 self.failed[name] = exc
                 continue
             self.times[name].extend(block)
-            medians[name] = statistics.median(block)
+            medians[name] = median(block)
         for name in self.engines:
             self.blocks[name].append(medians.get(name))
         self.count += 1

@@ -6,7 +6,6 @@ import os
 import sys
 import time
 
-from .._timing import Rounds, percentiles_ms, timed
 from ..errors import one_line
 from .common import (EXIT_OK, CliError, add_command, add_input_args, add_threads_arg,
                      fmt_count, non_negative_int, open_session, positive_float,
@@ -119,6 +118,7 @@ def _engines(args, session, feeds):
 
 
 def cmd_bench(args):
+    from .._timing import Rounds, timed
     if args.plot:
         _check_plot_available()  # before minutes of timing, not after
     rss_start = _peak_rss()
@@ -174,6 +174,7 @@ def _bench_loop(rounds, block, args, progress):
 
 
 def _bench_report(args, session, feeds, origin, flops, block, rounds, rss_start):
+    from .._timing import percentiles_ms
     print_header(args, session)
     shapes = ", ".join(f"{k}={shape_text(v.shape)}" for k, v in feeds.items())
     print(f"input: {shapes} ({origin}); {fmt_count(flops)} FLOPs per run; "
