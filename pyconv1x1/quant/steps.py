@@ -197,8 +197,10 @@ class QChainStep(Step):
         self.in_q, self.out_dq = in_q, out_dq
 
     name = property(lambda self: " -> ".join(l.name for l in self.qlayers))
+    label = property(lambda self: "+".join(n for l in self.qlayers for n in l.names))
     reads = property(lambda self: [self.input])
     title = property(lambda self: f"int8 chain[{len(self.qlayers)}]")
+    param_count = property(lambda self: sum(l.w.size + l.cout for l in self.qlayers))
 
     @property
     def out_dtype(self):
@@ -287,6 +289,7 @@ class _Elementwise(_Mutable):
 class _Elementwise(Step):
     """One input, one output of its shape; no kernel object."""
     __slots__ = ()
+    param_count = 0
     reads = property(lambda self: [self.input])
     title = property(lambda self: self.kind)
 
@@ -391,6 +394,7 @@ class _QSum(Step):
     __slots__ = ()
     FIELDS = ()
     title = property(lambda self: f"int8 {self.kind[1:]}")
+    param_count = 0
 
     def __init__(self, name, *values):
         self.name = name
@@ -505,6 +509,7 @@ class DynQConvStep(Step):
     __slots__ = ("layer", "input", "output", "wscale", "wide", "wsum")
     kind = "qdynconv"
     title = "int8 dynamic conv"
+    param_count = property(lambda self: self.layer.w.size + self.layer.cout)
 
     def __init__(self, layer, input, output, wscale, wide=None):
         self.layer, self.input, self.output = layer, input, output
