@@ -425,6 +425,27 @@ def test_quantized_edges_take_and_return_their_dtype(edge):
     assert np.array_equal(y, outs[0])
 
 
+def test_int8_results_of_a_qdq_model_are_returned_as_int8(quantized):
+    """A QDQ model whose outputs are QuantizeLinear results (one of them also read by
+    later int8 steps) returns them as int8, as onnxruntime does."""
+    model = onnx.ModelProto()
+    model.CopyFrom(quantized("qdq_s8_per_channel"))
+    last = model.graph.node[-1]
+    assert last.op_type == "DequantizeLinear"
+    model.graph.output[0].name = last.input[0]
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.INT8
+    del model.graph.node[-1]
+    inner = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"][2]
+    model.graph.output.append(helper.make_tensor_value_info(inner, TensorProto.INT8, None))
+    feed = feeds(9)[0]
+    ours = pyconv1x1.InferenceSession(model.SerializeToString()).run(None, feed)
+    theirs = _ort_run(model, feed)
+    want = reference_run(model, feed)
+    for y, o, r in zip(ours, theirs, want):
+        assert y.dtype == np.int8 and np.array_equal(y, r)
+        assert np.abs(y.astype(int) - o).max() <= 1 and np.mean(y == o) >= 0.99
+
+
 def test_saturation_and_zero_points_other_than_0_and_128():
     model = qop_model(x_scale=0.5, x_zp=np.uint8(17), y_scale=0.01, y_zp=np.uint8(250))
     x = np.linspace(-20, 120, 48, dtype=np.float32).reshape(1, 4, 3, 4)

@@ -358,6 +358,7 @@ class EdgeStep(_Elementwise):
     result."""
     __slots__ = ("name", "input", "output", "to_signed")
     kind = "qedge"
+    title = "int8 edge"
 
     def __init__(self, name, input, output, to_signed):
         self.name, self.input, self.output = name, input, output
