@@ -5,6 +5,7 @@ supported. Unsupported nodes are collected and reported all at once."""
 from collections import deque
 
 from .errors import ONNX_EXTRA_HINT, ModelError, UnsupportedError
+from .normalize import edge_type_problems
 from .ops import REGISTRY, Context, Refused
 from .program import AddStep, ChainStep
 
@@ -129,13 +130,7 @@ def lower(graph):
                         "onnx package's schemas; it is not installed: "
                         f"{ONNX_EXTRA_HINT})")
         problems.append(problem)
-    for v in graph.inputs:
-        if v.elem_type != "float32":
-            problems.append(f"input {v.name!r} is {v.elem_type}; only float32 inputs run")
-    for v in graph.outputs:  # (every output is computed in float32: declaring another
-        if v.elem_type != "float32":  # type made a session that could not be compiled)
-            problems.append(f"output {v.name!r} is declared {v.elem_type}; only float32 "
-                            "outputs are computed")
+    problems.extend(edge_type_problems(graph))
     order = topological_order(graph)
     shapes = {v.name: v.shape for v in graph.inputs}
     for name, arr in graph.constants.items():
@@ -184,6 +179,7 @@ def lower(graph):
 
 def unsupported_report(graph):
     """(problems, conv_count, conv1x1_count) without raising: for `pyconv1x1 info`."""
+    from .fold import fold_constants
     problems = []
     convs = ones = 0
     for n in graph.nodes:
@@ -193,7 +189,7 @@ def unsupported_report(graph):
             if w is not None and w.ndim >= 3 and all(k == 1 for k in w.shape[2:]):
                 ones += 1
     try:
-        lower(graph)
+        lower(fold_constants(graph)[0])
     except UnsupportedError as exc:
         problems = str(exc).split("\n  ")[1:] or [str(exc)]
     except ModelError as exc:

@@ -355,3 +355,7 @@ def dropout(node, ctx):
     if len(node.outputs) > 1 and node.outputs[1] and node.outputs[1] in ctx.used:
         raise Refused("its mask output is used")
     return CopyStep(node.name, node.inputs[0], node.outputs[0])
+
+
+# binders of other modules: constant folding's ops and the affine / type-edge ones
+from . import fold, normalize  # noqa: E402,F401  (registered on import)

@@ -3,6 +3,7 @@ when every condition holds and records what it did in Program.notes:
 
 1. drop Identity / Dropout (rename, or keep a copy when a graph output needs one)
 2. fold per-channel Mul / Add / BatchNormalization into the producing conv's weights
+   (and an affine step left before a conv into that conv: normalize.fold_into_next_conv)
 3. fuse activations and residual Adds into the producing step's epilogue
 4. chain consecutive convs so a tile of pixels passes through all of them in cache
 """
@@ -10,6 +11,7 @@ from collections import deque
 
 import numpy as np
 
+from .normalize import fold_into_next_conv
 from .program import (RES_AFTER_ACT, RES_BEFORE_ACT, AddStep, AffineStep, ChainStep,
                       CopyStep, Program)
 
@@ -20,6 +22,7 @@ def build_program(graph, steps):
     notes = []
     steps = _drop_copies(steps, outputs, inputs, notes)
     steps = _fuse(steps, outputs, notes)
+    steps = fold_into_next_conv(steps, outputs, notes)
     steps = _chain(steps, outputs, notes)
     steps = _toposort(steps, inputs)
     return Program(inputs=graph.inputs, outputs=graph.outputs, steps=steps,

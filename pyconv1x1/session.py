@@ -46,10 +46,12 @@ def _load_program(model, base_dir):
     that: it is read once, validated and used with numpy alone (no onnx import)."""
     if planfile.is_plan(model):
         return planfile.load(model)
-    from . import check, onnx_reader, rewrite
-    graph = onnx_reader.load(model, base_dir=base_dir)
+    from . import check, fold, onnx_reader, rewrite
+    graph, folded = fold.fold_constants(onnx_reader.load(model, base_dir=base_dir))
     steps, _ = check.lower(graph)
-    return rewrite.build_program(graph, steps)
+    program = rewrite.build_program(graph, steps)
+    program.notes[:0] = folded
+    return program
 
 
 class InferenceSession(SessionBase):
