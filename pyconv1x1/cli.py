@@ -236,7 +236,9 @@ def _random_feeds(session, seed, shape_args=None, dim_args=None):
     import numpy as np
     shapes, defaulted = _input_shapes(session, shape_args, dim_args)
     rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape, dtype=np.float32)
+    types = {a.name: a.type for a in session.get_inputs()}
+    return {name: rng.standard_normal(shape, dtype=np.float32).astype(
+                np.float16 if types.get(name) == "tensor(float16)" else np.float32)
             for name, shape in shapes.items()}, defaulted
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import fold
 from .errors import ModelError
-from .ops import REGISTRY, Refused, _attrs, _inputs, _per_channel, _single_output, op
+from .ops import Refused, _attrs, _inputs, _per_channel, _single_output, op
 from .program import AffineStep, ChainStep, CopyStep
 
 _F32 = np.float32
@@ -73,8 +73,7 @@ def div(node, ctx):
     finite = np.isfinite(c) & (c != 0)
     bad = finite & ~(np.abs(recip) >= _TINY) | finite & ~np.isfinite(recip)
     if bad.any():
-        value = float(c[bad][0])
-        raise Refused(f"divisor {value!r} has no normal float32 reciprocal; x * (1/c) "
+        raise Refused(f"divisor {float(c[bad][0]):g} has no normal float32 reciprocal; x * (1/c) "
                       "would not match x / c")
     return AffineStep(node.name, a, node.outputs[0], recip, None)
 
@@ -216,5 +215,3 @@ def _per_input(v, c, default):
         return None
     return v.astype(np.float64)
 
-
-assert "Sub" in REGISTRY and fold.FOLDERS  # (binders above registered, fold's too)
