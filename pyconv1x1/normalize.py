@@ -23,8 +23,8 @@ the raw input cannot express). Otherwise the affine step runs on its own."""
 import numpy as np
 
 from . import fold
-from .errors import ModelError
-from .ops import Refused, _attrs, _inputs, _per_channel, _single_output, op
+from .ops import (Refused, _attrs, _inputs, _per_channel, _single_output,
+                  binary_operands, op)
 from .program import AffineStep, ChainStep, CopyStep
 
 _F32 = np.float32
@@ -33,23 +33,9 @@ _FLOAT_CODES = {1: "float32", 10: "float16"}
 EDGE_TYPES = ("float32", "float16")  # what graph inputs and outputs may be declared
 
 
-def _operands(node, ctx, kind):
-    """(a, b, constant a or None, constant b or None) of a two-input op."""
-    _attrs(node, {"broadcast": 0, "axis": None, "consumed_inputs": None})
-    _inputs(node, 2, 2)
-    _single_output(node)
-    a, b = node.inputs
-    if b == "":
-        raise ModelError(f"{node.label()}: its second input is empty; {kind} needs two")
-    ca, cb = ctx.constants.get(a), ctx.constants.get(b)
-    if ca is not None and cb is not None:
-        raise Refused(fold.reason_not_folded(node, ctx.constants, ctx.opset))
-    return a, b, ca, cb
-
-
 @op("Sub")
 def sub(node, ctx):
-    a, b, ca, cb = _operands(node, ctx, "Sub")
+    a, b, ca, cb = binary_operands(node, ctx, "Sub")
     if ca is None and cb is None:
         raise Refused("difference of two run-time tensors is not supported")
     if cb is not None:  # x - c
@@ -61,7 +47,7 @@ def sub(node, ctx):
 
 @op("Div")
 def div(node, ctx):
-    a, b, ca, cb = _operands(node, ctx, "Div")
+    a, b, ca, cb = binary_operands(node, ctx, "Div")
     if cb is None:
         if ca is None:
             raise Refused("quotient of two run-time tensors is not supported")

@@ -363,10 +363,10 @@ class InferenceSession(SessionBase):
                 raise InputError(f"input {name!r} is a masked array; the model would "
                                  "read the masked values too: pass np.ma.filled(x, value) "
                                  "or the plain array x.data")
-            want = self._edge_dtypes.get(name, _F32)
-            if arr.dtype != want:
+            dtype = self._edge_dtypes.get(name, _F32)
+            if arr.dtype != dtype:
                 raise InputError(f"input {name!r} has dtype {arr.dtype}; expected "
-                                 f"{want.name} ({_type_name(want.name)}); no silent "
+                                 f"{dtype.name} ({_type_name(dtype.name)}); no silent "
                                  "casting")
             decl = info.shape
             if decl is not None:
@@ -386,7 +386,7 @@ class InferenceSession(SessionBase):
                                              f"{got}, but {other[1]!r} set {want!r} to "
                                              f"{other[0]}")
             feeds[name] = _contiguous(name, arr)
-            if want is not _F32:  # float16: computed in float32
+            if dtype is not _F32:  # float16: computed in float32
                 feeds[name] = feeds[name].astype(_F32)
         return feeds
 

@@ -487,6 +487,21 @@ def _randomize_bn(bn):
     return bn
 
 
+def _session_matches(path, x, references, rtol):
+    """(session, outputs) of the exported model at `path` fed x; asserts the outputs
+    match onnxruntime's and each reference: a list of outputs (compared at rtol) or
+    (outputs, its own rtol)."""
+    import onnxruntime as ort
+    sess = InferenceSession(path, threads=THREADS)
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    got = sess.run(None, feed)
+    for ref in list(references) + [(ort.InferenceSession(path).run(None, feed), rtol)]:
+        ref, tol = ref if isinstance(ref, tuple) else (ref, rtol)
+        report = compare_outputs(got, ref, rtol=tol)
+        assert report.ok, report.format()
+    return sess, got
+
+
 def _export(module, x, path, exporter):
     from pyconv1x1.testing import ExportFailed, _export as export
     try:
@@ -508,22 +523,15 @@ NORM_CASES = {
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", list(NORM_CASES))
 def test_normalization_matches_torch_and_onnxruntime(name, exporter, tmp_path):
-    import onnxruntime as ort
     factory, shape = NORM_CASES[name]
     torch.manual_seed(7)
     module = factory().eval()
     x = (torch.rand(*shape) * 255) if "div255" in name or "mean_std" in name \
         or "post" in name else torch.randn(*shape)
     path = _export(module, x, tmp_path / "m.onnx", exporter)
-    sess = InferenceSession(path, threads=THREADS)
-    feed = {"x": x.numpy()}
-    got = sess.run(None, feed)
     with torch.no_grad():
         ref = module(x).numpy()
-    report = compare_outputs(got, [ref], rtol=1e-5)
-    assert report.ok, report.format()
-    report = compare_outputs(got, ort.InferenceSession(path).run(None, feed), rtol=1e-5)
-    assert report.ok, report.format()
+    sess, _ = _session_matches(path, x, [[ref]], rtol=1e-5)
     convs = sum(1 for _ in sess.program.layers())
     if name in ("div255_mean_std", "mean_std_grouped"):
         assert len(sess.program.steps) == 1, sess.program.notes  # all in the conv
@@ -558,19 +566,11 @@ HALF_CASES = {
 @pytest.mark.parametrize("name", list(HALF_CASES))
 def test_half_models_match_torch_and_onnxruntime(name, exporter, tmp_path):
     import copy
-
-    import onnxruntime as ort
     factory, dtype = HALF_CASES[name]
     torch.manual_seed(11)
     module = factory().eval()
     x = torch.randn(2, 4, 5, 6).to(torch.float16 if dtype == np.float16 else torch.float32)
     path = _export(module, x, tmp_path / "m.onnx", exporter)
-    sess = InferenceSession(path, threads=THREADS)
-    want_type = "tensor(float16)" if dtype == np.float16 else "tensor(float)"
-    assert sess.get_inputs()[0].type == want_type == sess.get_outputs()[0].type
-    feed = {sess.get_inputs()[0].name: x.numpy()}
-    got = sess.run(None, feed)
-    assert got[0].dtype == dtype
     # PyTorch in float32 with the same float16 weights: float32 accumulation, as here
     ref32 = copy.deepcopy(module).float()
     if isinstance(ref32, HalfEdges):
@@ -578,12 +578,11 @@ def test_half_models_match_torch_and_onnxruntime(name, exporter, tmp_path):
     with torch.no_grad():
         ref = ref32(x.float()).numpy().astype(dtype)
         half = module(x).float().numpy()
-    report = compare_outputs(got, [ref], rtol=1e-3)
-    assert report.ok, report.format()
     # PyTorch's and onnxruntime's float16 ops round each intermediate to float16
-    report = compare_outputs(got, [half], rtol=1e-2)
-    assert report.ok, report.format()
-    report = compare_outputs(got, ort.InferenceSession(path).run(None, feed), rtol=1e-2)
-    assert report.ok, report.format()
+    sess, got = _session_matches(path, x, [([ref], 1e-3), [half]], rtol=1e-2)
+    want_type = "tensor(float16)" if dtype == np.float16 else "tensor(float)"
+    assert sess.get_inputs()[0].type == want_type == sess.get_outputs()[0].type
+    assert got[0].dtype == dtype
+    feed = {sess.get_inputs()[0].name: x.numpy()}
     with pytest.raises(InputError, match=re.escape(want_type)):
         sess.run(None, {k: v.astype(np.float64) for k, v in feed.items()})
