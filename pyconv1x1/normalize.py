@@ -23,6 +23,7 @@ the raw input cannot express). Otherwise the affine step runs on its own."""
 import numpy as np
 
 from . import fold
+from .errors import Problem
 from .ops import (Refused, _attrs, _inputs, _per_channel, _single_output,
                   binary_operands, op)
 from .program import AffineStep, ChainStep, CopyStep
@@ -123,21 +124,23 @@ def edge_type_problems(graph):
     problems = []
     for v in graph.inputs:
         if v.elem_type not in EDGE_TYPES:
-            problems.append(f"input {v.name!r} is {v.elem_type}; only float32 and "
-                            "float16 inputs run")
+            problems.append(Problem("", "", f"input {v.name!r} is {v.elem_type}; only "
+                                    "float32 and float16 inputs run"))
     types = None
     for v in graph.outputs:
         if v.elem_type not in EDGE_TYPES:
-            problems.append(f"output {v.name!r} is declared {v.elem_type}; only float32 "
-                            "and float16 outputs are computed")
+            problems.append(Problem("", "", f"output {v.name!r} is declared "
+                                    f"{v.elem_type}; only float32 and float16 outputs "
+                                    "are computed"))
         elif v.elem_type != "float32":
             if types is None:
                 types = computed_types(graph)
             got = types.get(v.name)
             if got is not None and got != v.elem_type:
-                problems.append(f"output {v.name!r} is declared {v.elem_type}; only "
-                                f"{got} is computed for it (a {v.elem_type} output needs "
-                                f"{v.elem_type} inputs or a Cast to {v.elem_type})")
+                problems.append(Problem("", "", f"output {v.name!r} is declared "
+                                        f"{v.elem_type}; only {got} is computed for it (a "
+                                        f"{v.elem_type} output needs {v.elem_type} inputs "
+                                        f"or a Cast to {v.elem_type})"))
     return problems
 
 
