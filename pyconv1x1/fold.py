@@ -15,8 +15,9 @@ import numpy as np
 
 from .errors import ModelError
 from .ir import Graph
-from .onnx_reader import _DTYPES, _TYPE_NAMES, MAX_TENSOR_BYTES, _Unsupported
-from .ops import REGISTRY, Refused, op
+from .onnx_reader import _DTYPES, _TYPE_NAMES, MAX_TENSOR_BYTES
+from .ops import REGISTRY, Refused
+from .ops import _attrs as bind_attrs
 
 FOLDERS = {}
 
@@ -102,14 +103,12 @@ def reason_not_folded(node, constants, opset):
 # helpers: attributes, inputs, dtypes, sizes
 # --------------------------------------------------------------------------------------
 def _attrs(node, spec):
-    out = dict(spec)
-    for key, value in node.attrs.items():
-        if key not in spec:
-            raise NotFolded(f"attribute {key!r} is not supported")
-        if isinstance(value, _Unsupported):
-            raise NotFolded(f"attribute {key!r} is {value.why}")
-        out[key] = value
-    return out
+    """Attributes bound with defaults (ops._attrs: a value of the wrong kind is a
+    ModelError); one this pass does not know leaves the node unfolded."""
+    try:
+        return bind_attrs(node, spec)
+    except Refused as why:
+        raise NotFolded(str(why)) from None
 
 
 def _arg(node, args, index, what, required=True):

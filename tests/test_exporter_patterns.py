@@ -288,6 +288,24 @@ def test_affine_forms_match_onnxruntime(rng, form, pads, group):
         assert len(sess.program.steps) == 1 and "folded post_div" in notes, notes
 
 
+def test_torch_reference_runs_sub_div_neg(rng):
+    """`validate --against torch` rebuilds these ops with torch: an independent check."""
+    from pyconv1x1.testing import run_torch_reference
+    inits = {"W": rnd(rng, 6, 4, 1, 1), "k": np.array(255, F), "m": rnd(rng, 1, 4, 1, 1),
+             "s": np.array([0.2, 0.3, 0.4, 0.5], F).reshape(4, 1, 1)}
+    nodes = [helper.make_node("Div", ["x", "k"], ["a"], name="div"),
+             helper.make_node("Sub", ["a", "m"], ["b"], name="sub"),
+             helper.make_node("Neg", ["b"], ["c"], name="neg"),
+             helper.make_node("Div", ["c", "s"], ["d"], name="div_std"),
+             conv_node("d", "W", None, "y", name="conv", pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [("x", [2, 4, 3, 5])], [("y", [2, 6, 5, 7])], inits)
+    x = (rng.random((2, 4, 3, 5)) * 255).astype(F)
+    ref = run_torch_reference(model, {"x": x})["y"]
+    assert compare_outputs([ref], run_ort(model, {"x": x}), rtol=1e-6).ok
+    got = InferenceSession(model, threads=THREADS).run(None, {"x": x})
+    assert compare_outputs(got, [ref], rtol=1e-5).ok
+
+
 # --------------------------------------------------------------------------------------
 # weight-only quantization
 # --------------------------------------------------------------------------------------
