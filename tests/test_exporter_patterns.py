@@ -521,7 +521,7 @@ def _session_matches(path, x, references, rtol):
 
 
 def _export(module, x, path, exporter):
-    from pyconv1x1.testing import ExportFailed, _export as export
+    from pyconv1x1.testing.torch_export import ExportFailed, _export as export
     try:
         export(torch, module, (x,), str(path), exporter, ["x"], ["y"], None, None, None)
     except ExportFailed as exc:
