@@ -520,6 +520,11 @@ def _session_matches(path, x, references, rtol):
     return sess, got
 
 
+def _seeded(factory, seed):
+    torch.manual_seed(seed)
+    return factory().eval()
+
+
 def _export(module, x, path, exporter):
     from pyconv1x1.testing.torch_export import ExportFailed, _export as export
     try:
@@ -542,8 +547,7 @@ NORM_CASES = {
 @pytest.mark.parametrize("name", list(NORM_CASES))
 def test_normalization_matches_torch_and_onnxruntime(name, exporter, tmp_path):
     factory, shape = NORM_CASES[name]
-    torch.manual_seed(7)
-    module = factory().eval()
+    module = _seeded(factory, 7)
     x = (torch.rand(*shape) * 255) if "div255" in name or "mean_std" in name \
         or "post" in name else torch.randn(*shape)
     path = _export(module, x, tmp_path / "m.onnx", exporter)
@@ -585,8 +589,7 @@ HALF_CASES = {
 def test_half_models_match_torch_and_onnxruntime(name, exporter, tmp_path):
     import copy
     factory, dtype = HALF_CASES[name]
-    torch.manual_seed(11)
-    module = factory().eval()
+    module = _seeded(factory, 11)
     x = torch.randn(2, 4, 5, 6).to(torch.float16 if dtype == np.float16 else torch.float32)
     path = _export(module, x, tmp_path / "m.onnx", exporter)
     # PyTorch in float32 with the same float16 weights: float32 accumulation, as here
