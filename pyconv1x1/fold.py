@@ -241,7 +241,8 @@ def _cast(node, args, opset):
         info = np.iinfo(dtype)
         with np.errstate(invalid="ignore"):
             t = np.trunc(x.astype(np.float64))
-        if not finite.all() or np.any((t < info.min) | (t > info.max)):
+        too_big = float(info.max) + 1  # (a power of two: exact in float64)
+        if not finite.all() or np.any((t < info.min) | (t >= too_big)):
             raise NotFolded(f"{x.dtype.name} values outside {dtype.name}'s range (the "
                             "result is undefined)")
         return t.astype(dtype)
