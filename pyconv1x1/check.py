@@ -5,11 +5,11 @@ supported. Unsupported nodes are collected and reported all at once."""
 from collections import deque
 
 from .errors import ONNX_EXTRA_HINT, ModelError, Problem, UnsupportedError
+from .normalize import edge_type_problems
 from .ops import REGISTRY, Context, Refused
-from .quant import DOMAIN as QUANT_DOMAIN, lower_quantized
+from .quant import DOMAIN as QUANT_DOMAIN, lower_quantized, quantized_edges
 
 MIN_OPSET = 7
-QUANT_EDGE_TYPES = ("uint8", "int8")
 
 
 def _bind_quantized(node, ctx):
@@ -101,20 +101,7 @@ def lower(graph):
                         "onnx package's schemas; it is not installed: "
                         f"{ONNX_EXTRA_HINT})")
         problems.append(Problem("", "", problem))
-    quant_reads = {t for n in graph.nodes if n.domain == QUANT_DOMAIN for t in n.inputs}
-    quant_writes = {t for n in graph.nodes if n.domain == QUANT_DOMAIN for t in n.outputs}
-    other_reads = {t for n in graph.nodes if n.domain != QUANT_DOMAIN for t in n.inputs}
-    for v in graph.inputs:  # (uint8 / int8 edges of quantized models: only quantized
-        if v.elem_type != "float32" and not (  # steps read them)
-                v.elem_type in QUANT_EDGE_TYPES and v.name in quant_reads
-                and v.name not in other_reads):
-            problems.append(Problem("", "", f"input {v.name!r} is {v.elem_type}; only "
-                                    "float32 inputs run"))
-    for v in graph.outputs:  # (every output is computed in float32: declaring another
-        if v.elem_type != "float32" and not (  # type made a session that could not be
-                v.elem_type in QUANT_EDGE_TYPES and v.name in quant_writes):  # compiled)
-            problems.append(Problem("", "", f"output {v.name!r} is declared "
-                                    f"{v.elem_type}; only float32 outputs are computed"))
+    problems.extend(edge_type_problems(graph, quantized_edges(graph)))
     order = topological_order(graph)
     shapes = {v.name: v.shape for v in graph.inputs}
     for name, arr in graph.constants.items():
@@ -127,8 +114,8 @@ def lower(graph):
         node = graph.nodes[i]
         refuse = lambda reason: problems.append(  # noqa: E731
             Problem(node.op_type, node.name, reason))
-        if node.domain == QUANT_DOMAIN:  # made by quant.lower_quantized
-            binder = _bind_quantized
+        if node.domain == QUANT_DOMAIN:  # made by quant.lower_quantized: the step
+            binder = _bind_quantized     # is built already
         elif node.domain not in ("", "ai.onnx"):
             refuse(f"domain {node.domain!r} is not supported")
             continue
@@ -145,8 +132,8 @@ def lower(graph):
             continue
         folded = [t for t in step.reads if t in graph.constants]
         if folded:
-            refuse(f"computes on constant {folded[0]!r}; constant folding is not "
-                   "supported")
+            refuse(f"computes on constant {folded[0]!r}; {node.op_type} is not folded "
+                   "at load (see fold.FOLDERS for the ops that are)")
             continue
         for o in node.outputs:
             shapes.setdefault(o, None)
@@ -178,6 +165,7 @@ def unsupported_problems(graph):
     """(problems, conv_count, conv1x1_count) without raising; problems: Problem records
     (op, node, reason), as UnsupportedError.problems holds them (group them by op and
     reason without parsing text)."""
+    from .fold import fold_constants
     problems = []
     convs = ones = 0
     for n in graph.nodes:
@@ -187,7 +175,7 @@ def unsupported_problems(graph):
             if w is not None and w.ndim >= 3 and all(k == 1 for k in w.shape[2:]):
                 ones += 1
     try:
-        lower(lower_quantized(graph)[0])
+        lower(fold_constants(lower_quantized(graph)[0])[0])
     except UnsupportedError as exc:
         problems = exc.problems or [Problem("", "", str(exc))]
     except ModelError as exc:

@@ -12,12 +12,14 @@ def load_program(model, base_dir=None):
 
 
 def program_from_model(model, base_dir=None):
-    """The .onnx path of load_program: parse -> check -> rewrite."""
-    from . import check, onnx_reader, rewrite
+    """The .onnx path of load_program: parse -> quantized ops -> fold constants ->
+    check -> rewrite."""
+    from . import check, fold, onnx_reader, rewrite
     from .quant import lower_quantized
-    graph = onnx_reader.load(model, base_dir=base_dir)
-    graph, quant_notes = lower_quantized(graph)  # (quantized ops -> int8 steps' nodes)
+    # quantized ops first (they read the int8 weights that folding would dequantize)
+    graph, quant_notes = lower_quantized(onnx_reader.load(model, base_dir=base_dir))
+    graph, folded = fold.fold_constants(graph)
     steps, _ = check.lower(graph)
     program = rewrite.build_program(graph, steps)
-    program.notes[:0] = quant_notes
+    program.notes[:0] = quant_notes + folded
     return program

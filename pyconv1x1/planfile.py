@@ -307,9 +307,9 @@ def validate(program):
     if len(defined) != len(program.inputs):
         raise ModelError("plan declares an input twice")
     for v in program.inputs + program.outputs:
-        if v.elem_type not in ("float32", "uint8", "int8"):
-            raise ModelError(f"plan value {v.name!r} is {v.elem_type}, not float32 "
-                             "(or uint8 / int8 for a quantized model's edges)")
+        if v.elem_type not in ("float32", "float16", "uint8", "int8"):
+            raise ModelError(f"plan value {v.name!r} is {v.elem_type}, not float32 or "
+                             "float16 (or uint8 / int8: a quantized model's edges)")
     for step in program.steps:
         for t in step.reads:
             if t not in defined:

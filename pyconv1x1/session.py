@@ -16,7 +16,7 @@ from .plan import KernelSet, ShapePlan
 
 PLAN_CACHE_SIZE = 32
 _F32 = np.dtype(np.float32)
-_FEED_TYPES = ("float32", "uint8", "int8")  # (uint8 / int8: quantized models' edges)
+_QUANT_EDGES = ("uint8", "int8")  # quantized models' input / output types
 
 
 class NodeArg:
@@ -62,6 +62,7 @@ class InferenceSession(SessionBase):
     _profiler = None
     _providers = ((ort_api.CPU_PROVIDER, {}),)
     _sess_options = None
+    _edge_dtypes = {}  # (read-only: replaced, never updated)
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None,
                  provider_options=None, *, threads=ort_api._UNSET, base_dir=None,
@@ -86,6 +87,15 @@ class InferenceSession(SessionBase):
                                                   is None else tuple(a.shape))
                                 for a, v in zip(self._inputs, self._program.inputs)}
         self._output_names = [v.name for v in self._program.outputs]
+        # float16 inputs and outputs (the rest is computed in float32): fed and
+        # returned as declared, converted on the way in and out (never the fast path)
+        self._edge_dtypes = {v.name: np.dtype(v.elem_type) for v in
+                             self._program.inputs + self._program.outputs
+                             if v.elem_type not in ("float32",) + _QUANT_EDGES}
+        # uint8 / int8 edges of quantized models: fed and returned as they are
+        self._quant_dtypes = {v.name: np.dtype(v.elem_type) for v in
+                              self._program.inputs + self._program.outputs
+                              if v.elem_type in _QUANT_EDGES}
         self._plans = collections.OrderedDict()
         # run() is SessionBase.run (C): it runs _fast_chain directly for a feed of the
         # shape _run validated last, and calls _run for everything else
@@ -221,7 +231,7 @@ class InferenceSession(SessionBase):
         names = self._check_output_names(output_names)
         feeds = self._check_feed(input_feed)
         plan = self._plan({k: v.shape for k, v in feeds.items()})
-        if plan.direct is not None and self._profiler is None:
+        if plan.direct is not None and self._profiler is None and not self._edge_dtypes:
             self._fast_chain = plan.direct  # this shape passed _check_feed: later runs
             # may skip it (not while profiling: each run must pass here to be recorded)
         try:
@@ -236,6 +246,8 @@ class InferenceSession(SessionBase):
             if name in seen or name in feeds:
                 arr = np.array(arr, copy=True)
             seen.add(name)
+            if name in self._edge_dtypes:
+                arr = arr.astype(self._edge_dtypes[name])
             out.append(arr)
         return out
 
@@ -246,17 +258,19 @@ class InferenceSession(SessionBase):
         Outputs not in the dict are not returned. Returns `outputs`."""
         if not isinstance(outputs, dict) or not outputs:
             raise InputError("outputs must be a non-empty dict of output name -> array")
+        if self._edge_dtypes:
+            raise InputError(f"run_into writes float32 outputs; this model's "
+                             f"{sorted(self._edge_dtypes)} are float16: use run()")
         self._check_output_names(list(outputs))
         feeds = self._check_feed(input_feed)
         plan = self._plan({k: v.shape for k, v in feeds.items()})
-        declared = {v.name: v.elem_type for v in self._program.outputs}
         for name, arr in outputs.items():
             want = plan.shapes[name]
-            dtype = declared[name] if declared[name] in _FEED_TYPES else "float32"
+            dtype = self._quant_dtypes.get(name, _F32)
             if not isinstance(arr, np.ndarray) or arr.dtype != dtype \
                     or not arr.flags.c_contiguous or not arr.flags.writeable:
                 raise InputError(f"output buffer {name!r} must be a writable C-contiguous "
-                                 f"{dtype} numpy array, got "
+                                 f"{dtype.name} numpy array, got "
                                  f"{getattr(arr, 'dtype', type(arr).__name__)}")
             if tuple(arr.shape) != tuple(want):
                 raise InputError(f"output buffer {name!r} has shape {list(arr.shape)}; "
@@ -350,10 +364,11 @@ class InferenceSession(SessionBase):
                 raise InputError(f"input {name!r} is a masked array; the model would "
                                  "read the masked values too: pass np.ma.filled(x, value) "
                                  "or the plain array x.data")
-            want = info.elem_type if info.elem_type in _FEED_TYPES else "float32"
-            if arr.dtype != want:
-                raise InputError(f"input {name!r} has dtype {arr.dtype}; expected {want} "
-                                 f"({_type_name(want)}); no silent casting")
+            dtype = self._edge_dtypes.get(name, self._quant_dtypes.get(name, _F32))
+            if arr.dtype != dtype:
+                raise InputError(f"input {name!r} has dtype {arr.dtype}; expected "
+                                 f"{dtype.name} ({_type_name(dtype.name)}); no silent "
+                                 "casting")
             decl = info.shape
             if decl is not None:
                 if arr.ndim != len(decl):
@@ -372,6 +387,8 @@ class InferenceSession(SessionBase):
                                              f"{got}, but {other[1]!r} set {want!r} to "
                                              f"{other[0]}")
             feeds[name] = _contiguous(name, arr)
+            if name in self._edge_dtypes:  # float16: computed in float32
+                feeds[name] = feeds[name].astype(_F32)
         return feeds
 
     def _plan(self, shapes):

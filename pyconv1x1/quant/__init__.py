@@ -4,6 +4,23 @@ int8 kernels when built, else the numpy reference of the same API: reference).""
 from .recognize import DOMAIN, is_quantized, lower_quantized  # noqa: F401
 
 
+def quantized_edges(graph):
+    """Names of the graph's uint8 / int8 inputs that only quantized steps read and
+    outputs that quantized steps write (after lower_quantized): they keep their type."""
+    quant_reads, other_reads, quant_writes = set(), set(), set()
+    for n in graph.nodes:
+        if n.domain == DOMAIN:
+            quant_reads.update(n.inputs)
+            quant_writes.update(n.outputs)
+        else:
+            other_reads.update(n.inputs)
+    edges = {v.name for v in graph.inputs if v.elem_type in ("uint8", "int8")
+             and v.name in quant_reads and v.name not in other_reads}
+    edges.update(v.name for v in graph.outputs if v.elem_type in ("uint8", "int8")
+                 and v.name in quant_writes)
+    return edges
+
+
 def kernels(variant=None):
     """The int8 kernel module built with float kernel variant `variant` (default: the
     one this CPU runs): compiled (`_backend.qkernels`) when this build has it, else the

@@ -31,7 +31,11 @@ _Q_DTYPES = {"uint8": False, "int8": True}  # numpy name -> signed
 
 
 def is_quantized(graph):
-    return any(n.op_type in QUANT_OPS for n in graph.nodes)
+    """Whether the graph quantizes run-time tensors. DequantizeLinear of constants alone
+    (weight-only quantization) is not: constant folding makes float weights of it."""
+    return any(n.op_type in QUANT_OPS and (
+        n.op_type != "DequantizeLinear" or not n.inputs
+        or n.inputs[0] not in graph.constants) for n in graph.nodes)
 
 
 def lower_quantized(graph):
@@ -341,6 +345,9 @@ class _Recognizer:
         t = node.inputs[0] if node.inputs else ""
         out = node.outputs[0]
         axis = int(node.attrs.get("axis", 1))
+        if node.attrs.get("block_size"):
+            raise UnsupportedError(f"{node.label()}: blocked quantization (block_size="
+                                   f"{node.attrs['block_size']}) is not supported")
         if t in self.consts:
             q = self.consts[t]
             if q.dtype.name not in ("uint8", "int8", "int32"):
@@ -364,8 +371,9 @@ class _Recognizer:
             if out in self.outputs:
                 self.need_float(out)
             return
-        raise ModelError(f"{node.label()}: input {t!r} is {self._elem_type(t)}; "
-                         "DequantizeLinear reads an int8 or uint8 tensor")
+        raise UnsupportedError(f"{node.label()}: input {t!r} is computed at run time "
+                               f"as {self._elem_type(t)}; only int8 and uint8 run-time "
+                               "tensors are dequantized")
 
     def on_QuantizeLinear(self, node):
         x = node.inputs[0] if node.inputs else ""
