@@ -41,6 +41,8 @@ def main(root, out, ext_suffix, numpy_include, cc="aarch64-linux-gnu-gcc"):
     for name, (vflags, shape) in built.items():
         pyx[f"_kernels_{name}"] = st.render_kernels(name, shape)
         flags[f"_kernels_{name}"] = vflags + st.THREAD_FLAGS
+        pyx[f"_qkernels_{name}"] = st.render_qkernels(name)
+        flags[f"_qkernels_{name}"] = vflags + st.THREAD_FLAGS + st.QFLAGS
     cbuild = os.path.join(out, "c")
     # Debian's numpy .pxd (the headers the C is compiled against), before the host's
     numpy_pxd_dir = os.path.dirname(os.path.dirname(os.path.dirname(

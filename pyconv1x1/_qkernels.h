@@ -1,0 +1,485 @@
+/* pyconv1x1 int8 kernels: u8 activations x s8 weights, int32 accumulation, fused
+   requantization. Included by the rendered _qkernels_<variant>.pyx (one module per ISA
+   variant); every x86 module carries all x86 paths, each compiled for its own ISA with a
+   target attribute, and picks one at run time from what the CPU has (pc1q_cpu_paths):
+
+     PC1Q_AVX512VNNI  vpdpbusd on zmm: 8 output channels x 32 pixels = 16 accumulators
+     PC1Q_AVXVNNI     vpdpbusd on ymm (VEX, AVX-VNNI): 4 channels x 16 pixels per pass
+     PC1Q_AVX2        no VNNI: u8 and s8 widened to s16 (vpmovzxbw, weights pre-widened
+                      at packing) and vpmaddwd, which sums two s16 x s16 products into
+                      an int32: |255 * -128 * 2| = 65280 cannot saturate (vpmaddwd only
+                      saturates for two products of -32768 * -32768), so the path is exact
+                      (vpmaddubsw, u8 x s8 -> s16 pairs, would saturate at 2*255*127)
+     PC1Q_C           portable C (auto-vectorised); the only path off x86
+
+   Layouts. Inside a tile activations are [C4][TP][4] bytes: for each group of 4 channels,
+   each pixel's 4 channel values in one 32-bit word (the operand vpdpbusd sums), channels
+   past C padded with 0. Weights are packed per block of 8 output channels as
+   [K4][8][4] s8 (rows past cout and k past K zero); the AVX2 path reads an s16 copy.
+   A micro-kernel computes the int32 accumulators of one block x one 32-pixel panel into
+   a small buffer; the epilogue (shared C) requantizes them into the next layer's tile
+   layout, into u8 NCHW or into float32 NCHW.
+
+   Arithmetic (pyconv1x1/quant_reference.py is the same in numpy):
+     acc   = bias[o] + sum_k w[o,k] * x[k,p]                        exact int32
+     u8:   v = (float)acc * scale[o];  v = v > lo-zp ? v : lo-zp;  v = v < hi-zp ? v : hi-zp
+           y = rne(v) + zp                   (clamping before rounding = clamping after)
+     f32:  y = (float)acc * scale[o] + fbias[o]     two roundings, never fused (the module
+           is compiled with -ffp-contract=off)
+   rne(v) for |v| < 2^22 is (v + 1.5 * 2^23) - 1.5 * 2^23 in round-to-nearest-even, which
+   the thread pool's fp hook sets (and turns flush-to-zero off) around every task.
+   QLayer checks |bias| + 255 * sum|w| < 2^31 per channel: no accumulator wraps. */
+#ifndef PC1Q_H
+#define PC1Q_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define PC1Q_MR 8   /* output channels per weight block */
+#define PC1Q_NR 32  /* pixels per panel */
+
+enum { PC1Q_C = 0, PC1Q_AVX2 = 1, PC1Q_AVXVNNI = 2, PC1Q_AVX512VNNI = 3, PC1Q_NPATHS = 4 };
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define PC1Q_X86 1
+#include <immintrin.h>
+#else
+#define PC1Q_X86 0
+#endif
+#if defined(__GNUC__) && defined(__aarch64__)
+#define PC1Q_ARM 1
+#else
+#define PC1Q_ARM 0
+#endif
+
+/* ---- floating point state: round to nearest even, no flush-to-zero ---------------- */
+static unsigned int pc1q_fp_on(void) {
+#if PC1Q_X86
+    unsigned int old = _mm_getcsr();
+    _mm_setcsr(old & ~(0x8040u | 0x6000u));  /* FTZ, DAZ off; RC = nearest */
+    return old;
+#elif PC1Q_ARM
+    unsigned long old, want;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(old));
+    want = old & ~((1ul << 24) | (3ul << 22));  /* FZ off; RMode = nearest */
+    if (want != old) __asm__ __volatile__("msr fpcr, %0" : : "r"(want));
+    return (unsigned int)old;
+#else
+    return 0;
+#endif
+}
+static void pc1q_fp_restore(unsigned int old) {
+#if PC1Q_X86
+    _mm_setcsr(old);
+#elif PC1Q_ARM
+    unsigned long cur;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(cur));
+    if (cur != (unsigned long)old) __asm__ __volatile__("msr fpcr, %0" : : "r"((unsigned long)old));
+#else
+    (void)old;
+#endif
+}
+
+/* paths this CPU (and OS) can run, as a bit set of 1 << PC1Q_* */
+static int pc1q_cpu_paths(void) {
+    int m = 1 << PC1Q_C;
+#if PC1Q_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) m |= 1 << PC1Q_AVX2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni"))
+        m |= 1 << PC1Q_AVXVNNI;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+            && __builtin_cpu_supports("avx512vnni"))
+        m |= 1 << PC1Q_AVX512VNNI;
+#endif
+    return m;
+}
+
+/* x / in_scale -> u8 and the requantization: the clamp, then round half to even */
+#define PC1Q_MAGIC 12582912.0f  /* 1.5 * 2^23 */
+static inline int32_t pc1q_round_clamp(float v, float flo, float fhi, int32_t zp) {
+    v = v > flo ? v : flo;
+    v = v < fhi ? v : fhi;
+    v = (v + PC1Q_MAGIC) - PC1Q_MAGIC;
+    return (int32_t)v + zp;
+}
+
+typedef struct {
+    const int8_t *w8;    /* [nb][K4][8][4] */
+    const int16_t *w16;  /* the same widened, or NULL */
+    const int32_t *bias; /* [nb * 8] */
+    const float *scale;  /* [nb * 8] */
+    const float *fbias;  /* [nb * 8] */
+    Py_ssize_t k, cout, k4, nb;
+    int32_t zp, lo, hi;
+} pc1q_layer;
+
+/* ---- micro-kernels: acc[8][32] = bias + w_block . x_panel ------------------------- */
+/* x: the panel's first word of channel group 0; xs: bytes from one channel group to the
+   next; w: the block's [K4][8][4] */
+
+static void pc1q_mk_c(const uint8_t *x, Py_ssize_t xs, const int8_t *w, const int16_t *w16,
+                      Py_ssize_t k4, const int32_t *bias, int32_t *acc) {
+    Py_ssize_t kk;
+    int r, p;
+    (void)w16;
+    for (r = 0; r < PC1Q_MR; r++)
+        for (p = 0; p < PC1Q_NR; p++) acc[r * PC1Q_NR + p] = bias[r];
+    for (kk = 0; kk < k4; kk++, x += xs, w += 4 * PC1Q_MR) {
+        for (r = 0; r < PC1Q_MR; r++) {
+            int32_t w0 = w[4 * r], w1 = w[4 * r + 1], w2 = w[4 * r + 2], w3 = w[4 * r + 3];
+            int32_t *a = acc + r * PC1Q_NR;
+            for (p = 0; p < PC1Q_NR; p++)
+                a[p] += x[4 * p] * w0 + x[4 * p + 1] * w1 + x[4 * p + 2] * w2
+                        + x[4 * p + 3] * w3;
+        }
+    }
+}
+
+#if PC1Q_X86
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+static void pc1q_mk_avx512vnni(const uint8_t *x, Py_ssize_t xs, const int8_t *w,
+                               const int16_t *w16, Py_ssize_t k4, const int32_t *bias,
+                               int32_t *acc) {
+    __m512i c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
+    __m512i x0, x1, b;
+    Py_ssize_t kk;
+    (void)w16;
+    c00 = c01 = _mm512_set1_epi32(bias[0]);
+    c10 = c11 = _mm512_set1_epi32(bias[1]);
+    c20 = c21 = _mm512_set1_epi32(bias[2]);
+    c30 = c31 = _mm512_set1_epi32(bias[3]);
+    c40 = c41 = _mm512_set1_epi32(bias[4]);
+    c50 = c51 = _mm512_set1_epi32(bias[5]);
+    c60 = c61 = _mm512_set1_epi32(bias[6]);
+    c70 = c71 = _mm512_set1_epi32(bias[7]);
+    for (kk = 0; kk < k4; kk++, x += xs, w += 32) {
+        const int32_t *wd = (const int32_t *)w;
+        x0 = _mm512_loadu_si512((const void *)x);
+        x1 = _mm512_loadu_si512((const void *)(x + 64));
+#define PC1Q_ROW(r, a0, a1)                          \
+        b = _mm512_set1_epi32(wd[r]);               \
+        a0 = _mm512_dpbusd_epi32(a0, x0, b);        \
+        a1 = _mm512_dpbusd_epi32(a1, x1, b);
+        PC1Q_ROW(0, c00, c01) PC1Q_ROW(1, c10, c11) PC1Q_ROW(2, c20, c21)
+        PC1Q_ROW(3, c30, c31) PC1Q_ROW(4, c40, c41) PC1Q_ROW(5, c50, c51)
+        PC1Q_ROW(6, c60, c61) PC1Q_ROW(7, c70, c71)
+#undef PC1Q_ROW
+    }
+#define PC1Q_OUT(r, a0, a1)                                  \
+    _mm512_storeu_si512((void *)(acc + 32 * r), a0);         \
+    _mm512_storeu_si512((void *)(acc + 32 * r + 16), a1);
+    PC1Q_OUT(0, c00, c01) PC1Q_OUT(1, c10, c11) PC1Q_OUT(2, c20, c21)
+    PC1Q_OUT(3, c30, c31) PC1Q_OUT(4, c40, c41) PC1Q_OUT(5, c50, c51)
+    PC1Q_OUT(6, c60, c61) PC1Q_OUT(7, c70, c71)
+#undef PC1Q_OUT
+}
+
+/* 4 rows x 16 pixels per pass (8 of the 16 ymm accumulate), 4 passes per panel */
+__attribute__((target("avx2,avxvnni")))
+static void pc1q_mk_avxvnni(const uint8_t *x0, Py_ssize_t xs, const int8_t *w0,
+                            const int16_t *w16, Py_ssize_t k4, const int32_t *bias,
+                            int32_t *acc) {
+    int rh, ph;
+    (void)w16;
+    for (rh = 0; rh < 2; rh++) {
+        for (ph = 0; ph < 2; ph++) {
+            const uint8_t *x = x0 + 64 * ph;
+            const int32_t *wd = (const int32_t *)w0 + 4 * rh;
+            const int32_t *bs = bias + 4 * rh;
+            __m256i c00, c01, c10, c11, c20, c21, c30, c31, a, bb, b;
+            Py_ssize_t kk;
+            int32_t *o = acc + 4 * rh * 32 + 16 * ph;
+            c00 = c01 = _mm256_set1_epi32(bs[0]);
+            c10 = c11 = _mm256_set1_epi32(bs[1]);
+            c20 = c21 = _mm256_set1_epi32(bs[2]);
+            c30 = c31 = _mm256_set1_epi32(bs[3]);
+            for (kk = 0; kk < k4; kk++, x += xs, wd += 8) {
+                a = _mm256_loadu_si256((const __m256i *)x);
+                bb = _mm256_loadu_si256((const __m256i *)(x + 32));
+#define PC1Q_ROW(r, a0, a1)                              \
+                b = _mm256_set1_epi32(wd[r]);           \
+                a0 = _mm256_dpbusd_avx_epi32(a0, a, b); \
+                a1 = _mm256_dpbusd_avx_epi32(a1, bb, b);
+                PC1Q_ROW(0, c00, c01) PC1Q_ROW(1, c10, c11)
+                PC1Q_ROW(2, c20, c21) PC1Q_ROW(3, c30, c31)
+#undef PC1Q_ROW
+            }
+#define PC1Q_OUT(r, a0, a1)                                          \
+            _mm256_storeu_si256((__m256i *)(o + 32 * r), a0);       \
+            _mm256_storeu_si256((__m256i *)(o + 32 * r + 8), a1);
+            PC1Q_OUT(0, c00, c01) PC1Q_OUT(1, c10, c11)
+            PC1Q_OUT(2, c20, c21) PC1Q_OUT(3, c30, c31)
+#undef PC1Q_OUT
+        }
+    }
+}
+
+/* 4 rows x 8 pixels per pass: per row two vpmaddwd accumulators (pixels 0-3 and 4-7,
+   each pixel's 4 products summed in pairs), added pairwise at the end */
+__attribute__((target("avx2")))
+static void pc1q_mk_avx2(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,
+                         const int16_t *w0, Py_ssize_t k4, const int32_t *bias,
+                         int32_t *acc) {
+    int rh, pq;
+    (void)w8;
+    for (rh = 0; rh < 2; rh++) {
+        for (pq = 0; pq < 4; pq++) {
+            const uint8_t *x = x0 + 32 * pq;
+            const int64_t *wq = (const int64_t *)w0 + 4 * rh;
+            __m256i c00, c01, c10, c11, c20, c21, c30, c31, lo, hi, b, s;
+            Py_ssize_t kk;
+            int32_t *o = acc + 4 * rh * 32 + 8 * pq;
+            c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm256_setzero_si256();
+            for (kk = 0; kk < k4; kk++, x += xs, wq += 8) {
+                lo = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)x));
+                hi = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(x + 16)));
+#define PC1Q_ROW(r, a0, a1)                                          \
+                b = _mm256_set1_epi64x(wq[r]);                      \
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(lo, b)); \
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(hi, b));
+                PC1Q_ROW(0, c00, c01) PC1Q_ROW(1, c10, c11)
+                PC1Q_ROW(2, c20, c21) PC1Q_ROW(3, c30, c31)
+#undef PC1Q_ROW
+            }
+            /* hadd: [p0 p1 p4 p5 | p2 p3 p6 p7] -> qword order 0 2 1 3 */
+#define PC1Q_OUT(r, a0, a1)                                                        \
+            s = _mm256_permute4x64_epi64(_mm256_hadd_epi32(a0, a1), 0xD8);        \
+            s = _mm256_add_epi32(s, _mm256_set1_epi32(bias[4 * rh + r]));         \
+            _mm256_storeu_si256((__m256i *)(o + 32 * r), s);
+            PC1Q_OUT(0, c00, c01) PC1Q_OUT(1, c10, c11)
+            PC1Q_OUT(2, c20, c21) PC1Q_OUT(3, c30, c31)
+#undef PC1Q_OUT
+        }
+    }
+}
+#endif
+
+typedef void (*pc1q_mk_fn)(const uint8_t *, Py_ssize_t, const int8_t *, const int16_t *,
+                           Py_ssize_t, const int32_t *, int32_t *);
+
+static pc1q_mk_fn pc1q_kernel(int path) {
+#if PC1Q_X86
+    if (path == PC1Q_AVX512VNNI) return pc1q_mk_avx512vnni;
+    if (path == PC1Q_AVXVNNI) return pc1q_mk_avxvnni;
+    if (path == PC1Q_AVX2) return pc1q_mk_avx2;
+#endif
+    (void)path;
+    return pc1q_mk_c;
+}
+
+/* which paths were compiled into this module */
+static int pc1q_built_paths(void) {
+#if PC1Q_X86
+    return (1 << PC1Q_C) | (1 << PC1Q_AVX2) | (1 << PC1Q_AVXVNNI) | (1 << PC1Q_AVX512VNNI);
+#else
+    return 1 << PC1Q_C;
+#endif
+}
+
+/* ---- gather: NCHW pixels p0 .. p0+valid of one image -> tile [C4][np*32][4] -------- */
+static void pc1q_gather_u8(const uint8_t *x, Py_ssize_t c, Py_ssize_t P, Py_ssize_t p0,
+                           Py_ssize_t valid, Py_ssize_t width, uint8_t *t) {
+    Py_ssize_t g, p, c4 = (c + 3) / 4;
+    for (g = 0; g < c4; g++) {
+        uint32_t *o = (uint32_t *)(t + 4 * g * width);
+        const uint8_t *a = x + 4 * g * P + p0;
+        if (4 * g + 4 <= c) {
+            const uint8_t *b = a + P, *cc = b + P, *d = cc + P;
+            for (p = 0; p < valid; p++)
+                o[p] = (uint32_t)a[p] | ((uint32_t)b[p] << 8) | ((uint32_t)cc[p] << 16)
+                       | ((uint32_t)d[p] << 24);
+        } else {
+            Py_ssize_t j, left = c - 4 * g;
+            for (p = 0; p < valid; p++) {
+                uint32_t v = 0;
+                for (j = 0; j < left; j++) v |= (uint32_t)a[j * P + p] << (8 * j);
+                o[p] = v;
+            }
+        }
+        for (p = valid; p < width; p++) o[p] = 0;
+    }
+}
+
+static inline void pc1q_quantize_run(const float *x, uint8_t *q, Py_ssize_t m,
+                                     float scale, int32_t zp) {
+    Py_ssize_t i;
+    float flo = (float)(0 - zp), fhi = (float)(255 - zp);
+    for (i = 0; i < m; i++) q[i] = (uint8_t)pc1q_round_clamp(x[i] / scale, flo, fhi, zp);
+}
+
+/* the same from float32 NCHW, quantized on the way (q goes through `row`, 4 x width) */
+static void pc1q_gather_f32(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize_t p0,
+                            Py_ssize_t valid, Py_ssize_t width, float scale, int32_t zp,
+                            uint8_t *row, uint8_t *t) {
+    Py_ssize_t g, p, j, c4 = (c + 3) / 4;
+    for (g = 0; g < c4; g++) {
+        uint32_t *o = (uint32_t *)(t + 4 * g * width);
+        Py_ssize_t left = c - 4 * g;
+        if (left > 4) left = 4;
+        for (j = 0; j < left; j++)
+            pc1q_quantize_run(x + (4 * g + j) * P + p0, row + j * width, valid, scale, zp);
+        for (; j < 4; j++) memset(row + j * width, 0, (size_t)valid);
+        for (p = 0; p < valid; p++)
+            o[p] = (uint32_t)row[p] | ((uint32_t)row[width + p] << 8)
+                   | ((uint32_t)row[2 * width + p] << 16) | ((uint32_t)row[3 * width + p] << 24);
+        for (p = valid; p < width; p++) o[p] = 0;
+    }
+}
+
+/* ---- epilogues of one block x one panel -------------------------------------------- */
+/* into the next layer's tile: groups 2b and 2b+1 (the second only if the layer has it) */
+static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
+                          uint8_t *t, Py_ssize_t width, Py_ssize_t pan) {
+    int gi, j, p;
+    Py_ssize_t c4 = (L->cout + 3) / 4;
+    float flo = (float)(L->lo - L->zp), fhi = (float)(L->hi - L->zp);
+    for (gi = 0; gi < 2 && 2 * b + gi < c4; gi++) {
+        uint32_t *o = (uint32_t *)(t + 4 * (2 * b + gi) * width) + pan * PC1Q_NR;
+        uint32_t word[PC1Q_NR];
+        for (p = 0; p < PC1Q_NR; p++) word[p] = 0;
+        for (j = 0; j < 4; j++) {
+            const int32_t *a = acc + (4 * gi + j) * PC1Q_NR;
+            float s = L->scale[8 * b + 4 * gi + j];
+            for (p = 0; p < PC1Q_NR; p++)
+                word[p] |= (uint32_t)pc1q_round_clamp((float)a[p] * s, flo, fhi, L->zp)
+                           << (8 * j);
+        }
+        for (p = 0; p < PC1Q_NR; p++) o[p] = word[p];
+    }
+}
+
+/* into u8 or f32 NCHW rows (y: the image's output, pixel p0 of the panel) */
+static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, void *y,
+                         int out_float, Py_ssize_t P, Py_ssize_t p0, Py_ssize_t n) {
+    int r;
+    Py_ssize_t p;
+    float flo = (float)(L->lo - L->zp), fhi = (float)(L->hi - L->zp);
+    for (r = 0; r < PC1Q_MR && 8 * b + r < L->cout; r++) {
+        Py_ssize_t o = 8 * b + r;
+        const int32_t *a = acc + r * PC1Q_NR;
+        float s = L->scale[o];
+        if (out_float) {
+            float *yr = (float *)y + o * P + p0, fb = L->fbias[o];
+            for (p = 0; p < n; p++) yr[p] = (float)a[p] * s + fb;
+        } else {
+            uint8_t *yr = (uint8_t *)y + o * P + p0;
+            for (p = 0; p < n; p++) yr[p] = (uint8_t)pc1q_round_clamp((float)a[p] * s, flo, fhi, L->zp);
+        }
+    }
+}
+
+/* ---- a chain run ------------------------------------------------------------------- */
+typedef struct {
+    const pc1q_layer *layers;
+    int nlayers, out_float, in_float;
+    pc1q_mk_fn mk;
+    Py_ssize_t n, c, P, cout;
+    Py_ssize_t tile, tiles_per_image, nsplit;  /* nsplit > 1: single layer, blocks split */
+    const void *x;
+    void *y;
+    float in_scale;
+    int32_t in_zp;
+    uint8_t *scratch;
+    Py_ssize_t per_thread;  /* bytes */
+    Py_ssize_t max_c4;
+} pc1q_run;
+
+static void pc1q_layer_tile(const pc1q_run *R, const pc1q_layer *L, const uint8_t *a,
+                            uint8_t *b, Py_ssize_t width, Py_ssize_t b0, Py_ssize_t b1,
+                            int32_t *acc, Py_ssize_t img, Py_ssize_t p0, Py_ssize_t valid) {
+    Py_ssize_t blk, pan, npan = width / PC1Q_NR, xs = 4 * width;
+    for (blk = b0; blk < b1; blk++) {
+        const int8_t *w = L->w8 ? L->w8 + blk * L->k4 * 32 : NULL;
+        const int16_t *w16 = L->w16 ? L->w16 + blk * L->k4 * 32 : NULL;
+        for (pan = 0; pan < npan; pan++) {
+            R->mk(a + pan * 4 * PC1Q_NR, xs, w, w16, L->k4, L->bias + 8 * blk, acc);
+            if (b != NULL) {
+                pc1q_epi_tile(L, blk, acc, b, width, pan);
+            } else {
+                Py_ssize_t m = valid - pan * PC1Q_NR;
+                char *y = (char *)R->y + img * R->cout * R->P * (R->out_float ? 4 : 1);
+                if (m > PC1Q_NR) m = PC1Q_NR;
+                pc1q_epi_out(L, blk, acc, y, R->out_float, R->P, p0 + pan * PC1Q_NR, m);
+            }
+        }
+    }
+}
+
+static void pc1q_chain_task(void *ctx, Py_ssize_t task, int worker) {
+    const pc1q_run *R = (const pc1q_run *)ctx;
+    Py_ssize_t t = task / R->nsplit, part = task - t * R->nsplit;
+    Py_ssize_t img = t / R->tiles_per_image, p0 = (t - img * R->tiles_per_image) * R->tile;
+    Py_ssize_t valid = R->P - p0, width, li, b0, b1;
+    uint8_t *s = R->scratch + worker * R->per_thread;
+    int32_t *acc = (int32_t *)s;
+    uint8_t *a, *b, *row, *sw;
+    if (valid > R->tile) valid = R->tile;
+    width = (valid + PC1Q_NR - 1) / PC1Q_NR * PC1Q_NR;
+    row = s + 4 * PC1Q_MR * PC1Q_NR;
+    a = row + 4 * R->tile;
+    b = a + 4 * R->max_c4 * R->tile;
+    if (R->in_float)
+        pc1q_gather_f32((const float *)R->x + img * R->c * R->P, R->c, R->P, p0, valid,
+                        width, R->in_scale, R->in_zp, row, a);
+    else
+        pc1q_gather_u8((const uint8_t *)R->x + img * R->c * R->P, R->c, R->P, p0, valid,
+                       width, a);
+    for (li = 0; li < R->nlayers; li++) {
+        const pc1q_layer *L = R->layers + li;
+        int last = li == R->nlayers - 1;
+        b0 = 0;
+        b1 = L->nb;
+        if (last && R->nsplit > 1) {
+            b0 = part * L->nb / R->nsplit;
+            b1 = (part + 1) * L->nb / R->nsplit;
+        }
+        pc1q_layer_tile(R, L, a, last ? NULL : b, width, b0, b1, acc, img, p0, valid);
+        sw = a; a = b; b = sw;
+    }
+}
+
+/* ---- elementwise helpers ----------------------------------------------------------- */
+#define PC1Q_ELEMS_PER_TASK 65536
+typedef struct {
+    const void *a, *b;
+    void *y;
+    Py_ssize_t size;
+    float sa, sb, sc, flo, fhi;
+    int32_t za, zb, zc;
+} pc1q_elem;
+
+static void pc1q_quantize_task(void *ctx, Py_ssize_t t, int worker) {
+    const pc1q_elem *E = (const pc1q_elem *)ctx;
+    Py_ssize_t i0 = t * PC1Q_ELEMS_PER_TASK, m = E->size - i0;
+    (void)worker;
+    if (m > PC1Q_ELEMS_PER_TASK) m = PC1Q_ELEMS_PER_TASK;
+    pc1q_quantize_run((const float *)E->a + i0, (uint8_t *)E->y + i0, m, E->sa, E->za);
+}
+
+static void pc1q_dequantize_task(void *ctx, Py_ssize_t t, int worker) {
+    const pc1q_elem *E = (const pc1q_elem *)ctx;
+    Py_ssize_t i, i0 = t * PC1Q_ELEMS_PER_TASK, m = E->size - i0;
+    const uint8_t *q = (const uint8_t *)E->a + i0;
+    float *y = (float *)E->y + i0;
+    (void)worker;
+    if (m > PC1Q_ELEMS_PER_TASK) m = PC1Q_ELEMS_PER_TASK;
+    for (i = 0; i < m; i++) y[i] = (float)((int32_t)q[i] - E->za) * E->sa;
+}
+
+/* c = clamp(rne(((float)(a - za) * sa + (float)(b - zb) * sb) / sc) + zc, lo, hi) */
+static void pc1q_add_task(void *ctx, Py_ssize_t t, int worker) {
+    const pc1q_elem *E = (const pc1q_elem *)ctx;
+    Py_ssize_t i, i0 = t * PC1Q_ELEMS_PER_TASK, m = E->size - i0;
+    const uint8_t *a = (const uint8_t *)E->a + i0, *b = (const uint8_t *)E->b + i0;
+    uint8_t *y = (uint8_t *)E->y + i0;
+    (void)worker;
+    if (m > PC1Q_ELEMS_PER_TASK) m = PC1Q_ELEMS_PER_TASK;
+    for (i = 0; i < m; i++) {
+        float u = (float)((int32_t)a[i] - E->za) * E->sa;
+        float v = (float)((int32_t)b[i] - E->zb) * E->sb;
+        y[i] = (uint8_t)pc1q_round_clamp((u + v) / E->sc, E->flo, E->fhi, E->zc);
+    }
+}
+
+#endif
