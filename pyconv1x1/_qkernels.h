@@ -26,8 +26,8 @@
            y = rne(v) + zp                   (clamping before rounding = clamping after)
      f32:  y = (float)acc * scale[o] + fbias[o]     two roundings, never fused (the module
            is compiled with -ffp-contract=off)
-   rne(v) for |v| < 2^22 is (v + 1.5 * 2^23) - 1.5 * 2^23 in round-to-nearest-even, which
-   the thread pool's fp hook sets (and turns flush-to-zero off) around every task.
+   rne(v) + zp is one float addition (pc1q_rq) in round-to-nearest-even, which the
+   thread pool's fp hook sets (and turns flush-to-zero off) around every task.
    QLayer checks |bias| + 255 * sum|w| < 2^31 per channel: no accumulator wraps. */
 #ifndef PC1Q_H
 #define PC1Q_H
@@ -95,13 +95,18 @@ static int pc1q_cpu_paths(void) {
     return m;
 }
 
-/* x / in_scale -> u8 and the requantization: the clamp, then round half to even */
-#define PC1Q_MAGIC 12582912.0f  /* 1.5 * 2^23 */
-static inline int32_t pc1q_round_clamp(float v, float flo, float fhi, int32_t zp) {
+/* x / in_scale -> u8 and the requantization: the clamp, then round half to even.
+   After the clamp |v| <= 255, so v + 1.5 * 2^23 lies where floats are the integers: the
+   addition rounds v half to even, exactly, and the sum's bits are 0x4B400000 + rne(v);
+   adding zp to the bits and keeping the low byte gives rne(v) + zp, in [lo, hi]. */
+#define PC1Q_MAGIC 12582912.0f  /* 1.5 * 2^23, bits 0x4B400000 */
+static inline uint32_t pc1q_rq(float v, float flo, float fhi, uint32_t zp) {
+    uint32_t u;
     v = v > flo ? v : flo;
     v = v < fhi ? v : fhi;
-    v = (v + PC1Q_MAGIC) - PC1Q_MAGIC;
-    return (int32_t)v + zp;
+    v = v + PC1Q_MAGIC;
+    memcpy(&u, &v, 4);
+    return (u + zp) & 0xFFu;
 }
 
 typedef struct {
@@ -309,7 +314,8 @@ static inline void pc1q_quantize_run(const float *x, uint8_t *q, Py_ssize_t m,
                                      float scale, int32_t zp) {
     Py_ssize_t i;
     float flo = (float)(0 - zp), fhi = (float)(255 - zp);
-    for (i = 0; i < m; i++) q[i] = (uint8_t)pc1q_round_clamp(x[i] / scale, flo, fhi, zp);
+    uint32_t uzp = (uint32_t)zp;
+    for (i = 0; i < m; i++) q[i] = (uint8_t)pc1q_rq(x[i] / scale, flo, fhi, uzp);
 }
 
 /* the same from float32 NCHW, quantized on the way (q goes through `row`, 4 x width) */
@@ -338,6 +344,7 @@ static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
     int gi, j, p;
     Py_ssize_t c4 = (L->cout + 3) / 4;
     float flo = (float)(L->lo - L->zp), fhi = (float)(L->hi - L->zp);
+    uint32_t uzp = (uint32_t)L->zp;
     for (gi = 0; gi < 2 && 2 * b + gi < c4; gi++) {
         uint32_t *o = (uint32_t *)(t + 4 * (2 * b + gi) * width) + pan * PC1Q_NR;
         uint32_t word[PC1Q_NR];
@@ -346,8 +353,7 @@ static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
             const int32_t *a = acc + (4 * gi + j) * PC1Q_NR;
             float s = L->scale[8 * b + 4 * gi + j];
             for (p = 0; p < PC1Q_NR; p++)
-                word[p] |= (uint32_t)pc1q_round_clamp((float)a[p] * s, flo, fhi, L->zp)
-                           << (8 * j);
+                word[p] |= pc1q_rq((float)a[p] * s, flo, fhi, uzp) << (8 * j);
         }
         for (p = 0; p < PC1Q_NR; p++) o[p] = word[p];
     }
@@ -359,6 +365,7 @@ static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, 
     int r;
     Py_ssize_t p;
     float flo = (float)(L->lo - L->zp), fhi = (float)(L->hi - L->zp);
+    uint32_t uzp = (uint32_t)L->zp;
     for (r = 0; r < PC1Q_MR && 8 * b + r < L->cout; r++) {
         Py_ssize_t o = 8 * b + r;
         const int32_t *a = acc + r * PC1Q_NR;
@@ -368,7 +375,7 @@ static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, 
             for (p = 0; p < n; p++) yr[p] = (float)a[p] * s + fb;
         } else {
             uint8_t *yr = (uint8_t *)y + o * P + p0;
-            for (p = 0; p < n; p++) yr[p] = (uint8_t)pc1q_round_clamp((float)a[p] * s, flo, fhi, L->zp);
+            for (p = 0; p < n; p++) yr[p] = (uint8_t)pc1q_rq((float)a[p] * s, flo, fhi, uzp);
         }
     }
 }
@@ -482,7 +489,7 @@ static void pc1q_add_task(void *ctx, Py_ssize_t t, int worker) {
     for (i = 0; i < m; i++) {
         float u = (float)((int32_t)a[i] - E->za) * E->sa;
         float v = (float)((int32_t)b[i] - E->zb) * E->sb;
-        y[i] = (uint8_t)pc1q_round_clamp((u + v) / E->sc, E->flo, E->fhi, E->zc);
+        y[i] = (uint8_t)pc1q_rq((u + v) / E->sc, E->flo, E->fhi, (uint32_t)E->zc);
     }
 }
 

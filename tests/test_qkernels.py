@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import native_only
 from pyconv1x1 import _backend
 from pyconv1x1 import quant_reference as ref
 
@@ -206,6 +207,7 @@ def test_paths_reported():
         assert ("avx2" in paths) == ("avx2" in flags)
 
 
+@native_only
 def test_forced_path_by_environment():
     env = dict(os.environ, PYCONV1X1_INT8_PATH="c")
     code = "from pyconv1x1 import _backend; print(_backend.int8_path())"
