@@ -394,6 +394,10 @@ typedef struct {
     uint8_t *scratch;
     Py_ssize_t per_thread;  /* bytes */
     Py_ssize_t max_c4;
+    /* layered runs only */
+    int layer;
+    uint8_t *bufs[2];       /* [ntiles][stride] each */
+    Py_ssize_t stride;      /* 4 * max_c4 * tile */
 } pc1q_run;
 
 static void pc1q_layer_tile(const pc1q_run *R, const pc1q_layer *L, const uint8_t *a,
@@ -417,25 +421,39 @@ static void pc1q_layer_tile(const pc1q_run *R, const pc1q_layer *L, const uint8_
     }
 }
 
-static void pc1q_chain_task(void *ctx, Py_ssize_t task, int worker) {
-    const pc1q_run *R = (const pc1q_run *)ctx;
-    Py_ssize_t t = task / R->nsplit, part = task - t * R->nsplit;
-    Py_ssize_t img = t / R->tiles_per_image, p0 = (t - img * R->tiles_per_image) * R->tile;
-    Py_ssize_t valid = R->P - p0, width, li, b0, b1;
-    uint8_t *s = R->scratch + worker * R->per_thread;
-    int32_t *acc = (int32_t *)s;
-    uint8_t *a, *b, *row, *sw;
-    if (valid > R->tile) valid = R->tile;
-    width = (valid + PC1Q_NR - 1) / PC1Q_NR * PC1Q_NR;
-    row = s + 4 * PC1Q_MR * PC1Q_NR;
-    a = row + 4 * R->tile;
-    b = a + 4 * R->max_c4 * R->tile;
+/* tile t: its image, first pixel, valid pixels; returns its width (whole panels) */
+static Py_ssize_t pc1q_tile(const pc1q_run *R, Py_ssize_t t, Py_ssize_t *img,
+                            Py_ssize_t *p0, Py_ssize_t *valid) {
+    *img = t / R->tiles_per_image;
+    *p0 = (t - *img * R->tiles_per_image) * R->tile;
+    *valid = R->P - *p0;
+    if (*valid > R->tile) *valid = R->tile;
+    return (*valid + PC1Q_NR - 1) / PC1Q_NR * PC1Q_NR;
+}
+
+static void pc1q_gather(const pc1q_run *R, Py_ssize_t img, Py_ssize_t p0, Py_ssize_t valid,
+                        Py_ssize_t width, uint8_t *row, uint8_t *a) {
     if (R->in_float)
         pc1q_gather_f32((const float *)R->x + img * R->c * R->P, R->c, R->P, p0, valid,
                         width, R->in_scale, R->in_zp, row, a);
     else
         pc1q_gather_u8((const uint8_t *)R->x + img * R->c * R->P, R->c, R->P, p0, valid,
                        width, a);
+}
+
+/* fused: task = tile x part; the tile goes through every layer in the worker's scratch
+   (part > 0 only for a single layer split into nsplit block ranges) */
+static void pc1q_chain_task(void *ctx, Py_ssize_t task, int worker) {
+    const pc1q_run *R = (const pc1q_run *)ctx;
+    Py_ssize_t t = task / R->nsplit, part = task - t * R->nsplit;
+    Py_ssize_t img, p0, valid, width, li, b0, b1;
+    uint8_t *s = R->scratch + worker * R->per_thread;
+    int32_t *acc = (int32_t *)s;
+    uint8_t *row = s + 4 * PC1Q_MR * PC1Q_NR, *a, *b, *sw;
+    width = pc1q_tile(R, t, &img, &p0, &valid);
+    a = row + 4 * R->tile;
+    b = a + 4 * R->max_c4 * R->tile;
+    pc1q_gather(R, img, p0, valid, width, row, a);
     for (li = 0; li < R->nlayers; li++) {
         const pc1q_layer *L = R->layers + li;
         int last = li == R->nlayers - 1;
@@ -448,6 +466,29 @@ static void pc1q_chain_task(void *ctx, Py_ssize_t task, int worker) {
         pc1q_layer_tile(R, L, a, last ? NULL : b, width, b0, b1, acc, img, p0, valid);
         sw = a; a = b; b = sw;
     }
+}
+
+/* layered (few tiles, several layers): one job gathers every tile into bufs[0], then one
+   job per layer runs tiles x block ranges from bufs[layer % 2] into the other buffer
+   (or the output); a block's channel groups are its own, so the ranges never share */
+static void pc1q_split_gather_task(void *ctx, Py_ssize_t t, int worker) {
+    const pc1q_run *R = (const pc1q_run *)ctx;
+    Py_ssize_t img, p0, valid, width = pc1q_tile(R, t, &img, &p0, &valid);
+    uint8_t *row = R->scratch + worker * R->per_thread + 4 * PC1Q_MR * PC1Q_NR;
+    pc1q_gather(R, img, p0, valid, width, row, R->bufs[0] + t * R->stride);
+}
+
+static void pc1q_split_layer_task(void *ctx, Py_ssize_t task, int worker) {
+    const pc1q_run *R = (const pc1q_run *)ctx;
+    const pc1q_layer *L = R->layers + R->layer;
+    Py_ssize_t t = task / R->nsplit, part = task - t * R->nsplit;
+    Py_ssize_t img, p0, valid, width = pc1q_tile(R, t, &img, &p0, &valid);
+    Py_ssize_t b0 = part * L->nb / R->nsplit, b1 = (part + 1) * L->nb / R->nsplit;
+    int32_t *acc = (int32_t *)(R->scratch + worker * R->per_thread);
+    uint8_t *in = R->bufs[R->layer % 2] + t * R->stride;
+    uint8_t *out = R->layer == R->nlayers - 1 ? NULL
+                   : R->bufs[(R->layer + 1) % 2] + t * R->stride;
+    pc1q_layer_tile(R, L, in, out, width, b0, b1, acc, img, p0, valid);
 }
 
 /* ---- elementwise helpers ----------------------------------------------------------- */

@@ -92,19 +92,27 @@ def test_chains_exact(variant, path, out_float):
 
 @pytest.mark.parametrize("variant,path", CASES, ids=IDS)
 def test_every_thread_count_bitwise(variant, path):
-    """1..8 threads; a single layer on one pixel splits its output channels instead."""
+    """1..8 threads; few tiles split output channels too (fused for one layer, layer by
+    layer for a chain), u8 and f32 in and out."""
     rng = np.random.default_rng(2)
     qk = QK[variant]
-    for n, c, p, couts in [(1, 37, 300, [70, 5]), (1, 100, 1, [130]), (3, 16, 2, [24])]:
+    for n, c, p, couts in [(1, 37, 300, [70, 5]), (1, 100, 1, [130]), (3, 16, 2, [24]),
+                           (2, 40, 1, [64, 17, 50]), (1, 19, 3, [40, 30])]:
         specs, k = [], c
         for cout in couts:
             specs.append(rand_layer(rng, k, cout))
             k = cout
         x = rng.integers(0, 256, (n, c, p), dtype=np.uint8)
+        xf = (rng.standard_normal((n, c, p)) * 2).astype(np.float32)
         want = ref.chain(x, specs)
+        wantf = ref.chain(xf, specs, True, in_scale=0.03, in_zp=100)
         ch = make_chain(qk, specs, False, path)
+        chf = make_chain(qk, specs, True, path)
         for threads in range(1, 9):
             np.testing.assert_array_equal(run_u8(ch, x, False, threads), want)
+            y = np.empty(wantf.shape, np.float32)
+            chf.run_f32(xf, 0.03, 100, y, threads)
+            np.testing.assert_array_equal(y, wantf)
 
 
 @pytest.mark.parametrize("variant,path", CASES, ids=IDS)
