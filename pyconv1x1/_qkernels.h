@@ -38,11 +38,17 @@
 #define PC1Q_MR 8   /* output channels per weight block */
 #define PC1Q_NR 32  /* pixels per panel */
 
-enum { PC1Q_C = 0, PC1Q_AVX2 = 1, PC1Q_AVXVNNI = 2, PC1Q_AVX512VNNI = 3, PC1Q_NPATHS = 4 };
+enum { PC1Q_C = 0, PC1Q_AVX2 = 1, PC1Q_AVXVNNI = 2, PC1Q_AVX512VNNI = 3, PC1Q_AMX = 4,
+       PC1Q_NPATHS = 5 };
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define PC1Q_X86 1
 #include <immintrin.h>
+#include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #else
 #define PC1Q_X86 0
 #endif
@@ -80,6 +86,29 @@ static void pc1q_fp_restore(unsigned int old) {
 #endif
 }
 
+#if PC1Q_X86
+/* AMX: the CPU has AMX-TILE and AMX-INT8 (cpuid 7.0 EDX bits 24, 25) and Linux grants
+   this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA = 18);
+   asked once (gcc 12's __builtin_cpu_supports does not know AMX) */
+static int pc1q_amx_enable(void) {
+#if defined(__linux__)
+    static int state = -1;
+    unsigned int a, b, c, d;
+    unsigned long perm = 0;
+    if (state < 0) {
+        state = 0;
+        if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 24) & 1) && ((d >> 25) & 1)
+                && syscall(SYS_arch_prctl, 0x1023, 18) == 0
+                && syscall(SYS_arch_prctl, 0x1022, &perm) == 0 && ((perm >> 18) & 1))
+            state = 1;
+    }
+    return state;
+#else
+    return 0;
+#endif
+}
+#endif
+
 /* paths this CPU (and OS) can run, as a bit set of 1 << PC1Q_* */
 static int pc1q_cpu_paths(void) {
     int m = 1 << PC1Q_C;
@@ -91,6 +120,7 @@ static int pc1q_cpu_paths(void) {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
             && __builtin_cpu_supports("avx512vnni"))
         m |= 1 << PC1Q_AVX512VNNI;
+    if ((m & (1 << PC1Q_AVX512VNNI)) && pc1q_amx_enable()) m |= 1 << PC1Q_AMX;
 #endif
     return m;
 }
@@ -112,6 +142,8 @@ static inline uint32_t pc1q_rq(float v, float flo, float fhi, uint32_t zp) {
 typedef struct {
     const int8_t *w8;    /* [nb][K4][8][4] */
     const int16_t *w16;  /* the same widened, or NULL */
+    const int8_t *wamx;  /* AMX: [nb32][K64][2][16][16][4], or NULL */
+    Py_ssize_t k64, nb32;
     const int32_t *bias; /* [nb * 8] */
     const float *scale;  /* [nb * 8] */
     const float *fbias;  /* [nb * 8] */
@@ -280,7 +312,8 @@ static pc1q_mk_fn pc1q_kernel(int path) {
 /* which paths were compiled into this module */
 static int pc1q_built_paths(void) {
 #if PC1Q_X86
-    return (1 << PC1Q_C) | (1 << PC1Q_AVX2) | (1 << PC1Q_AVXVNNI) | (1 << PC1Q_AVX512VNNI);
+    return (1 << PC1Q_C) | (1 << PC1Q_AVX2) | (1 << PC1Q_AVXVNNI) | (1 << PC1Q_AVX512VNNI)
+           | (1 << PC1Q_AMX);
 #else
     return 1 << PC1Q_C;
 #endif
@@ -394,6 +427,7 @@ typedef struct {
     uint8_t *scratch;
     Py_ssize_t per_thread;  /* bytes */
     Py_ssize_t max_c4;
+    Py_ssize_t cpp;         /* bytes per pixel of a tile's activations (fused runs) */
     /* layered runs only */
     int layer;
     uint8_t *bufs[2];       /* [ntiles][stride] each */
@@ -452,7 +486,7 @@ static void pc1q_chain_task(void *ctx, Py_ssize_t task, int worker) {
     uint8_t *row = s + 4 * PC1Q_MR * PC1Q_NR, *a, *b, *sw;
     width = pc1q_tile(R, t, &img, &p0, &valid);
     a = row + 4 * R->tile;
-    b = a + 4 * R->max_c4 * R->tile;
+    b = a + R->cpp * R->tile;
     pc1q_gather(R, img, p0, valid, width, row, a);
     for (li = 0; li < R->nlayers; li++) {
         const pc1q_layer *L = R->layers + li;
@@ -490,6 +524,151 @@ static void pc1q_split_layer_task(void *ctx, Py_ssize_t task, int worker) {
                    : R->bufs[(R->layer + 1) % 2] + t * R->stride;
     pc1q_layer_tile(R, L, in, out, width, b0, b1, acc, img, p0, valid);
 }
+
+#if PC1Q_X86
+/* ---- AMX ---------------------------------------------------------------------------
+   tdpbusd: C[16 x 16] int32 += A[16 x 64] u8 . B[16 x 16 x 4] s8, A's rows pixels (64
+   channels each), B's columns output channels. Tile activations are [C64][width][64]
+   bytes (pixel-major within a group of 64 channels, the A tile rows); weights
+   [nb32][K64][2][16][16][4]; one call: 32 pixels x 32 channels in tiles 0-3 (A in 4-5,
+   B in 6-7), stored as acc[32 pixels][32 channels]; the bias is added in the epilogue
+   (the same int32 sum). Channels past K are zero in the weights, so whatever bytes the
+   activations hold there add 0. */
+typedef struct {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} pc1q_tilecfg;
+
+/* tiles 0-7: 16 rows of 64 bytes. A static object: gcc 12 does not see that
+   ldtilecfg reads its operand and drops the stores into a local one */
+static const pc1q_tilecfg pc1q_amx_cfg = {
+    1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+__attribute__((target("amx-tile,amx-int8")))
+static void pc1q_amx_config(void) { _tile_loadconfig(&pc1q_amx_cfg); }
+
+__attribute__((target("amx-tile,amx-int8")))
+static void pc1q_amx_release(void) { _tile_release(); }
+
+__attribute__((target("amx-tile,amx-int8")))
+static void pc1q_amx_block(const uint8_t *x, Py_ssize_t xs, const int8_t *w, Py_ssize_t k64,
+                           int32_t *acc) {
+    Py_ssize_t kk;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (kk = 0; kk < k64; kk++, x += xs, w += 2048) {
+        _tile_loadd(4, x, 64);
+        _tile_loadd(5, x + 1024, 64);
+        _tile_loadd(6, w, 64);
+        _tile_loadd(7, w + 1024, 64);
+        _tile_dpbusd(0, 4, 6);
+        _tile_dpbusd(1, 4, 7);
+        _tile_dpbusd(2, 5, 6);
+        _tile_dpbusd(3, 5, 7);
+    }
+    _tile_stored(0, acc, 128);
+    _tile_stored(1, acc + 16, 128);
+    _tile_stored(2, acc + 512, 128);
+    _tile_stored(3, acc + 528, 128);
+}
+
+/* NCHW pixels p0 .. p0+valid -> [C64][width][64] (channels past c and pixels past valid
+   zero); f32 input quantized on the way (row: width bytes) */
+static void pc1q_amx_gather(const pc1q_run *R, Py_ssize_t img, Py_ssize_t p0,
+                            Py_ssize_t valid, Py_ssize_t width, uint8_t *row, uint8_t *t) {
+    Py_ssize_t c = R->c, P = R->P, g, j, p, c64 = (c + 63) / 64;
+    for (g = 0; g < c64; g++) {
+        uint8_t *o = t + g * width * 64;
+        for (j = 0; j < 64; j++) {
+            Py_ssize_t ch = 64 * g + j;
+            const uint8_t *src = row;
+            if (ch >= c) {
+                for (p = 0; p < width; p++) o[p * 64 + j] = 0;
+                continue;
+            }
+            if (R->in_float)
+                pc1q_quantize_run((const float *)R->x + (img * c + ch) * P + p0, row, valid,
+                                  R->in_scale, R->in_zp);
+            else
+                src = (const uint8_t *)R->x + (img * c + ch) * P + p0;
+            for (p = 0; p < valid; p++) o[p * 64 + j] = src[p];
+            for (; p < width; p++) o[p * 64 + j] = 0;
+        }
+    }
+}
+
+/* acc[32 pixels][32 channels] of block blk, panel pan -> the next tile, or NCHW out */
+static void pc1q_amx_epi(const pc1q_run *R, const pc1q_layer *L, Py_ssize_t blk,
+                         const int32_t *acc, uint8_t *t, Py_ssize_t width, Py_ssize_t pan,
+                         Py_ssize_t img, Py_ssize_t p0, Py_ssize_t valid) {
+    float flo = (float)(L->lo - L->zp), fhi = (float)(L->hi - L->zp);
+    uint32_t uzp = (uint32_t)L->zp;
+    const int32_t *bias = L->bias + 32 * blk;
+    const float *scale = L->scale + 32 * blk;
+    Py_ssize_t p, j;
+    if (t != NULL) {
+        uint8_t *o = t + (blk / 2) * width * 64 + pan * 32 * 64 + (blk % 2) * 32;
+        for (p = 0; p < 32; p++)
+            for (j = 0; j < 32; j++)
+                o[p * 64 + j] = (uint8_t)pc1q_rq((float)(acc[p * 32 + j] + bias[j]) * scale[j],
+                                                 flo, fhi, uzp);
+    } else {
+        Py_ssize_t m = valid - pan * 32, jn = L->cout - 32 * blk;
+        Py_ssize_t first = img * R->cout * R->P + 32 * blk * R->P + p0 + pan * 32;
+        if (m > 32) m = 32;
+        if (jn > 32) jn = 32;
+        for (j = 0; j < jn; j++) {
+            if (R->out_float) {
+                float *y = (float *)R->y + first + j * R->P, fb = L->fbias[32 * blk + j];
+                for (p = 0; p < m; p++)
+                    y[p] = (float)(acc[p * 32 + j] + bias[j]) * scale[j] + fb;
+            } else {
+                uint8_t *y = (uint8_t *)R->y + first + j * R->P;
+                for (p = 0; p < m; p++)
+                    y[p] = (uint8_t)pc1q_rq((float)(acc[p * 32 + j] + bias[j]) * scale[j],
+                                            flo, fhi, uzp);
+            }
+        }
+    }
+}
+
+/* the fused chain task of the AMX path (pc1q_chain_task's shape) */
+static void pc1q_amx_chain_task(void *ctx, Py_ssize_t task, int worker) {
+    const pc1q_run *R = (const pc1q_run *)ctx;
+    Py_ssize_t t = task / R->nsplit, part = task - t * R->nsplit;
+    Py_ssize_t img, p0, valid, width, li, b0, b1, blk, pan, npan;
+    uint8_t *s = R->scratch + worker * R->per_thread;
+    int32_t *acc = (int32_t *)s;
+    uint8_t *row = s + 4 * 32 * 32, *a, *b, *sw;
+    width = pc1q_tile(R, t, &img, &p0, &valid);
+    npan = width / 32;
+    a = row + R->tile;
+    b = a + R->cpp * R->tile;
+    pc1q_amx_gather(R, img, p0, valid, width, row, a);
+    pc1q_amx_config();
+    for (li = 0; li < R->nlayers; li++) {
+        const pc1q_layer *L = R->layers + li;
+        int last = li == R->nlayers - 1;
+        b0 = 0;
+        b1 = L->nb32;
+        if (last && R->nsplit > 1) {
+            b0 = part * L->nb32 / R->nsplit;
+            b1 = (part + 1) * L->nb32 / R->nsplit;
+        }
+        for (blk = b0; blk < b1; blk++)
+            for (pan = 0; pan < npan; pan++) {
+                pc1q_amx_block(a + pan * 32 * 64, width * 64, L->wamx + blk * L->k64 * 2048,
+                               L->k64, acc);
+                pc1q_amx_epi(R, L, blk, acc, last ? NULL : b, width, pan, img, p0, valid);
+            }
+        sw = a; a = b; b = sw;
+    }
+    pc1q_amx_release();
+}
+#endif
 
 /* ---- elementwise helpers ----------------------------------------------------------- */
 #define PC1Q_ELEMS_PER_TASK 65536
