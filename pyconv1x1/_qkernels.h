@@ -533,7 +533,8 @@ static void pc1q_split_layer_task(void *ctx, Py_ssize_t task, int worker) {
    [nb32][K64][2][16][16][4]; one call: 32 pixels x 32 channels in tiles 0-3 (A in 4-5,
    B in 6-7), stored as acc[32 pixels][32 channels]; the bias is added in the epilogue
    (the same int32 sum). Channels past K are zero in the weights, so whatever bytes the
-   activations hold there add 0. */
+   activations hold there add 0. Per thread: acc and its transpose (8 KiB), a row, two
+   tiles. */
 typedef struct {
     uint8_t palette_id, start_row, reserved[14];
     uint16_t colsb[16];
@@ -575,29 +576,48 @@ static void pc1q_amx_block(const uint8_t *x, Py_ssize_t xs, const int8_t *w, Py_
     _tile_stored(3, acc + 528, 128);
 }
 
-/* NCHW pixels p0 .. p0+valid -> [C64][width][64] (channels past c and pixels past valid
-   zero); f32 input quantized on the way (row: width bytes) */
-static void pc1q_amx_gather(const pc1q_run *R, Py_ssize_t img, Py_ssize_t p0,
-                            Py_ssize_t valid, Py_ssize_t width, uint8_t *row, uint8_t *t) {
-    Py_ssize_t c = R->c, P = R->P, g, j, p, c64 = (c + 63) / 64;
-    for (g = 0; g < c64; g++) {
-        uint8_t *o = t + g * width * 64;
-        for (j = 0; j < 64; j++) {
-            Py_ssize_t ch = 64 * g + j;
-            const uint8_t *src = row;
-            if (ch >= c) {
-                for (p = 0; p < width; p++) o[p * 64 + j] = 0;
-                continue;
-            }
-            if (R->in_float)
-                pc1q_quantize_run((const float *)R->x + (img * c + ch) * P + p0, row, valid,
-                                  R->in_scale, R->in_zp);
-            else
-                src = (const uint8_t *)R->x + (img * c + ch) * P + p0;
-            for (p = 0; p < valid; p++) o[p * 64 + j] = src[p];
-            for (; p < width; p++) o[p * 64 + j] = 0;
-        }
+/* dst[j][i] = src[i][j] for a 16 x 16 block of 32-bit words (rows ss and ds words
+   apart): unpack 32-bit, unpack 64-bit, then two 128-bit lane shuffles */
+__attribute__((target("avx512f")))
+static void pc1q_tr16(const int32_t *src, Py_ssize_t ss, int32_t *dst, Py_ssize_t ds) {
+    __m512i r[16], t[16], u0, u1, u2, u3;
+    int i, q;
+    for (i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void *)(src + i * ss));
+    for (i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
     }
+    /* r[4i + q], 128-bit lane L: column 4L + q of rows 4i .. 4i+3 */
+    for (i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (q = 0; q < 4; q++) {
+        u0 = _mm512_shuffle_i32x4(r[q], r[4 + q], 0x44);
+        u1 = _mm512_shuffle_i32x4(r[q], r[4 + q], 0xEE);
+        u2 = _mm512_shuffle_i32x4(r[8 + q], r[12 + q], 0x44);
+        u3 = _mm512_shuffle_i32x4(r[8 + q], r[12 + q], 0xEE);
+        _mm512_storeu_si512((void *)(dst + q * ds), _mm512_shuffle_i32x4(u0, u2, 0x88));
+        _mm512_storeu_si512((void *)(dst + (4 + q) * ds), _mm512_shuffle_i32x4(u0, u2, 0xDD));
+        _mm512_storeu_si512((void *)(dst + (8 + q) * ds), _mm512_shuffle_i32x4(u1, u3, 0x88));
+        _mm512_storeu_si512((void *)(dst + (12 + q) * ds), _mm512_shuffle_i32x4(u1, u3, 0xDD));
+    }
+}
+
+/* NCHW pixels p0 .. p0+valid -> [C64][width][64]: the [C4][width][4] gather into tmp,
+   then 16 x 16 word transposes (groups past C4 read whatever tmp holds: their weights
+   are zero) */
+static void pc1q_amx_gather(const pc1q_run *R, Py_ssize_t img, Py_ssize_t p0,
+                            Py_ssize_t valid, Py_ssize_t width, uint8_t *row, uint8_t *t,
+                            uint8_t *tmp) {
+    Py_ssize_t g, p, c64 = (R->c + 63) / 64;
+    pc1q_gather(R, img, p0, valid, width, row, tmp);
+    for (g = 0; g < c64; g++)
+        for (p = 0; p < width; p += 16)
+            pc1q_tr16((const int32_t *)tmp + 16 * g * width + p, width,
+                      (int32_t *)t + (g * width + p) * 16, 16);
 }
 
 /* acc[32 pixels][32 channels] of block blk, panel pan -> the next tile, or NCHW out */
@@ -615,21 +635,27 @@ static void pc1q_amx_epi(const pc1q_run *R, const pc1q_layer *L, Py_ssize_t blk,
             for (j = 0; j < 32; j++)
                 o[p * 64 + j] = (uint8_t)pc1q_rq((float)(acc[p * 32 + j] + bias[j]) * scale[j],
                                                  flo, fhi, uzp);
-    } else {
+    } else {  /* transposed to [32 channels][32 pixels] (in acc + 1024), then rows */
         Py_ssize_t m = valid - pan * 32, jn = L->cout - 32 * blk;
         Py_ssize_t first = img * R->cout * R->P + 32 * blk * R->P + p0 + pan * 32;
+        int32_t *at = (int32_t *)acc + 1024;
+        pc1q_tr16(acc, 32, at, 32);
+        pc1q_tr16(acc + 16, 32, at + 512, 32);
+        pc1q_tr16(acc + 512, 32, at + 16, 32);
+        pc1q_tr16(acc + 528, 32, at + 528, 32);
         if (m > 32) m = 32;
         if (jn > 32) jn = 32;
         for (j = 0; j < jn; j++) {
+            const int32_t *a = at + 32 * j;
+            int32_t bj = bias[j];
+            float sj = scale[j];
             if (R->out_float) {
                 float *y = (float *)R->y + first + j * R->P, fb = L->fbias[32 * blk + j];
-                for (p = 0; p < m; p++)
-                    y[p] = (float)(acc[p * 32 + j] + bias[j]) * scale[j] + fb;
+                for (p = 0; p < m; p++) y[p] = (float)(a[p] + bj) * sj + fb;
             } else {
                 uint8_t *y = (uint8_t *)R->y + first + j * R->P;
                 for (p = 0; p < m; p++)
-                    y[p] = (uint8_t)pc1q_rq((float)(acc[p * 32 + j] + bias[j]) * scale[j],
-                                            flo, fhi, uzp);
+                    y[p] = (uint8_t)pc1q_rq((float)(a[p] + bj) * sj, flo, fhi, uzp);
             }
         }
     }
@@ -642,12 +668,12 @@ static void pc1q_amx_chain_task(void *ctx, Py_ssize_t task, int worker) {
     Py_ssize_t img, p0, valid, width, li, b0, b1, blk, pan, npan;
     uint8_t *s = R->scratch + worker * R->per_thread;
     int32_t *acc = (int32_t *)s;
-    uint8_t *row = s + 4 * 32 * 32, *a, *b, *sw;
+    uint8_t *row = s + 2 * 4 * 32 * 32, *a, *b, *sw;
     width = pc1q_tile(R, t, &img, &p0, &valid);
     npan = width / 32;
-    a = row + R->tile;
+    a = row + 4 * R->tile;
     b = a + R->cpp * R->tile;
-    pc1q_amx_gather(R, img, p0, valid, width, row, a);
+    pc1q_amx_gather(R, img, p0, valid, width, row, a, b);
     pc1q_amx_config();
     for (li = 0; li < R->nlayers; li++) {
         const pc1q_layer *L = R->layers + li;
