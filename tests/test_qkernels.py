@@ -22,6 +22,13 @@ CASES = ([(VARIANTS[0], p) for p in QDEFAULT.available_paths()]
 IDS = [f"{v}-{p}" for v, p in CASES]
 
 
+@pytest.fixture(autouse=True)
+def thread_small_runs(monkeypatch):
+    """The kernels run small chains on fewer threads; here every thread count runs."""
+    for qk in QK.values():
+        monkeypatch.setattr(qk, "MACS_PER_THREAD", 0)
+
+
 def rand_layer(rng, k, cout, zp=None, lo=None, hi=None, spread=300.0):
     """A layer whose outputs spread over about +-spread quantization steps, so they
     saturate at both ends of [lo, hi] and round at every fraction."""
@@ -113,6 +120,7 @@ def test_every_thread_count_bitwise(variant, path):
             y = np.empty(wantf.shape, np.float32)
             chf.run_f32(xf, 0.03, 100, y, threads)
             np.testing.assert_array_equal(y, wantf)
+    assert qk.pool_workers() >= 1  # the pool did run tasks on other threads
 
 
 @pytest.mark.parametrize("variant,path", CASES, ids=IDS)
@@ -215,6 +223,22 @@ def test_paths_reported():
         assert ("avx2" in paths) == ("avx2" in flags)
         if "amx" in paths:
             assert {"amx_tile", "amx_int8"} <= flags
+
+
+def test_default_path_of_a_chain():
+    """AMX (64-deep k groups) is the default only where every layer has k >= 64;
+    otherwise the next path; the results are the same."""
+    qk = QDEFAULT
+    paths = qk.available_paths()
+    rng = np.random.default_rng(6)
+    small, big = rand_layer(rng, 24, 70), rand_layer(rng, 70, 64)
+    ch_small = make_chain(qk, [small, big], False, None)
+    ch_big = make_chain(qk, [big], False, None)
+    assert ch_big.path == paths[0]
+    assert ch_small.path == (paths[1] if paths[0] == "amx" else paths[0])
+    x = rng.integers(0, 256, (2, 24, 99), dtype=np.uint8)
+    np.testing.assert_array_equal(run_u8(ch_small, x, False, 2),
+                                  ref.chain(x, [small, big]))
 
 
 @native_only
