@@ -3,6 +3,9 @@
    variant); every x86 module carries all x86 paths, each compiled for its own ISA with a
    target attribute, and picks one at run time from what the CPU has (pc1q_cpu_paths):
 
+     PC1Q_AMX         AMX tdpbusd tiles: 32 pixels x 32 channels per call, 64-deep k
+                      (Sapphire Rapids and later, where Linux grants the tile state);
+                      its own activation layout (see the AMX section)
      PC1Q_AVX512VNNI  vpdpbusd on zmm: 8 output channels x 32 pixels = 16 accumulators
      PC1Q_AVXVNNI     vpdpbusd on ymm (VEX, AVX-VNNI): 4 channels x 16 pixels per pass
      PC1Q_AVX2        no VNNI: u8 and s8 widened to s16 (vpmovzxbw, weights pre-widened
@@ -41,7 +44,10 @@
 enum { PC1Q_C = 0, PC1Q_AVX2 = 1, PC1Q_AVXVNNI = 2, PC1Q_AVX512VNNI = 3, PC1Q_AMX = 4,
        PC1Q_NPATHS = 5 };
 
-#if defined(__GNUC__) && defined(__x86_64__)
+/* the x86 paths need AVX-VNNI and AMX intrinsics: gcc >= 11 or clang >= 12 (older
+   compilers build the portable path only) */
+#if defined(__GNUC__) && defined(__x86_64__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #define PC1Q_X86 1
 #include <immintrin.h>
 #include <cpuid.h>
@@ -693,6 +699,11 @@ static void pc1q_amx_chain_task(void *ctx, Py_ssize_t task, int worker) {
         sw = a; a = b; b = sw;
     }
     pc1q_amx_release();
+}
+#else
+/* no AMX here: never run (available_paths() does not offer it) */
+static void pc1q_amx_chain_task(void *ctx, Py_ssize_t task, int worker) {
+    (void)ctx; (void)task; (void)worker;
 }
 #endif
 
