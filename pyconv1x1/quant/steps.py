@@ -243,9 +243,14 @@ class QChainStep(Step):
         n, p = shape[0], int(np.prod(shape[2:], dtype=np.int64))
         return sum(2 * n * p * l.cout * l.cin for l in self.qlayers)
 
-    def build(self, api):
-        return api.QChain([l.kernel(api) for l in self.qlayers],
-                          self.qlayers[-1].out_float)
+    def build(self, api, fkernels=None):
+        """The chain's kernel object: an int8 QChain, or (floatpath.use_float: exact,
+        and the int8 path here is slower than float32) a FloatQChain on `fkernels`."""
+        from . import floatpath
+        out_float = self.qlayers[-1].out_float
+        if fkernels is not None and floatpath.use_float(self.qlayers, api):
+            return floatpath.FloatQChain(self.qlayers, out_float, api, fkernels)
+        return api.QChain([l.kernel(api) for l in self.qlayers], out_float)
 
     def bind(self, kobj, api, shapes, threads):
         first = self.qlayers[0]
@@ -544,13 +549,19 @@ class DynQConvStep(Step):
         return cls(layer, *_names(s, what, "input", "output"), wscale, wide)
 
     def build(self, api):
-        return None
+        """The weights packed once (QLayer); each run gives it that run's bias and scale
+        (QLayer.rebias). None for wide weights (numpy integers)."""
+        if self.wide is not None:
+            return None
+        cout = self.layer.cout
+        return api.QLayer(self.layer.w, np.zeros(cout, np.int32), np.ones(cout, np.float32),
+                          0, 0, 255)
 
     def bind(self, kobj, api, shapes, threads):
         out = _check_conv_input(self.layer, self.input, shapes[self.input])
         shapes[self.output] = out
         flops = 2 * out[0] * int(np.prod(out[2:])) * self.layer.cout * self.layer.cin
-        return (_run_dynconv, (self, api, out, threads)), flops
+        return (_run_dynconv, (self, kobj, api, out, threads)), flops
 
 
 def dynamic_quantize_params(x):
@@ -566,7 +577,7 @@ def dynamic_quantize_params(x):
     return np.float32(scale), int(zp)
 
 
-def _run_dynconv(env, outs, step, api, out, threads):
+def _run_dynconv(env, outs, step, kobj, api, out, threads):
     x = env[step.input]
     y = _out(outs, step.output, out, np.float32)
     if y.size == 0:
@@ -592,8 +603,7 @@ def _run_dynconv(env, outs, step, api, out, threads):
         y.reshape(n, layer.cout, -1)[...] = y3 + fbias[None, :, None]
         env[step.output] = y
         return
-    chain = api.QChain([api.QLayer(layer.w, bias.astype(np.int32), scale, 0, 0, 255,
-                                   fbias)], True)
+    chain = api.QChain([kobj.rebias(bias.astype(np.int32), scale, fbias)], True)
     chain.run_u8(q.reshape(n, q.shape[1], -1), y.reshape(n, layer.cout, -1), threads)
     env[step.output] = y
 
@@ -622,4 +632,5 @@ def _bind(planner, step, kset, shapes, nr, threads):
 
 BINDERS = {cls.kind: _bind for cls in QUANT_STEPS}
 KERNEL_BUILDERS = {
-    QChainStep.kind: lambda step, kernels: step.build(_kernels_for(kernels))}
+    QChainStep.kind: lambda step, kernels: step.build(_kernels_for(kernels), kernels),
+    DynQConvStep.kind: lambda step, kernels: step.build(_kernels_for(kernels))}

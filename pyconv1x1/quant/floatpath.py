@@ -1,0 +1,147 @@
+"""An int8 chain run exactly on the float32 kernels, for CPUs whose int8 path is slower
+than our float32 (no VNNI: the 'avx2' path ran at 0.6-0.78x of float32, the portable
+'c' one at 0.12-0.26x; also where the int8 kernels are not built).
+
+Why the results are bitwise those of the int8 path: a layer's weights w (int8) become
+integer-valued float32 weights, its input the integer values x (uint8 0..255 for the
+chain's first layer; for the next ones r = q - zp in [-255, 255], the previous layer's
+zero point folded into this one's bias: bias' = bias + zp * sum_k w). Every product and
+every partial sum, in whatever order the float kernels add them (tiles, reduction
+chunks, fused multiply-adds), is then an integer of magnitude <= |bias'| + 255 * sum|w|,
+and float32 holds every integer below 2^24 exactly: the float accumulator equals the
+int32 one. The requantization is then the int path's float32 steps, in numpy between
+layers: float32(acc) * scale, clamp to [lo - zp, hi - zp], round half to even (+ zp at
+the chain's end); or float32(acc) * scale + fbias for a float output. (A REQUANT op in
+the float kernels' epilogue program could fuse this pass into the kernel.)
+
+Used only where it is exact (that bound below 2^24 in every channel of every layer) and
+where the int8 path is a slow one; PYCONV1X1_INT8_FALLBACK=auto (default) | int (never)
+| float (wherever exact: tests run both ways on one machine) chooses."""
+import os
+
+import numpy as np
+
+from ..errors import Error
+from ..plan.packing import block_table
+from ..plan.policy import choose_split, choose_tiling, min_tiles, threads_for
+
+EXACT_LIMIT = 1 << 24  # float32 holds every integer of smaller magnitude
+FAST_PATHS = ("amx", "avx512vnni", "avxvnni")  # the int8 paths faster than float32
+MODES = ("auto", "int", "float")
+PATH = "float32 kernels (exact)"
+
+
+def mode():
+    """PYCONV1X1_INT8_FALLBACK: 'auto' (the float kernels where the int8 path is slow),
+    'int' (never) or 'float' (wherever exact)."""
+    m = os.environ.get("PYCONV1X1_INT8_FALLBACK") or "auto"
+    if m not in MODES:
+        raise Error(f"PYCONV1X1_INT8_FALLBACK={m!r}; expected one of {', '.join(MODES)}")
+    return m
+
+
+def float_biases(qlayers):
+    """Each layer's bias for the float run (the previous layer's zero point folded in,
+    as int64), or None when some partial sum could reach 2^24 (not exact in float32)."""
+    biases, zp = [], 0
+    for i, layer in enumerate(qlayers):
+        w = layer.w.astype(np.int64)
+        bias = layer.bias.astype(np.int64) + (zp * w.sum(axis=1) if i else 0)
+        if (np.abs(bias) + 255 * np.abs(w).sum(axis=1)).max() >= EXACT_LIMIT:
+            return None
+        biases.append(bias)
+        zp = layer.zp_out
+    return biases
+
+
+def use_float(qlayers, api):
+    """Whether a chain of these layers runs on the float kernels (see the module doc)."""
+    m = mode()
+    if m == "int":
+        return False
+    slow = getattr(api, "INT8_PATH", None) not in FAST_PATHS
+    return (m == "float" or slow) and float_biases(qlayers) is not None
+
+
+def _pack(w, mr):
+    """w [cout, k] -> the float kernels' packed blocks (plan.packing's layout, group 1)."""
+    cout, k = w.shape
+    blocks = block_table(cout, k, 1, mr)
+    packed = np.empty(cout * k, np.float32)
+    for rows, cout0, _, off in blocks.tolist():
+        packed[off:off + rows * k] = w[cout0:cout0 + rows].T.reshape(-1)
+    return packed, blocks
+
+
+class FloatQChain:
+    """QChain's run_u8 / run_f32 on the float kernels `fk`, bitwise equal to it. layers:
+    the step's QConvLayer records (w, bias, scale, zp_out, lo, hi, fbias)."""
+    path = PATH
+
+    def __init__(self, qlayers, out_float, api, fk):
+        biases = float_biases(qlayers)
+        if biases is None:
+            raise ValueError("these int8 layers are not exact in float32 (2^24)")
+        self.api, self.fk, self.out_float = api, fk, bool(out_float)
+        self.cin, self.cout = qlayers[0].cin, qlayers[-1].cout
+        self.chains, self.steps = [], []
+        none = (float("-inf"), float("inf"), 1.0, 0)  # no activation, no residual
+        for layer, bias in zip(qlayers, biases):
+            w = layer.w.astype(np.float32)
+            packed, blocks = _pack(w, fk.MAX_BLOCK_ROWS)
+            self.chains.append(fk.Chain([(packed, bias.astype(np.float32), blocks,
+                                          layer.cin, layer.cout, layer.cin) + none]))
+            fb = None if layer.fbias is None else layer.fbias[None, :, None]
+            self.steps.append((layer.scale.astype(np.float32)[None, :, None],
+                               float(layer.lo - layer.zp_out),
+                               float(layer.hi - layer.zp_out), fb, layer.cin * layer.cout))
+        self.zp_out = qlayers[-1].zp_out
+        self.max_c = max(max(l.cin, l.cout) for l in qlayers)
+        self._bound = {}
+
+    def _bind(self, n, p, threads):
+        key = (n, p, threads)
+        bound = self._bound.get(key)
+        if bound is None:
+            fk, macs = self.fk, sum(s[4] for s in self.steps)
+            nthreads = threads_for(2 * n * p * macs, threads)
+            tile, folded = choose_tiling(fk.PANEL_WIDTH, self.max_c, n, p,
+                                         min_tiles(nthreads), fk.REDUCTION_CHUNK)
+            ntiles = -(-n * p // tile) if folded else n * -(-p // tile)
+            bound = []
+            for ch in self.chains:
+                split = choose_split(ntiles, nthreads, -(-ch.cout // fk.MAX_BLOCK_ROWS))
+                bound.append(ch.bind((n, ch.cout, p), n, 1, p, 1, p, 1, 1, 0, 0, tile,
+                                     nthreads, folded, split))
+            if len(self._bound) > 8:
+                self._bound.clear()
+            bound = self._bound[key] = bound
+        return bound
+
+    def run_u8(self, x, y, threads=1):
+        """x uint8 [n, cin, p] -> y [n, cout, p] (float32 when out_float, else uint8)."""
+        h = x.astype(np.float32)
+        n, _, p = x.shape
+        last = len(self.chains) - 1
+        for i, (bound, (scale, flo, fhi, fbias, _)) in enumerate(
+                zip(self._bind(n, p, threads), self.steps)):
+            if i == last and self.out_float:
+                bound.into(h, y)
+                np.multiply(y, scale, out=y)
+                if fbias is not None:
+                    np.add(y, fbias, out=y)
+                return y
+            acc = bound(h)
+            np.multiply(acc, scale, out=acc)
+            np.clip(acc, flo, fhi, out=acc)
+            np.rint(acc, out=acc)
+            h = acc
+        np.add(h, self.zp_out, out=h)
+        np.copyto(y, h, casting="unsafe")
+        return y
+
+    def run_f32(self, x, in_scale, in_zp, y, threads=1):
+        """x float32, quantized first as the int8 path does it."""
+        q = np.empty(x.shape, np.uint8)
+        self.api.quantize_f32(x, in_scale, in_zp, q, threads)
+        return self.run_u8(q, y, threads)
