@@ -506,11 +506,12 @@ def test_runtime_scale_and_unsupported_patterns_are_refused():
 
 
 # -- the exact float32 fallback (quant.floatpath) ---------------------------------------
-def _sessions_both_ways(monkeypatch, model, threads):
+def _sessions_both_ways(monkeypatch, model, threads, isa=None):
     out = {}
     for mode in ("int", "float"):
         monkeypatch.setenv("PYCONV1X1_INT8_FALLBACK", mode)
-        out[mode] = pyconv1x1.InferenceSession(model.SerializeToString(), threads=threads)
+        out[mode] = pyconv1x1.InferenceSession(model.SerializeToString(), threads=threads,
+                                               isa=isa)
     monkeypatch.delenv("PYCONV1X1_INT8_FALLBACK")
     return out
 
@@ -519,13 +520,16 @@ def _sessions_both_ways(monkeypatch, model, threads):
 def test_float_fallback_is_bitwise_the_int8_path(quantized, monkeypatch, name):
     """Every int8 chain run on the float32 kernels (forced here; by default only where
     the int8 path is avx2 / c) gives bitwise the int8 path's results, at every thread
-    count, and `info`'s int8 path line says so."""
+    count and in every kernel variant this CPU runs, and `info`'s int8 path line says
+    so."""
     from pyconv1x1.quant import int8_path
     from pyconv1x1.quant.floatpath import PATH
     from pyconv1x1.quant.steps import QChainStep
+    from pyconv1x1 import _backend
     model = quantized(name)
-    for threads in (1, 2, 3):
-        sess = _sessions_both_ways(monkeypatch, model, threads)
+    variants = _backend.runnable_variants()  # (each has its own float and int8 kernels)
+    for threads, isa in [(1, None), (2, None), (3, None)] + [(2, v) for v in variants]:
+        sess = _sessions_both_ways(monkeypatch, model, threads, isa)
         chains = [s for s in sess["float"].program.steps if isinstance(s, QChainStep)]
         on_float = [sess["float"]._kset.chains[id(s)].path == PATH for s in chains]
         assert all(on_float) and not any(

@@ -9,10 +9,11 @@ zero point folded into this one's bias: bias' = bias + zp * sum_k w). Every prod
 every partial sum, in whatever order the float kernels add them (tiles, reduction
 chunks, fused multiply-adds), is then an integer of magnitude <= |bias'| + 255 * sum|w|,
 and float32 holds every integer below 2^24 exactly: the float accumulator equals the
-int32 one. The requantization is then the int path's float32 steps, in numpy between
-layers: float32(acc) * scale, clamp to [lo - zp, hi - zp], round half to even (+ zp at
-the chain's end); or float32(acc) * scale + fbias for a float output. (A REQUANT op in
-the float kernels' epilogue program could fuse this pass into the kernel.)
+int32 one. The requantization is then the int path's float32 steps, in two passes between
+layers: float32(acc) * scale and the clamp to [lo - zp, hi - zp] (the float kernels'
+affine_act), round half to even (numpy; + zp at the chain's end); or float32(acc) *
+scale + fbias for a float output. (A REQUANT op in the float kernels' epilogue program
+could fuse these passes into the kernel's store.)
 
 Used only where it is exact (that bound below 2^24 in every channel of every layer) and
 where the int8 path is a slow one; PYCONV1X1_INT8_FALLBACK=auto (default) | int (never)
@@ -92,7 +93,8 @@ class FloatQChain:
             self.chains.append(fk.Chain([(packed, bias.astype(np.float32), blocks,
                                           layer.cin, layer.cout, layer.cin) + none]))
             fb = None if layer.fbias is None else layer.fbias[None, :, None]
-            self.steps.append((layer.scale.astype(np.float32)[None, :, None],
+            self.steps.append((np.ascontiguousarray(layer.scale, np.float32),
+                               np.zeros(layer.cout, np.float32),
                                float(layer.lo - layer.zp_out),
                                float(layer.hi - layer.zp_out), fb, layer.cin * layer.cout))
         self.zp_out = qlayers[-1].zp_out
@@ -103,7 +105,7 @@ class FloatQChain:
         key = (n, p, threads)
         bound = self._bound.get(key)
         if bound is None:
-            fk, macs = self.fk, sum(s[4] for s in self.steps)
+            fk, macs = self.fk, sum(s[5] for s in self.steps)
             nthreads = threads_for(2 * n * p * macs, threads)
             tile, folded = choose_tiling(fk.PANEL_WIDTH, self.max_c, n, p,
                                          min_tiles(nthreads), fk.REDUCTION_CHUNK)
@@ -119,25 +121,28 @@ class FloatQChain:
         return bound
 
     def run_u8(self, x, y, threads=1):
-        """x uint8 [n, cin, p] -> y [n, cout, p] (float32 when out_float, else uint8)."""
+        """x uint8 [n, cin, p] -> y [n, cout, p] (float32 when out_float, else uint8).
+        The scale and clamp run in the float kernels' affine_act with a zero shift (a
+        fused multiply-add of 0 rounds as the plain product does), the rounding in
+        numpy."""
         h = x.astype(np.float32)
         n, _, p = x.shape
         last = len(self.chains) - 1
-        for i, (bound, (scale, flo, fhi, fbias, _)) in enumerate(
+        affine = self.fk.affine_act
+        for i, (bound, (scale, zero, flo, fhi, fbias, _)) in enumerate(
                 zip(self._bind(n, p, threads), self.steps)):
+            c = scale.shape[0]
             if i == last and self.out_float:
                 bound.into(h, y)
-                np.multiply(y, scale, out=y)
+                affine(y, y, scale, zero, n, c, p, -np.inf, np.inf, 1.0, threads)
                 if fbias is not None:
                     np.add(y, fbias, out=y)
                 return y
             acc = bound(h)
-            np.multiply(acc, scale, out=acc)
-            np.clip(acc, flo, fhi, out=acc)
+            affine(acc, acc, scale, zero, n, c, p, flo, fhi, 1.0, threads)
             np.rint(acc, out=acc)
             h = acc
-        np.add(h, self.zp_out, out=h)
-        np.copyto(y, h, casting="unsafe")
+        np.add(h, float(self.zp_out), out=y, casting="unsafe")
         return y
 
     def run_f32(self, x, in_scale, in_zp, y, threads=1):

@@ -269,22 +269,18 @@ def _run_qchain(env, outs, src, dst, kobj, api, in_q, out_dq, first, out, dtype,
     if y.size == 0:
         env[dst] = y
         return
-    if in_q is not None and first.keeps_pixels and out_dq is None:
+    t = y if out_dq is None else np.empty(out, np.uint8)
+    if in_q is not None and first.keeps_pixels:  # quantized in the chain's gather
         kobj.run_f32(x.reshape(n, x.shape[1], -1), in_q[0], in_q[1],
-                     y.reshape(n, cout, -1), threads)
-        env[dst] = y
-        return
-    if in_q is not None:
-        q = np.empty(x.shape, np.uint8)
-        api.quantize_f32(_flat(x), in_q[0], in_q[1], _flat(q), threads)
-        x = q
-    x = _geometry(x, first, first.in_zp)
-    x3 = x.reshape(n, x.shape[1], -1)
-    if out_dq is None:
-        kobj.run_u8(x3, y.reshape(n, cout, -1), threads)
+                     t.reshape(n, cout, -1), threads)
     else:
-        t = np.empty(out, np.uint8)
-        kobj.run_u8(x3, t.reshape(n, cout, -1), threads)
+        if in_q is not None:
+            q = np.empty(x.shape, np.uint8)
+            api.quantize_f32(_flat(x), in_q[0], in_q[1], _flat(q), threads)
+            x = q
+        x = _geometry(x, first, first.in_zp)
+        kobj.run_u8(x.reshape(n, x.shape[1], -1), t.reshape(n, cout, -1), threads)
+    if out_dq is not None:
         api.dequantize_u8(_flat(t), out_dq[0], out_dq[1], _flat(y), threads)
     env[dst] = y
 
