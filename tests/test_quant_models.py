@@ -546,7 +546,7 @@ def test_float_fallback_is_bitwise_the_int8_path(quantized, monkeypatch, name):
 
 
 def test_float_fallback_policy(monkeypatch):
-    """auto: the float kernels only where the int8 path is slow (avx2, c, the numpy
+    """auto: the float kernels only where the int8 path is slower (c, the numpy
     reference) and exact; float: wherever exact; int: never; a bad value is an Error."""
     from types import SimpleNamespace
     from pyconv1x1.quant import floatpath
@@ -560,7 +560,8 @@ def test_float_fallback_policy(monkeypatch):
     edge = QConvLayer(["c"], np.full((1, 518), 127), np.full(1, -1785), np.ones(1))
     over = QConvLayer(["d"], np.full((1, 518), 127), np.full(1, -1786), np.ones(1))
     api = {p: SimpleNamespace(INT8_PATH=p) for p in floatpath.FAST_PATHS + ("avx2", "c")}
-    for mode, want in (("auto", {"avx2", "c"}), ("float", set(api)), ("int", set())):
+    api["reference"] = SimpleNamespace(INT8_PATH="numpy reference")
+    for mode, want in (("auto", {"c", "reference"}), ("float", set(api)), ("int", set())):
         monkeypatch.setenv("PYCONV1X1_INT8_FALLBACK", mode)
         for p, a in api.items():
             assert floatpath.use_float([small], a) == (p in want), (mode, p)
@@ -587,3 +588,40 @@ def test_numpy_reference_api_runs_models_bitwise(quantized, monkeypatch, mode):
             got = pyconv1x1.InferenceSession(model, threads=2).run(None, feed)
         for a, b in zip(want, got):
             assert a.dtype == b.dtype and np.array_equal(a, b), (name, mode)
+
+
+def test_float_fallback_leaves_small_runs_to_the_int8_path():
+    """A FloatQChain given the int8 chain runs runs below FLOAT_MIN_MACS on it, larger
+    ones on the float kernels: bitwise the same either way."""
+    from pyconv1x1 import _backend
+    from pyconv1x1.quant import floatpath, kernels
+    from pyconv1x1.quant.steps import QConvLayer
+    rng = np.random.default_rng(4)
+    layers = [QConvLayer(["a"], rng.integers(-128, 128, (24, 16)), rng.integers(-999, 999, 24),
+                         rng.uniform(1e-4, 1e-3, 24), 7, 3, 250),
+              QConvLayer(["b"], rng.integers(-128, 128, (16, 24)), rng.integers(-999, 999, 16),
+                         rng.uniform(1e-4, 1e-3, 16), 100, 0, 255)]
+    api = kernels()
+    ints = api.QChain([l.kernel(api) for l in layers], False)
+    both = floatpath.FloatQChain(layers, False, api, _backend.kernels(), small=ints)
+    alone = floatpath.FloatQChain(layers, False, api, _backend.kernels())
+    calls = []
+    both.chains = [_Spy(c, calls) for c in both.chains]
+    for pixels, on_float in ((5, False), (floatpath.FLOAT_MIN_MACS // (2 * 768) + 1, True)):
+        x = rng.integers(0, 256, (2, 16, pixels), dtype=np.uint8)
+        want, got, ref = (np.empty((2, 16, pixels), np.uint8) for _ in range(3))
+        ints.run_u8(x, want, 2)
+        both.run_u8(x, got, 2)
+        alone.run_u8(x, ref, 2)
+        assert np.array_equal(got, want) and np.array_equal(ref, want)
+        assert bool(calls) == on_float
+        calls.clear()
+
+
+class _Spy:
+    def __init__(self, chain, calls):
+        self.chain, self.calls, self.cout = chain, calls, chain.cout
+
+    def bind(self, *args):
+        self.calls.append(args)
+        return self.chain.bind(*args)

@@ -16,8 +16,9 @@ scale + fbias for a float output. (A REQUANT op in the float kernels' epilogue p
 could fuse these passes into the kernel's store.)
 
 Used only where it is exact (that bound below 2^24 in every channel of every layer) and
-where the int8 path is a slow one; PYCONV1X1_INT8_FALLBACK=auto (default) | int (never)
-| float (wherever exact: tests run both ways on one machine) chooses."""
+where the int8 path is a slow one (FAST_PATHS) and the run is not small
+(FLOAT_MIN_MACS); PYCONV1X1_INT8_FALLBACK=auto (default) | int (never) | float (wherever
+exact, every run: tests run both ways on one machine) chooses."""
 import os
 
 import numpy as np
@@ -27,7 +28,14 @@ from ..plan.packing import block_table
 from ..plan.policy import choose_split, choose_tiling, min_tiles, threads_for
 
 EXACT_LIMIT = 1 << 24  # float32 holds every integer of smaller magnitude
-FAST_PATHS = ("amx", "avx512vnni", "avxvnni")  # the int8 paths faster than float32
+# the int8 paths the float kernels do not beat: with VNNI faster than float32; 'avx2'
+# (no VNNI) at 0.87-0.94x of float32 still beat this path's 0.47-0.72x (measured with
+# tools/bench.py --int8 --fallback: the requantization passes cost more than it saves).
+# 'c' (0.14-0.27x of float32) and the numpy reference lose to it.
+FAST_PATHS = ("amx", "avx512vnni", "avxvnni", "avx2")
+# runs of fewer multiply-adds stay on the int8 path even so: there the per-call
+# overheads of this path's passes dominate (issue 4's `tiny`: 0.76x of the c path)
+FLOAT_MIN_MACS = 1 << 20
 MODES = ("auto", "int", "float")
 PATH = "float32 kernels (exact)"
 
@@ -79,11 +87,12 @@ class FloatQChain:
     the step's QConvLayer records (w, bias, scale, zp_out, lo, hi, fbias)."""
     path = PATH
 
-    def __init__(self, qlayers, out_float, api, fk):
+    def __init__(self, qlayers, out_float, api, fk, small=None):
         biases = float_biases(qlayers)
         if biases is None:
             raise ValueError("these int8 layers are not exact in float32 (2^24)")
         self.api, self.fk, self.out_float = api, fk, bool(out_float)
+        self.small = small  # the int8 QChain that runs runs of < FLOAT_MIN_MACS
         self.cin, self.cout = qlayers[0].cin, qlayers[-1].cout
         self.chains, self.steps = [], []
         none = (float("-inf"), float("inf"), 1.0, 0)  # no activation, no residual
@@ -96,17 +105,18 @@ class FloatQChain:
             self.steps.append((np.ascontiguousarray(layer.scale, np.float32),
                                np.zeros(layer.cout, np.float32),
                                float(layer.lo - layer.zp_out),
-                               float(layer.hi - layer.zp_out), fb, layer.cin * layer.cout))
+                               float(layer.hi - layer.zp_out), fb))
         self.zp_out = qlayers[-1].zp_out
         self.max_c = max(max(l.cin, l.cout) for l in qlayers)
+        self.macs = sum(l.cin * l.cout for l in qlayers)  # per pixel
         self._bound = {}
 
     def _bind(self, n, p, threads):
         key = (n, p, threads)
         bound = self._bound.get(key)
         if bound is None:
-            fk, macs = self.fk, sum(s[5] for s in self.steps)
-            nthreads = threads_for(2 * n * p * macs, threads)
+            fk = self.fk
+            nthreads = threads_for(2 * n * p * self.macs, threads)
             tile, folded = choose_tiling(fk.PANEL_WIDTH, self.max_c, n, p,
                                          min_tiles(nthreads), fk.REDUCTION_CHUNK)
             ntiles = -(-n * p // tile) if folded else n * -(-p // tile)
@@ -125,11 +135,13 @@ class FloatQChain:
         The scale and clamp run in the float kernels' affine_act with a zero shift (a
         fused multiply-add of 0 rounds as the plain product does), the rounding in
         numpy."""
-        h = x.astype(np.float32)
         n, _, p = x.shape
+        if self.small is not None and n * p * self.macs < FLOAT_MIN_MACS:
+            return self.small.run_u8(x, y, threads)
+        h = x.astype(np.float32)
         last = len(self.chains) - 1
         affine = self.fk.affine_act
-        for i, (bound, (scale, zero, flo, fhi, fbias, _)) in enumerate(
+        for i, (bound, (scale, zero, flo, fhi, fbias)) in enumerate(
                 zip(self._bind(n, p, threads), self.steps)):
             c = scale.shape[0]
             if i == last and self.out_float:
@@ -147,6 +159,8 @@ class FloatQChain:
 
     def run_f32(self, x, in_scale, in_zp, y, threads=1):
         """x float32, quantized first as the int8 path does it."""
+        if self.small is not None and x.shape[0] * x.shape[2] * self.macs < FLOAT_MIN_MACS:
+            return self.small.run_f32(x, in_scale, in_zp, y, threads)
         q = np.empty(x.shape, np.uint8)
         self.api.quantize_f32(x, in_scale, in_zp, q, threads)
         return self.run_u8(q, y, threads)

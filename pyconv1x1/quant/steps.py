@@ -248,9 +248,11 @@ class QChainStep(Step):
         and the int8 path here is slower than float32) a FloatQChain on `fkernels`."""
         from . import floatpath
         out_float = self.qlayers[-1].out_float
+        chain = api.QChain([l.kernel(api) for l in self.qlayers], out_float)
         if fkernels is not None and floatpath.use_float(self.qlayers, api):
-            return floatpath.FloatQChain(self.qlayers, out_float, api, fkernels)
-        return api.QChain([l.kernel(api) for l in self.qlayers], out_float)
+            small = None if floatpath.mode() == "float" else chain
+            return floatpath.FloatQChain(self.qlayers, out_float, api, fkernels, small)
+        return chain
 
     def bind(self, kobj, api, shapes, threads):
         first = self.qlayers[0]
