@@ -597,9 +597,10 @@ def test_float_fallback_leaves_small_runs_to_the_int8_path():
     from pyconv1x1.quant import floatpath, kernels
     from pyconv1x1.quant.steps import QConvLayer
     rng = np.random.default_rng(4)
-    layers = [QConvLayer(["a"], rng.integers(-128, 128, (24, 16)), rng.integers(-999, 999, 24),
+    w = lambda *shape: rng.integers(-128, 128, shape)  # noqa: E731
+    layers = [QConvLayer(["a"], w(24, 16), rng.integers(-999, 999, 24),
                          rng.uniform(1e-4, 1e-3, 24), 7, 3, 250),
-              QConvLayer(["b"], rng.integers(-128, 128, (16, 24)), rng.integers(-999, 999, 16),
+              QConvLayer(["b"], w(16, 24), rng.integers(-999, 999, 16),
                          rng.uniform(1e-4, 1e-3, 16), 100, 0, 255)]
     api = kernels()
     ints = api.QChain([l.kernel(api) for l in layers], False)

@@ -53,7 +53,8 @@ def quantize(wl, fmt, tmp):
         def get_next(self):
             return next(self.it, None)
 
-    src, dst = os.path.join(tmp, f"{wl.name}.onnx"), os.path.join(tmp, f"{wl.name}_{fmt}.onnx")
+    src = os.path.join(tmp, f"{wl.name}.onnx")
+    dst = os.path.join(tmp, f"{wl.name}_{fmt}.onnx")
     onnx.save(wl.model, src)
     if fmt == "qdq_s8":
         options = dict(quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8)
@@ -175,8 +176,9 @@ def main(args):
             vs_ort = [rows[n][f"vs_ort_{f}"] for n in names for f in FORMATS]
             vs_f32 = [rows[n][f"vs_f32_{f}"] for n in names for f in FORMATS]
             g_ort, g_f32 = geomean(vs_ort), geomean(vs_f32)
-            print(f"{'geomean':16s}{geomean(vs_ort[0::2]):11.2f}x{geomean(vs_ort[1::2]):11.2f}x"
-                  f"{geomean(vs_f32[0::2]):11.2f}x{geomean(vs_f32[1::2]):11.2f}x")
+            means = [geomean(v) for v in (vs_ort[0::2], vs_ort[1::2], vs_f32[0::2],
+                                           vs_f32[1::2])]
+            print(f"{'geomean':16s}" + "".join(f"{v:11.2f}x" for v in means))
             vnni = qpath in ("amx", "avx512vnni", "avxvnni")
             checks = [
                 (f"geomean vs onnxruntime int8 {g_ort:.2f}x >= {TARGET_GEOMEAN}x",
