@@ -626,3 +626,21 @@ class _Spy:
     def bind(self, *args):
         self.calls.append(args)
         return self.chain.bind(*args)
+
+
+def test_info_names_the_paths_chains_take(monkeypatch, tmp_path):
+    """A chain whose k < AMX_MIN_K leaves AMX for the next path: the info line says so."""
+    from pyconv1x1.quant import int8_path, kernels
+    from pyconv1x1.quant.steps import QChainStep
+    model = float_model(chans=(8, 16, 12), residual=False)
+    q = quantize(tmp_path, "paths", model)
+    monkeypatch.setenv("PYCONV1X1_INT8_FALLBACK", "int")
+    sess = pyconv1x1.InferenceSession(q.SerializeToString())
+    chains = [sess._kset.chains[id(s)] for s in sess.program.steps
+              if isinstance(s, QChainStep)]
+    line = int8_path(sess.program, None, sess._kset.chains)
+    assert line.startswith(kernels().INT8_PATH)
+    other = sorted({c.path for c in chains} - {kernels().INT8_PATH})
+    assert (f"(chains on {', '.join(other)})" in line) == bool(other), line
+    if kernels().INT8_PATH == "amx":
+        assert other, line  # k = 8, 16 < 64

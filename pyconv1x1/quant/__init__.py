@@ -38,8 +38,9 @@ def kernels(variant=None):
 
 def int8_path(program, variant=None, chains=None):
     """Which int8 path runs the program's quantized steps, or None when it has none.
-    chains (a KernelSet's id(step) -> kernel object): also says which int8 chains run
-    exactly on the float32 kernels instead (floatpath: where the int8 path is slower)."""
+    chains (a KernelSet's id(step) -> kernel object): also names the other paths chains
+    take (AMX only where every k >= 64) and how many int8 chains run exactly on the
+    float32 kernels instead (floatpath: where the int8 path is slower)."""
     from .floatpath import PATH
     from .steps import QChainStep, QUANT_STEPS
     if not any(isinstance(s, QUANT_STEPS) for s in program.steps):
@@ -48,6 +49,8 @@ def int8_path(program, variant=None, chains=None):
     used = [getattr(chains.get(id(s)), "path", None) for s in program.steps
             if isinstance(s, QChainStep)] if chains else []
     on_float = sum(p == PATH for p in used)
-    if not on_float:
-        return path
-    return f"{path}; {on_float} of {len(used)} int8 chains on {PATH}"
+    others = sorted({p for p in used if p not in (PATH, path, None)})
+    text = path + (f" (chains on {', '.join(others)})" if others else "")
+    if on_float:
+        text += f"; {on_float} of {len(used)} int8 chains on {PATH}"
+    return text
