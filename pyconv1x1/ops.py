@@ -357,7 +357,7 @@ def _scale(node, ctx, a, b):
         return ScaleStep(node.name, a, b, node.outputs[0])
     if scales(sa, sb):
         return ScaleStep(node.name, b, a, node.outputs[0])
-    raise Refused(f"product of run-time tensors {list(sa)} and {list(sb)}; only a "
+    raise Refused(f"product of two run-time tensors {list(sa)} and {list(sb)}; only a "
                   "per-channel scale [N, C, 1, ...] of a feature map runs")
 
 
@@ -445,8 +445,8 @@ def gemm(node, ctx):
     _inputs(node, 2, 3)
     _single_output(node)
     if g["transA"]:
-        raise Refused("transA=1: the product runs over axis 0 of the input; only "
-                      "A @ W (a Linear over the last axis) runs")
+        raise Refused("transA=1 is not supported: the product would run over axis 0 of "
+                      "the input; only A @ W (a Linear over the last axis) runs")
     if node.inputs[0] in ctx.constants:
         raise Refused(f"its input {node.inputs[0]!r} is a constant")
     w = _matrix(node, ctx, 1, "weight")

@@ -9,6 +9,8 @@ stays as it is, why in Program.declined:
    before it or the gather of the chain after it (the chain then writes / reads the
    other layout; no copy), then fuse again (a residual Add after such a Transpose)
 5. chain consecutive convs so a tile of pixels passes through all of them in cache
+6. take a per-channel scale (squeeze-excitation's Mul) into the gather of the chain
+   that reads its result: the scaled feature map is never written
 
 What a step kind can absorb is the step's own business (program/steps.py: absorb,
 fold_into_conv, fold_into_elementwise); the passes here only walk the graph.
@@ -28,6 +30,8 @@ def build_program(graph, steps):
         steps = _absorb_transposes(steps, outputs, notes, declined)
         steps = _fuse(steps, outputs, notes, declined)
     steps = _chain(steps, outputs, notes, declined)
+    if any(s.kind == "scale" for s in steps):
+        steps = _scale_into_gather(steps, outputs, notes, declined)
     steps = _toposort(steps, inputs)
     return Program(inputs=graph.inputs, outputs=graph.outputs, steps=steps,
                    opset=graph.opset, producer=graph.producer, notes=notes,
@@ -179,8 +183,11 @@ def _absorb_transposes(steps, outputs, notes, declined):
         readers = users.get(t.input, ())
         if p is None or not p.layers:
             why.append(f"{t.input!r} is not computed by a conv chain")
-        elif t.input in outputs or len(readers) != 1:
-            why.append(f"{t.input!r} is {'a graph output' if t.input in outputs else 'also read by ' + _names(u for u in readers if u is not t)}")
+        elif t.input in outputs:
+            why.append(f"{t.input!r} is a graph output")
+        elif len(readers) != 1:
+            why.append(f"{t.input!r} is also read by "
+                       f"{_names(u for u in readers if u is not t)}")
         elif p.layers[-1].spatial_rank + 2 != rank:
             why.append(f"{p.label} writes rank {p.layers[-1].spatial_rank + 2}")
         elif any(l.residual for l in p.layers):
@@ -226,6 +233,30 @@ def _bypass(t, p, users, producer, gone):
     p.output = t.output
     producer[t.output] = p
     gone.add(id(t))
+
+
+def _scale_into_gather(steps, outputs, notes, declined):
+    users = _consumers(steps)
+    gone = set()
+    for s in steps:
+        if s.kind != "scale":
+            continue
+        readers = users.get(s.output, ())
+        d = readers[0] if len(readers) == 1 else None
+        if s.output in outputs:
+            why = f"{s.output!r} is a graph output"
+        elif d is None or not d.layers or d.input != s.output or s.output in d.reads[1:]:
+            why = f"{s.output!r} is not read by one conv chain alone"
+        elif d.in_last or d.in_scale:
+            why = f"{d.label} reads channels-last" if d.in_last else "already scaled"
+        else:
+            d.input, d.in_scale = s.input, s.scale
+            gone.add(id(s))
+            notes.append(f"took scale {s.name} into the gather of conv "
+                         f"{d.layers[0].names[0]}")
+            continue
+        declined.add(s, f"{s.describe()} kept (one pass): {why}")
+    return [s for s in steps if id(s) not in gone]
 
 
 def _chain(steps, outputs, notes, declined):

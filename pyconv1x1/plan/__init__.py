@@ -124,6 +124,15 @@ class ShapePlan:
         bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
                                            first.strides[1], pt, pl, tile, nthreads,
                                            folded, split, step.in_last, step.out_last)
+        if step.in_scale:
+            from ..program.steps import scales
+            s = shapes[step.in_scale]
+            if not scales(s, x):
+                raise InputError(f"Mul before conv '{first.name}': input {step.input!r} "
+                                 f"{list(x)} and scale {step.in_scale!r} {list(s)}: the "
+                                 "scale must be [N or 1, C, 1, ...]")
+            return (_run_chain_scaled, (step.input, step.output, tuple(residuals), bound,
+                                        step.in_scale, (n, x[1])))
         if not any(residuals):
             return (_run_chain_plain, (step.input, step.output, bound))
         return (_run_chain, (step.input, step.output, tuple(residuals), bound))
@@ -270,6 +279,19 @@ def _run_chain(env, outs, src, dst, residuals, bound):
     env[dst] = bound(env[src], res) if y is None else bound.into(env[src], y, res)
 
 
+def _run_chain_scaled(env, outs, src, dst, residuals, bound, scale, nc):
+    res = tuple(None if r is None else env[r] for r in residuals)
+    s = _per_image(env[scale], nc)
+    y = outs.get(dst)
+    env[dst] = bound(env[src], res, s) if y is None else bound.into(env[src], y, res, s)
+
+
+def _per_image(s, nc):
+    """A scale [N or 1, C, 1, ...] as a C-contiguous float32 [N * C] vector."""
+    return np.ascontiguousarray(np.broadcast_to(s.reshape(s.shape[0], nc[1]), nc),
+                                np.float32).reshape(-1)
+
+
 def _run_affine(env, outs, src, dst, shape, fn, args):
     y = outs.get(dst)
     if y is None:
@@ -330,9 +352,7 @@ def _run_mean(env, outs, src, dst, shape, rows):
 
 def _run_scale(env, outs, src, scale, dst, shape, nc, fn, args):
     """y[n, c, :] = x[n, c, :] * s[n, c]: the affine kernel over n * c rows (one pass)."""
-    s = env[scale]
-    s = np.ascontiguousarray(np.broadcast_to(s.reshape(s.shape[0], nc[1]), nc),
-                             np.float32).reshape(-1)
+    s = _per_image(env[scale], nc)
     y = _result(outs, dst, shape)
     fn(env[src], y, s, *args)
     env[dst] = y

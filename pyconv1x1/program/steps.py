@@ -242,13 +242,17 @@ class ChainStep(Step):
     in_last / out_last: the input / the output (and every residual) is channels-last,
     [N, ..., C] (a Linear applied at every position; spatial_rank 0: [N, C]), else NCHW:
     the kernels' gather and store read and write either layout, so a Transpose that only
-    moves the channel axis next to a chain is never copied."""
-    __slots__ = ("input", "output", "layers", "in_last", "out_last")
+    moves the channel axis next to a chain is never copied. in_scale: None, or a tensor
+    [N or 1, C, 1, ...] that scales the (NCHW) input per image and channel as it is
+    gathered (a squeeze-excitation Mul taken into the conv that reads its result)."""
+    __slots__ = ("input", "output", "layers", "in_last", "out_last", "in_scale")
     kind = "chain"
 
-    def __init__(self, input, output, layers, in_last=False, out_last=False):
+    def __init__(self, input, output, layers, in_last=False, out_last=False,
+                 in_scale=None):
         self.input, self.output, self.layers = input, output, list(layers)
         self.in_last, self.out_last = bool(in_last), bool(out_last)
+        self.in_scale = in_scale
 
     @property
     def name(self):
@@ -256,11 +260,14 @@ class ChainStep(Step):
 
     @property
     def reads(self):
-        return [self.input] + [l.residual for l in self.layers if l.residual]
+        return ([self.input] + [l.residual for l in self.layers if l.residual]
+                + ([self.in_scale] if self.in_scale else []))
 
     def rename_read(self, old, new):
         if self.input == old:
             self.input = new
+        if self.in_scale == old:
+            self.in_scale = new
         for layer in self.layers:
             if layer.residual == old:
                 layer.residual = new
@@ -310,7 +317,8 @@ class ChainStep(Step):
 
     def describe(self):
         layout = "".join((" (channels-last in)" if self.in_last else "",
-                          " (channels-last out)" if self.out_last else ""))
+                          " (channels-last out)" if self.out_last else "",
+                          f" (input scaled by {self.in_scale})" if self.in_scale else ""))
         return " -> ".join(layer.describe() for layer in self.layers) + layout
 
     # -- plan-file codec --------------------------------------------------------------
@@ -319,6 +327,8 @@ class ChainStep(Step):
                "layers": [layer.encode(arrays, mr) for layer in self.layers]}
         if self.in_last or self.out_last:  # (plans without them stay as they were)
             out.update(in_last=self.in_last, out_last=self.out_last)
+        if self.in_scale:
+            out["in_scale"] = self.in_scale
         return out
 
     @classmethod
@@ -327,7 +337,8 @@ class ChainStep(Step):
                   for i, l in enumerate(json_list(field(s, "layers", what), f"{what} layers"))]
         return cls(_name(field(s, "input", what), f"{what} input"),
                    _name(field(s, "output", what), f"{what} output"), layers,
-                   flag(s, "in_last", what), flag(s, "out_last", what))
+                   flag(s, "in_last", what), flag(s, "out_last", what),
+                   _name(s["in_scale"], f"{what} in_scale") if "in_scale" in s else None)
 
     def validate(self, defined):
         if not self.layers:
@@ -337,6 +348,9 @@ class ChainStep(Step):
             if (self.in_last or self.out_last) and not layer.keeps_pixels:
                 raise ModelError(f"plan layer {layer.name}: a channels-last chain with "
                                  "strides or pads")
+        if self.in_scale and self.in_last:
+            raise ModelError(f"plan chain {self.name}: an input scale on a channels-last "
+                             "input")
 
     # -- rewrite ----------------------------------------------------------------------
     def absorb(self, s, other, notes):
