@@ -371,12 +371,17 @@ def mul(node, ctx):
     return _binary(node, ctx, "Mul")
 
 
-@op("Identity")
-def identity(node, ctx):
+def _unary(node, cls):
+    """A step of kind `cls` for an op of one input, one output and no attributes."""
     _attrs(node, {})
     _inputs(node, 1, 1)
     _single_output(node)
-    return CopyStep(node.name, node.inputs[0], node.outputs[0])
+    return cls(node.name, node.inputs[0], node.outputs[0])
+
+
+@op("Identity")
+def identity(node, ctx):
+    return _unary(node, CopyStep)
 
 
 @op("Dropout")
@@ -538,10 +543,7 @@ def reduce_mean(node, ctx):
 
 @op("Sigmoid")
 def sigmoid(node, ctx):
-    _attrs(node, {})
-    _inputs(node, 1, 1)
-    _single_output(node)
-    return SigmoidStep(node.name, node.inputs[0], node.outputs[0])
+    return _unary(node, SigmoidStep)
 
 
 @op("HardSigmoid")

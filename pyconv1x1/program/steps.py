@@ -42,7 +42,8 @@ class _Mutable:
     __slots__ = ()
 
     def __repr__(self):
-        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        keys = [k for c in reversed(type(self).__mro__) for k in c.__dict__.get("__slots__", ())]
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys)
         return f"{type(self).__name__}({args})"
 
 
@@ -211,9 +212,16 @@ class Step(_Mutable):
         """How messages name the step."""
         return getattr(self, "name", self.output)
 
+    read_fields = ("input",)  # the attributes that name the tensors a step reads
+
+    @property
+    def reads(self):
+        return [getattr(self, f) for f in self.read_fields]
+
     def rename_read(self, old, new):
-        if self.input == old:
-            self.input = new
+        for f in self.read_fields:
+            if getattr(self, f) == old:
+                setattr(self, f, new)
 
     def out_shape(self, shapes):
         return shapes.get(self.input)
@@ -492,19 +500,11 @@ class AddStep(Step):
     __slots__ = ("name", "a", "b", "output", "act")
     kind = "add"
 
+    read_fields = ("a", "b")
+
     def __init__(self, name, a, b, output, act=None):
         self.name, self.a, self.b, self.output = name, a, b, output
         self.act = IDENTITY if act is None else act
-
-    @property
-    def reads(self):
-        return [self.a, self.b]
-
-    def rename_read(self, old, new):
-        if self.a == old:
-            self.a = new
-        if self.b == old:
-            self.b = new
 
     def out_shape(self, shapes):
         a, b = shapes.get(self.a), shapes.get(self.b)
@@ -547,24 +547,12 @@ class AddStep(Step):
         return None
 
 
-class CopyStep(Step):
-    """A graph output that is another graph value (Identity of an input or output)."""
+class _UnaryStep(Step):
+    """A step of one input, one output and no parameters."""
     __slots__ = ("name", "input", "output")
-    kind = "copy"
 
     def __init__(self, name, input, output):
         self.name, self.input, self.output = name, input, output
-
-    @property
-    def reads(self):
-        return [self.input]
-
-    @property
-    def copy_of(self):
-        return self.input
-
-    def describe(self):
-        return f"copy {self.name} ({self.input} -> {self.output})"
 
     def encode(self, arrays, mr):
         return {"type": self.kind, "name": self.name, "input": self.input,
@@ -574,6 +562,19 @@ class CopyStep(Step):
     def decode(cls, s, arr, what):
         n = lambda key: _name(field(s, key, what), f"{what} {key}")  # noqa: E731
         return cls(n("name"), n("input"), n("output"))
+
+
+class CopyStep(_UnaryStep):
+    """A graph output that is another graph value (Identity of an input or output)."""
+    __slots__ = ()
+    kind = "copy"
+
+    @property
+    def copy_of(self):
+        return self.input
+
+    def describe(self):
+        return f"copy {self.name} ({self.input} -> {self.output})"
 
 
 def channel_move(perm):
@@ -597,10 +598,6 @@ class TransposeStep(Step):
 
     def __init__(self, name, input, output, perm):
         self.name, self.input, self.output, self.perm = name, input, output, tuple(perm)
-
-    @property
-    def reads(self):
-        return [self.input]
 
     def out_shape(self, shapes):
         x = shapes.get(self.input)
@@ -639,10 +636,6 @@ class MeanStep(Step):
         self.name, self.input, self.output = name, input, output
         self.keepdims = bool(keepdims)
 
-    @property
-    def reads(self):
-        return [self.input]
-
     def out_shape(self, shapes):
         x = shapes.get(self.input)
         if x is None:
@@ -668,19 +661,10 @@ class ScaleStep(Step):
     run time). One pass over x."""
     __slots__ = ("name", "input", "scale", "output")
     kind = "scale"
+    read_fields = ("input", "scale")
 
     def __init__(self, name, input, scale, output):
         self.name, self.input, self.scale, self.output = name, input, scale, output
-
-    @property
-    def reads(self):
-        return [self.input, self.scale]
-
-    def rename_read(self, old, new):
-        if self.input == old:
-            self.input = new
-        if self.scale == old:
-            self.scale = new
 
     def out_shape(self, shapes):
         x, s = shapes.get(self.input), shapes.get(self.scale)
@@ -712,31 +696,15 @@ def scales(s, x):
             and (s[0] == 1 or same(s[0], x[0])) and same(s[1], x[1]))
 
 
-class SigmoidStep(Step):
+class SigmoidStep(_UnaryStep):
     """y = 1 / (1 + exp(-x)), element-wise (numpy, float32): the Sigmoid of a
     squeeze-excitation gate, on its small pooled vector. (A stop-gap until Sigmoid is
     a fused epilogue.)"""
-    __slots__ = ("name", "input", "output")
+    __slots__ = ()
     kind = "sigmoid"
-
-    def __init__(self, name, input, output):
-        self.name, self.input, self.output = name, input, output
-
-    @property
-    def reads(self):
-        return [self.input]
 
     def describe(self):
         return f"sigmoid {self.name}"
-
-    def encode(self, arrays, mr):
-        return {"type": self.kind, "name": self.name, "input": self.input,
-                "output": self.output}
-
-    @classmethod
-    def decode(cls, s, arr, what):
-        n = lambda key: _name(field(s, key, what), f"{what} {key}")  # noqa: E731
-        return cls(n("name"), n("input"), n("output"))
 
 
 # plan-file "type" -> step class: the one place a kind string is dispatched on
