@@ -584,9 +584,7 @@ def _layer_rows(program, shapes, op_types):
             first = step.layers[0]
             geometry = None
             if x is not None and len(x) == first.spatial_rank + 2:
-                n = x[0]
-                h, w = (1, x[2]) if first.spatial_rank == 1 else (x[2], x[3])
-                ho, wo, _, _ = first.out_hw(h, w)
+                n, _, _, ho, wo, _, _ = step.geometry(x)  # (any layout)
                 geometry = (n, ho, wo)
             kind = f"chain[{len(step.layers)}]" if len(step.layers) > 1 else "conv"
             out_shape = None
@@ -595,8 +593,7 @@ def _layer_rows(program, shapes, op_types):
                 total_params += params
                 if geometry is not None:
                     n, ho, wo = geometry
-                    spatial = (ho, wo) if layer.spatial_rank == 2 else (wo,)
-                    out_shape = (n, layer.cout) + spatial
+                    out_shape = step.laid_out(layer.out_shape(n, ho, wo))
                     flops = layer.flops(n, ho, wo)
                     total_flops += flops
                 else:
@@ -634,11 +631,14 @@ def _layer_rows(program, shapes, op_types):
             what = ("copy", ops_of(step.name.split("+")),
                     step.name, "", "", "", "", "-", "-")
             shapes[step.output] = shapes.get(step.input)
-        else:  # pragma: no cover - a step type this CLI does not know yet
+        else:  # transpose, mean, scale, sigmoid, ...: its kind and what it reads
             params = 0
-            what = (type(step).__name__, "-", getattr(step, "name", "?"), "", "", "",
-                    "", "-", "-")
-            shapes[getattr(step, "output", "")] = None
+            what = (step.kind, ops_of(step.label.split("+")), step.label, "", "", "",
+                    "", "-", " ".join(step.reads[1:]) or "-")
+            try:
+                shapes[step.output] = step.out_shape(shapes)
+            except Exception:  # (a shape this step refuses: shown as unknown)
+                shapes[step.output] = None
         out = shapes.get(getattr(step, "output", ""))
         rows.append((str(index),) + what + (_shape_text(out) if out else "?", params,
                                             "-"))
