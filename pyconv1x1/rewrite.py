@@ -250,7 +250,7 @@ def _scale_into_gather(steps, outputs, notes, declined):
         elif d.in_last or d.in_scale:
             why = f"{d.label} reads channels-last" if d.in_last else "already scaled"
         else:
-            d.input, d.in_scale = s.input, s.scale
+            d.input, d.in_scale = s.input, s.gate
             gone.add(id(s))
             notes.append(f"took scale {s.name} into the gather of conv "
                          f"{d.layers[0].names[0]}")

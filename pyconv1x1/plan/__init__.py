@@ -195,18 +195,19 @@ class ShapePlan:
         return (_run_mean, (step.input, step.output, out, (n * c, p)))
 
     def _scale(self, step, kset, shapes, nr, threads):
-        x, s = shapes[step.input], shapes[step.scale]
+        x, s = shapes[step.input], shapes[step.gate]
         from ..program.steps import scales
         if not scales(s, x):
             raise InputError(f"Mul '{step.name}': input {step.input!r} {list(x)} and "
-                             f"scale {step.scale!r} {list(s)}: the scale must be "
+                             f"gate {step.gate!r} {list(s)}: the gate must be "
                              "[N or 1, C, 1, ...]")
         shapes[step.output] = x
         size = int(np.prod(x, dtype=np.int64))
         if size == 0:
             return (_run_empty, (step.output, x))
         rows = x[0] * x[1]
-        args = (step.input, step.scale, step.output, x, (x[0], x[1]), kset.kernels.affine_act,
+        args = (step.input, step.gate, step.output, x, (x[0], x[1]),
+                kset.kernels.affine_act,
                 (np.zeros(rows, np.float32), 1, rows, size // rows)
                 + IDENTITY.kernel_args() + (threads,))
         return (_run_scale, args)

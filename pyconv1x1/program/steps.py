@@ -656,18 +656,19 @@ class MeanStep(Step):
 
 
 class ScaleStep(Step):
-    """y[n, c, :] = x[n, c, :] * s[n, c]: the Mul by which squeeze-excitation scales a
-    feature map by its per-image channel weights s ([N or 1, C, 1, ...], computed at
-    run time). One pass over x."""
-    __slots__ = ("name", "input", "scale", "output")
+    """y[n, c, :] = x[n, c, :] * gate[n, c]: the Mul by which squeeze-excitation scales
+    a feature map by its per-image channel weights (the gate, [N or 1, C, 1, ...],
+    computed at run time). One pass over x, unless the rewrite takes it into the gather
+    of the conv that reads y (ChainStep.in_scale)."""
+    __slots__ = ("name", "input", "gate", "output")
     kind = "scale"
-    read_fields = ("input", "scale")
+    read_fields = ("input", "gate")
 
-    def __init__(self, name, input, scale, output):
-        self.name, self.input, self.scale, self.output = name, input, scale, output
+    def __init__(self, name, input, gate, output):
+        self.name, self.input, self.gate, self.output = name, input, gate, output
 
     def out_shape(self, shapes):
-        x, s = shapes.get(self.input), shapes.get(self.scale)
+        x, s = shapes.get(self.input), shapes.get(self.gate)
         if x is not None and s is not None and not scales(s, x):
             problem = Problem("Mul", self.name, f"inputs {list(x)} and {list(s)}: only a "
                               "per-image, per-channel scale [N, C, 1, ...] of a feature "
@@ -676,16 +677,16 @@ class ScaleStep(Step):
         return x
 
     def describe(self):
-        return f"scale {self.name} ({self.input} * {self.scale} per channel)"
+        return f"scale {self.name} ({self.input} * {self.gate} per channel)"
 
     def encode(self, arrays, mr):
         return {"type": self.kind, "name": self.name, "input": self.input,
-                "scale": self.scale, "output": self.output}
+                "gate": self.gate, "output": self.output}
 
     @classmethod
     def decode(cls, s, arr, what):
         n = lambda key: _name(field(s, key, what), f"{what} {key}")  # noqa: E731
-        return cls(n("name"), n("input"), n("scale"), n("output"))
+        return cls(n("name"), n("input"), n("gate"), n("output"))
 
 
 def scales(s, x):
