@@ -276,6 +276,24 @@ def test_gemm_attributes_and_transposes_that_stay():
     assert not program.steps[0].in_last and not program.steps[0].out_last
 
 
+def test_conv_then_linear_is_one_chain():
+    """Conv -> Transpose -> MatMul -> Add -> Transpose -> Relu: the first Transpose goes
+    into the conv's store, the second into the Linear's; the three chain as one."""
+    wc = _x((6, 4, 1, 1), seed=6)
+    nodes = [helper.make_node("Conv", ["x", "Wc"], ["c"], name="conv"),
+             helper.make_node("Transpose", ["c"], ["t"], name="t1", perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["t", "W"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "B"], ["a"], name="bias"),
+             helper.make_node("Transpose", ["a"], ["u"], name="t2", perm=[0, 3, 1, 2]),
+             helper.make_node("Relu", ["u"], ["y"], name="relu")]
+    m = _model(nodes, [("x", [2, 4, 3, 5])], [("y", None)],
+               {"Wc": wc, "W": W, "B": _x((5,), seed=7)})
+    program = _vs_onnxruntime(m, {"x": _x((2, 4, 3, 5))}, threads=(1, 3))
+    assert [s.kind for s in program.steps] == ["chain"], program.steps
+    step = program.steps[0]
+    assert len(step.layers) == 2 and not step.in_last and not step.out_last
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_compiled_plan_keeps_layouts_and_scale(tmp_path):
     make, shape = CASES["se_project"]
