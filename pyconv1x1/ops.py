@@ -279,9 +279,11 @@ def batch_norm(node, ctx):
     return AffineStep(node.name, node.inputs[0], node.outputs[0], scale, shift)
 
 
-def _per_channel(node, ctx, const, data_name):
+def _per_channel(node, ctx, const, data_name, last_axis=False):
     """A constant operand of Add/Mul as a per-channel vector [C] (or scalar [1]) for
-    the NCHW data tensor, or Refused when it broadcasts any other way."""
+    the NCHW data tensor, or Refused when it broadcasts any other way. last_axis: a
+    constant varying along the last axis alone (of a rank >= 3 tensor: channels-last)
+    comes back as _LastAxis(vector)."""
     c = _float_tensor(node, const, "constant operand")
     rank = ctx.rank(data_name)
     if c.size == 1:
@@ -296,7 +298,7 @@ def _per_channel(node, ctx, const, data_name):
         raise Refused(f"constant of shape {list(const.shape)} does not broadcast "
                       f"per channel over a rank-{rank} input")
     full = (1,) * (rank - c.ndim) + c.shape
-    if rank > 2 and all(d == 1 for d in full[:-1]):  # along the last axis: channels-last
+    if last_axis and rank > 2 and all(d == 1 for d in full[:-1]):  # channels-last
         x_shape = ctx.shapes.get(data_name)
         if x_shape is not None and x_shape[-1] == 1 and full[-1] != 1:
             raise Refused(f"constant of shape {list(const.shape)} broadcasts input "
@@ -308,7 +310,7 @@ def _per_channel(node, ctx, const, data_name):
         return _LastAxis(c.reshape(-1).copy())
     if full[0] != 1 or any(d != 1 for d in full[2:]):
         raise Refused(f"constant of shape {list(const.shape)} varies along more than the "
-                      "channel axis (or the last axis alone)")
+                      "channel axis")
     x_shape = ctx.shapes.get(data_name)
     if x_shape is not None and isinstance(x_shape[1], int) and x_shape[1] != full[1]:
         raise ModelError(f"{node.label()}: constant of shape {list(const.shape)} does not "
@@ -316,7 +318,9 @@ def _per_channel(node, ctx, const, data_name):
     return c.reshape(-1).copy()
 
 
-def _binary(node, ctx, kind):
+def binary_operands(node, ctx, kind):
+    """(a, b, constant a or None, constant b or None) of a two-input elementwise op;
+    Refused when both are constants (the fold stage left them: it says why)."""
     _attrs(node, {"broadcast": 0, "axis": None, "consumed_inputs": None})
     _inputs(node, 2, 2)
     _single_output(node)
@@ -325,13 +329,19 @@ def _binary(node, ctx, kind):
         raise ModelError(f"{node.label()}: its second input is empty; {kind} needs two")
     ca, cb = ctx.constants.get(a), ctx.constants.get(b)
     if ca is not None and cb is not None:
-        raise Refused("both operands are constants (constant folding is not supported)")
+        from .fold import reason_not_folded
+        raise Refused(reason_not_folded(node, ctx.constants, ctx.opset))
+    return a, b, ca, cb
+
+
+def _binary(node, ctx, kind):
+    a, b, ca, cb = binary_operands(node, ctx, kind)
     if ca is None and cb is None:
         if kind == "Mul":
             return _scale(node, ctx, a, b)
         return AddStep(node.name, a, b, node.outputs[0])
     data, const = (a, cb) if cb is not None else (b, ca)
-    vec = _per_channel(node, ctx, const, data)
+    vec = _per_channel(node, ctx, const, data, last_axis=True)
     last = isinstance(vec, _LastAxis)
     vec = vec.values if last else vec
     if kind == "Mul":
@@ -558,3 +568,7 @@ def hard_sigmoid(node, ctx):
     return AffineStep(node.name, node.inputs[0], node.outputs[0],
                       np.array([alpha], np.float32), np.array([beta], np.float32),
                       Activation("clip", 0.0, 1.0, 1.0))
+
+
+# binders of other modules: constant folding's ops and the affine / type-edge ones
+from . import fold, normalize  # noqa: E402,F401  (registered on import)

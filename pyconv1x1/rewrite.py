@@ -4,6 +4,7 @@ stays as it is, why in Program.declined:
 
 1. drop Identity / Dropout (rename, or keep a copy when a graph output needs one)
 2. fold per-channel Mul / Add / BatchNormalization into the producing conv's weights
+   (and an affine step left before a conv into that conv: normalize.fold_into_next_conv)
 3. fuse activations and residual Adds into the producing step's epilogue
 4. take each Transpose that only moves the channel axis into the store of the chain
    before it or the gather of the chain after it (the chain then writes / reads the
@@ -18,6 +19,8 @@ fold_into_conv, fold_into_elementwise); the passes here only walk the graph.
 from collections import deque
 
 from .program import Program, channel_move
+from .normalize import fold_into_next_conv
+from .program import Program
 
 
 def build_program(graph, steps):
@@ -29,6 +32,7 @@ def build_program(graph, steps):
     if any(s.kind == "transpose" for s in steps):
         steps = _absorb_transposes(steps, outputs, notes, declined)
         steps = _fuse(steps, outputs, notes, declined)
+    steps = fold_into_next_conv(steps, outputs, notes)
     steps = _chain(steps, outputs, notes, declined)
     if any(s.kind == "scale" for s in steps):
         steps = _scale_into_gather(steps, outputs, notes, declined)

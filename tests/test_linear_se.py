@@ -209,8 +209,8 @@ W = _x((6, 5), seed=3)
 def test_refused_with_the_node_named(case, want):
     x4 = ("x", [1, 6, 4, 4])
     if case == "transpose_other_axes":
-        m = _model([helper.make_node("Transpose", ["x"], ["y"], name="t", perm=[0, 1, 3, 2])],
-                   [x4], [("y", None)])
+        m = _model([helper.make_node("Transpose", ["x"], ["y"], name="t",
+                                     perm=[0, 1, 3, 2])], [x4], [("y", None)])
     elif case == "matmul_runtime_weight":
         m = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
                    [("x", [2, 3, 6]), ("w", [6, 5])], [("y", None)])
@@ -274,6 +274,21 @@ def test_gemm_attributes_and_transposes_that_stay():
     program = _vs_onnxruntime(m, {"x": _x((2, 6, 9))})
     assert [s.kind for s in program.steps] == ["chain"]
     assert not program.steps[0].in_last and not program.steps[0].out_last
+
+
+def test_constants_along_axis_1_of_tokens_stay_beside_a_linear():
+    """[N, L, C] times a constant [1, L, 1] (axis 1, not the Linear's channels) before and
+    after a MatMul: never folded into its weights; the last-axis bias Add is."""
+    nodes = [helper.make_node("Mul", ["x", "K"], ["a"], name="before"),
+             helper.make_node("MatMul", ["a", "W"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "B"], ["b"], name="bias"),
+             helper.make_node("Mul", ["b", "K2"], ["y"], name="after")]
+    m = _model(nodes, [("x", [2, 6, 6])], [("y", None)],  # (L = C: sizes alone agree)
+               {"K": _x((1, 6, 1), seed=8), "W": _x((6, 6), seed=11), "B": _x((6,), seed=9),
+                "K2": _x((6, 1), seed=10)})
+    program = _vs_onnxruntime(m, {"x": _x((2, 6, 6))})
+    assert [s.kind for s in program.steps] == ["affine", "chain", "affine"], program.steps
+    assert "bias" in program.steps[1].layers[0].names
 
 
 def test_conv_then_linear_is_one_chain():
