@@ -18,9 +18,9 @@ fold_into_conv, fold_into_elementwise); the passes here only walk the graph.
 """
 from collections import deque
 
-from .program import Program, channel_move
 from .normalize import fold_into_next_conv
-from .program import Program
+from .program import Program, channel_move
+from .quant.rewrite import merge_quantized
 
 
 def build_program(graph, steps):
@@ -36,6 +36,7 @@ def build_program(graph, steps):
     steps = _chain(steps, outputs, notes, declined)
     if any(s.kind == "scale" for s in steps):
         steps = _scale_into_gather(steps, outputs, notes, declined)
+    steps = merge_quantized(steps, outputs, notes)
     steps = _toposort(steps, inputs)
     return Program(inputs=graph.inputs, outputs=graph.outputs, steps=steps,
                    opset=graph.opset, producer=graph.producer, notes=notes,

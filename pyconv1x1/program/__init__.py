@@ -15,3 +15,6 @@ __all__ = ["Activation", "IDENTITY", "RELU", "RES_NONE", "RES_BEFORE_ACT", "RES_
            "Step", "ChainStep", "AffineStep", "AddStep", "CopyStep", "ConvLayer",
            "Program", "STEP_KINDS", "TransposeStep", "MeanStep", "ScaleStep",
            "SigmoidStep", "channel_move"]
+
+
+from ..quant import steps as _quant_steps  # noqa: E402,F401  (registers the int8 kinds)
