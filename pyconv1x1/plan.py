@@ -172,6 +172,65 @@ def choose_tiling(nr, max_channels, n, pixels, min_tiles, chunk=None):
     return tile, False
 
 
+# Orientation of each layer (issue 11): "pixels" (the panel micro-kernels, pixels in the
+# vector lanes), or "lanes" (output channels in the lanes, pixels broadcast; the
+# kernels' lanes_tile). "auto" picks per layer and shape (choose_orientation); "pixels"
+# and "lanes" force one where the kernels allow it (benchmarks and tests).
+ORIENTATION = "auto"
+LANES_EFFICIENCY = 0.8  # the lanes kernels' speed per useful lane relative to the panel
+                        # kernels' (measured, v4, 1 thread: 0.65-0.85 over 1x1 maps, 7x7
+                        # and 14x14 with 256-1024 channels): lanes when their channel-lane
+                        # use x this >= the panels' pixel-lane use. 7x7 (49 of 64 lanes,
+                        # 0.77) and 8-vector batches (8 of 16, 0.5) run lanes; 14x14 (196
+                        # of 208, 0.94) and 32-vector batches stay on pixel panels
+LANES_MIN_K = 16        # shorter reductions: the lanes store (a transposition per output)
+                        # costs more than the lanes it saves
+MAX_LANES_LAYERS = 64   # the kernels' orientation mask has 64 bits
+
+
+def pixel_lane_use(nr, lanes, mr, valid, gemv_cols):
+    """Useful fraction of the lanes the pixel orientation computes on a tile of `valid`
+    pixels: panels of nr, a last panel on the narrowest kernel that covers it (nr, nr/2
+    and nr/4 where a panel is 4 vectors), or for valid <= gemv_cols the matrix-vector
+    kernels (a block of <= mr rows per vector of `lanes`)."""
+    if valid <= 0:
+        return 1.0
+    if valid <= gemv_cols:
+        return min(1.0, mr / lanes)
+    full, rest = divmod(valid, nr)
+    last = 0
+    if rest:
+        nv = nr // lanes
+        widths = [nr // 4, nr // 2] if nv == 4 else ([nr // 2] if nv % 2 == 0 else [])
+        last = next((w for w in widths if rest <= w), nr)
+    return valid / (full * nr + last)
+
+
+def channel_lane_use(cout, group, lanes, block_rows):
+    """Useful fraction of the channel lanes of a layer's lanes blocks (per group)."""
+    rows = split_rows(cout // group, block_rows)
+    return sum(rows) / sum(-(-r // lanes) * lanes for r in rows) if rows else 0.0
+
+
+def choose_orientation(layers, kernels, valid):
+    """The kernels' orientation mask for a chain whose tiles hold `valid` pixels: bit i
+    set where layer i runs channels-in-lanes. Results are the same bits either way."""
+    if ORIENTATION == "pixels":
+        return 0
+    lanes = kernels.VECTOR_LANES
+    use_pix = pixel_lane_use(kernels.PANEL_WIDTH, lanes, kernels.MAX_BLOCK_ROWS, valid,
+                             kernels.GEMV_COLUMNS)
+    mask = 0
+    for i, layer in enumerate(layers[:MAX_LANES_LAYERS]):
+        if layer.k < 1:
+            continue
+        if ORIENTATION == "lanes" or (
+                layer.k >= LANES_MIN_K and LANES_EFFICIENCY * channel_lane_use(
+                    layer.cout, layer.group, lanes, kernels.LANES_BLOCK_ROWS) >= use_pix):
+            mask |= 1 << i
+    return mask
+
+
 class KernelSet:
     """The Cython kernel objects of one program: built once per session."""
 
@@ -188,6 +247,15 @@ class KernelSet:
                                   float(layer.act.lo), float(layer.act.hi),
                                   float(layer.act.alpha), int(layer.res_mode)))
                 self.chains[id(step)] = kernels.Chain(specs)
+
+    def ensure_lanes(self, step, mask):
+        """Pack the layers of `mask` for the lanes orientation (once per layer: a
+        second copy of its weights, made only where a plan runs it so)."""
+        chain = self.chains[id(step)]
+        k = self.kernels
+        for i, layer in enumerate(step.layers[:MAX_LANES_LAYERS]):
+            if (mask >> i) & 1 and not chain.has_lanes(i):
+                chain.set_lanes(i, *pack_lanes(layer, k.VECTOR_LANES, k.LANES_BLOCK_ROWS))
 
 
 def _dims_hw(shape, spatial_rank):
@@ -281,11 +349,16 @@ class ShapePlan:
         tile, folded = choose_tiling(nr, max_c, n, p, min_tiles(nthreads),
                                      kset.kernels.REDUCTION_CHUNK)
         ntiles = -(-n * p // tile) if folded else n * -(-p // tile)
-        nblocks = max(-(-l.cout // kset.kernels.MAX_BLOCK_ROWS) for l in step.layers)
+        lanes = choose_orientation(step.layers, kset.kernels,
+                                   min(tile, n * p if folded else p))
+        kset.ensure_lanes(step, lanes)
+        nblocks = max(-(-l.cout // (kset.kernels.LANES_BLOCK_ROWS if (lanes >> i) & 1
+                                    else kset.kernels.MAX_BLOCK_ROWS))
+                      for i, l in enumerate(step.layers))
         split = choose_split(ntiles, nthreads, nblocks)
         bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
                                            first.strides[1], pt, pl, tile, nthreads,
-                                           folded, split)
+                                           folded, split, lanes)
         if not any(residuals):
             return (_run_chain_plain, (step.input, step.output, bound))
         return (_run_chain, (step.input, step.output, tuple(residuals), bound))
