@@ -1113,7 +1113,7 @@ def test_choose_orientation_follows_lane_use(kern, monkeypatch):
         assert not mask & 2 or plan.LANES_EFFICIENCY / kern.VECTOR_LANES >= use
         assert not mask & 4
     assert plan.pixel_lane_use(nr, kern.VECTOR_LANES, kern.MAX_BLOCK_ROWS, nr, 0) == 1
-    monkeypatch.setattr(plan, "ORIENTATION", "lanes")
+    monkeypatch.setattr(plan.policy, "ORIENTATION", "lanes")
     assert plan.choose_orientation([wide, narrow, short], kern, nr) == 7
-    monkeypatch.setattr(plan, "ORIENTATION", "pixels")
+    monkeypatch.setattr(plan.policy, "ORIENTATION", "pixels")
     assert plan.choose_orientation([wide, narrow, short], kern, 1) == 0

@@ -111,7 +111,7 @@ def test_orientations_agree_bitwise(monkeypatch, n, cin, widths, hw, strides, pa
     x = rnd(rng, n, cin, *hw)
     results = {}
     for orientation in ("auto", "lanes", "pixels"):
-        monkeypatch.setattr(plan, "ORIENTATION", orientation)
+        monkeypatch.setattr(plan.policy, "ORIENTATION", orientation)
         results[orientation] = check_model(model, x)
     assert np.array_equal(results["lanes"], results["pixels"])
     assert np.array_equal(results["auto"], results["pixels"])
