@@ -1,7 +1,9 @@
-"""Every tile and thread number the planner uses, in one place and one unit each:
-work in FLOPs (2 per multiply-add), cache sizes in bytes, tiles in pixels. Each number
-says why it is what it is (measured where it says so). Results never depend on these:
-every output is summed in the same order whatever the tiling or thread count."""
+"""Every tile, thread and orientation number the planner uses, in one place and one
+unit each: work in FLOPs (2 per multiply-add), cache sizes in bytes, tiles in pixels.
+Each number says why it is what it is (measured where it says so). Results never depend
+on these: every output is summed in the same order whatever the tiling, orientation or
+thread count."""
+from .packing import split_rows
 
 # -- threads: work in FLOPs ------------------------------------------------------------
 SERIAL_FLOPS = 5_000_000    # below this, waking a worker costs more than it saves: measured
@@ -25,6 +27,22 @@ FOLD_LANE_GAIN = 0.9  # fold the batch when that needs <= 90% of the panel lanes
                       # tiles copy their input and output in runs of one image's pixels
                       # (one pixel at a time for 1x1 maps and strided inputs), not whole
                       # panel rows, so a few % of lanes saved do not pay for it
+
+# -- orientation (issue 11): which micro-kernel runs a layer ----------------------------
+# Orientation of each layer: "pixels" (the panel micro-kernels, pixels in the
+# vector lanes), or "lanes" (output channels in the lanes, pixels broadcast; the
+# kernels' lanes_tile). "auto" picks per layer and shape (choose_orientation); "pixels"
+# and "lanes" force one where the kernels allow it (benchmarks and tests).
+ORIENTATION = "auto"
+LANES_EFFICIENCY = 0.8  # the lanes kernels' speed per useful lane relative to the panel
+                        # kernels' (measured, v4, 1 thread: 0.65-0.85 over 1x1 maps, 7x7
+                        # and 14x14 with 256-1024 channels): lanes when their channel-lane
+                        # use x this >= the panels' pixel-lane use. 7x7 (49 of 64 lanes,
+                        # 0.77) and 8-vector batches (8 of 16, 0.5) run lanes; 14x14 (196
+                        # of 208, 0.94) and 32-vector batches stay on pixel panels
+LANES_MIN_K = 16        # shorter reductions: the lanes store (a transposition per output)
+                        # costs more than the lanes it saves
+MAX_LANES_LAYERS = 64   # the kernels' orientation mask has 64 bits
 
 
 def tile_pixels(nr, max_channels, pixels, min_tiles=8, chunk=None):
@@ -85,3 +103,44 @@ def choose_tiling(nr, max_channels, n, pixels, min_tiles, chunk=None):
     return tile, False
 
 
+def pixel_lane_use(nr, lanes, mr, valid, gemv_cols):
+    """Useful fraction of the lanes the pixel orientation computes on a tile of `valid`
+    pixels: panels of nr, a last panel on the narrowest kernel that covers it (nr, nr/2
+    and nr/4 where a panel is 4 vectors), or for valid <= gemv_cols the matrix-vector
+    kernels (a block of <= mr rows per vector of `lanes`)."""
+    if valid <= 0:
+        return 1.0
+    if valid <= gemv_cols:
+        return min(1.0, mr / lanes)
+    full, rest = divmod(valid, nr)
+    last = 0
+    if rest:
+        nv = nr // lanes
+        widths = [nr // 4, nr // 2] if nv == 4 else ([nr // 2] if nv % 2 == 0 else [])
+        last = next((w for w in widths if rest <= w), nr)
+    return valid / (full * nr + last)
+
+
+def channel_lane_use(cout, group, lanes, block_rows):
+    """Useful fraction of the channel lanes of a layer's lanes blocks (per group)."""
+    rows = split_rows(cout // group, block_rows)
+    return sum(rows) / sum(-(-r // lanes) * lanes for r in rows) if rows else 0.0
+
+
+def choose_orientation(layers, kernels, valid):
+    """The kernels' orientation mask for a chain whose tiles hold `valid` pixels: bit i
+    set where layer i runs channels-in-lanes. Results are the same bits either way."""
+    if ORIENTATION == "pixels":
+        return 0
+    lanes = kernels.VECTOR_LANES
+    use_pix = pixel_lane_use(kernels.PANEL_WIDTH, lanes, kernels.MAX_BLOCK_ROWS, valid,
+                             kernels.GEMV_COLUMNS)
+    mask = 0
+    for i, layer in enumerate(layers[:MAX_LANES_LAYERS]):
+        if layer.k < 1:
+            continue
+        if ORIENTATION == "lanes" or (
+                layer.k >= LANES_MIN_K and LANES_EFFICIENCY * channel_lane_use(
+                    layer.cout, layer.group, lanes, kernels.LANES_BLOCK_ROWS) >= use_pix):
+            mask |= 1 << i
+    return mask
