@@ -34,12 +34,17 @@ FOLD_LANE_GAIN = 0.9  # fold the batch when that needs <= 90% of the panel lanes
 # kernels' lanes_tile). "auto" picks per layer and shape (choose_orientation); "pixels"
 # and "lanes" force one where the kernels allow it (benchmarks and tests).
 ORIENTATION = "auto"
-LANES_EFFICIENCY = 0.8  # the lanes kernels' speed per useful lane relative to the panel
-                        # kernels' (measured, v4, 1 thread: 0.65-0.85 over 1x1 maps, 7x7
-                        # and 14x14 with 256-1024 channels): lanes when their channel-lane
-                        # use x this >= the panels' pixel-lane use. 7x7 (49 of 64 lanes,
-                        # 0.77) and 8-vector batches (8 of 16, 0.5) run lanes; 14x14 (196
-                        # of 208, 0.94) and 32-vector batches stay on pixel panels
+LANES_EFFICIENCY = 0.9  # lanes when channel-lane use x this >= the panels' pixel-lane use
+                        # (pixel_lane_use). Measured (v4, 1 thread, one layer C -> C, both
+                        # orientations paired; best-of-21 GF/s pixels / lanes, C = 1024 |
+                        # 256): 1 vector 13 / 14 | 14 / 25; 8 vectors 48 / 66 | 41 / 63;
+                        # 16 vectors 90 / 86 | 65 / 70; 32 vectors 95 / 98 | 73 / 70; 5x5
+                        # 103 / 109 | 90 / 103; 7x7 108 / 117 | 109 / 117; 8x8 99 / 118 |
+                        # 159 / 137; 10x10 107 / 104 | 131 / 144; 14x14 43 / 43 | 154 / 144.
+                        # Break-even: a tile that fills its panel kernels (use 1.0: 8x8,
+                        # 32 vectors, 14x14's 0.94) runs as fast or faster on pixel panels;
+                        # at use <= 0.78 (7x7: 49 of 64 lanes, 10x10, 5x5, 1-8 vectors)
+                        # channels in the lanes win by 5-80%
 LANES_MIN_K = 16        # shorter reductions: the lanes store (a transposition per output)
                         # costs more than the lanes it saves
 MAX_LANES_LAYERS = 64   # the kernels' orientation mask has 64 bits
