@@ -1104,6 +1104,7 @@ def test_choose_orientation_follows_lane_use(kern, monkeypatch):
     wide = make_layer(rng, 64, 4 * R)        # every channel lane used
     narrow = make_layer(rng, 64, 1)          # one lane of a vector
     short = make_layer(rng, 3, 4 * R)        # reduction below LANES_MIN_K
+    big = type("Layer", (), dict(k=1024, cout=1024, group=1))()  # 4 MiB of weights
     for valid in (1, kern.GEMV_COLUMNS + 1, nr // 2 + 1, nr - 1, nr, 3 * nr + 1):
         use = plan.pixel_lane_use(nr, kern.VECTOR_LANES, kern.MAX_BLOCK_ROWS, valid,
                                   kern.GEMV_COLUMNS)
@@ -1113,6 +1114,10 @@ def test_choose_orientation_follows_lane_use(kern, monkeypatch):
         assert not mask & 2 or plan.LANES_EFFICIENCY / kern.VECTOR_LANES >= use
         assert not mask & 4
     assert plan.pixel_lane_use(nr, kern.VECTOR_LANES, kern.MAX_BLOCK_ROWS, nr, 0) == 1
+    # weights past LANES_GEMV_MAX_BYTES stream faster through the matrix-vector kernels
+    assert 4 * 1024 * 1024 > plan.LANES_GEMV_MAX_BYTES
+    for valid in range(1, kern.GEMV_COLUMNS + 1):
+        assert plan.choose_orientation([big], kern, valid) == 0
     monkeypatch.setattr(plan.policy, "ORIENTATION", "lanes")
     assert plan.choose_orientation([wide, narrow, short], kern, nr) == 7
     monkeypatch.setattr(plan.policy, "ORIENTATION", "pixels")

@@ -47,6 +47,12 @@ LANES_EFFICIENCY = 0.9  # lanes when channel-lane use x this >= the panels' pixe
                         # channels in the lanes win by 5-80%
 LANES_MIN_K = 16        # shorter reductions: the lanes store (a transposition per output)
                         # costs more than the lanes it saves
+LANES_GEMV_MAX_BYTES = 2 << 20  # tiles of <= GEMV_COLUMNS pixels keep the matrix-vector
+                        # kernels for layers with more weight bytes than this: streamed from
+                        # L3 or memory, they run 5-10% faster there (several weight blocks
+                        # streamed at once; measured 1 pixel, 1280 -> 1000 and 4096 -> 1024:
+                        # 13.4 / 12.2 and 12.0 / 11.0 GF/s), while cached weights run up to
+                        # 1.8x faster channels-in-lanes (256 -> 256: 14 / 25 GF/s)
 MAX_LANES_LAYERS = 64   # the kernels' orientation mask has 64 bits
 
 
@@ -145,7 +151,10 @@ def choose_orientation(layers, kernels, valid):
         if layer.k < 1:
             continue
         if ORIENTATION == "lanes" or (
-                layer.k >= LANES_MIN_K and LANES_EFFICIENCY * channel_lane_use(
+                layer.k >= LANES_MIN_K
+                and (valid > kernels.GEMV_COLUMNS
+                     or 4 * layer.k * layer.cout <= LANES_GEMV_MAX_BYTES)
+                and LANES_EFFICIENCY * channel_lane_use(
                     layer.cout, layer.group, lanes, kernels.LANES_BLOCK_ROWS) >= use_pix):
             mask |= 1 << i
     return mask
