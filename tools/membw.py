@@ -5,14 +5,15 @@ copy bandwidth").
     python tools/membw.py [--threads 1,2] [--rounds 7] [--pool-mb 640]
 
 copy: numpy copies a 256 MiB float32 array into another (np.copyto); reported as the
-bytes read per second (what a layer's weight stream is: reads only) and, STREAM-style,
-read + written bytes per second.
+bytes read per second (what a layer's weight stream is: reads only; STREAM's figure
+counts the written bytes too, twice this).
 layers: single-image, one-pixel layers (a classifier head, a wide vector layer) with
 1-16 MB of weights, timed two ways: "hot", back-to-back runs of one session (weights
 partly or wholly in the caches), and "cold", runs that cycle over enough sessions with
 their own weights (--pool-mb in all) that each run streams its weights from memory.
-GB/s = weight bytes / median time per run; % = of the copy's read bandwidth. The
-median of --rounds rounds is printed; the host is shared, so rounds vary.
+GB/s = weight bytes per second of runs; "/ copy" = that over the copy's read GB/s in
+the same round. Medians of --rounds rounds; each round times the copy and the layer
+back to back, so that on a shared host they see the same load.
 """
 import argparse
 import os
@@ -28,17 +29,18 @@ LAYERS = [("head 1280->1000", 1280, 1000), ("vec 1024->1024", 1024, 1024),
           ("head 4096->1024", 4096, 1024), ("vec 2048->2048", 2048, 2048)]
 
 
-def copy_bandwidth(rounds, mib=256):
-    a = np.ones(mib * (1 << 20) // 4, np.float32)
-    b = np.empty_like(a)
-    np.copyto(b, a)
-    times = []
-    for _ in range(rounds):
+class Copy:
+    """np.copyto of a 256 MiB float32 array into another; seconds per copy."""
+
+    def __init__(self, mib=256):
+        self.a = np.ones(mib * (1 << 20) // 4, np.float32)
+        self.b = np.empty_like(self.a)
+        np.copyto(self.b, self.a)  # the pages exist before any timing
+
+    def __call__(self):
         t0 = time.perf_counter()
-        np.copyto(b, a)
-        times.append(time.perf_counter() - t0)
-    t = float(np.median(times))
-    return a.nbytes / t / 1e9, 2 * a.nbytes / t / 1e9
+        np.copyto(self.b, self.a)
+        return time.perf_counter() - t0
 
 
 def layer_model(cin, cout, seed):
@@ -54,28 +56,33 @@ def layer_model(cin, cout, seed):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
 
 
-def time_layer(cin, cout, threads, rounds, pool_mb):
+def time_layer(cin, cout, threads, rounds, pool_mb, copy):
+    """Per round: a copy, hot runs, cold runs; returns the medians over rounds of the
+    read GB/s of the copy, of the hot and cold weight streams, and of each stream's
+    ratio to the copy of its round (the host is shared: a round's figures share its
+    load)."""
     import pyconv1x1
     wbytes = 4 * cin * cout
     count = max(2, int(pool_mb * (1 << 20) // wbytes))
     sessions = [pyconv1x1.InferenceSession(layer_model(cin, cout, s), threads=threads)
                 for s in range(count)]
-    x = np.ones((1, cin, 1, 1), np.float32)
-    feed = {"x": x}
+    feed = {"x": np.ones((1, cin, 1, 1), np.float32)}
     for s in sessions:
         s.run(None, feed)
-    hot, cold = [], []
     reps = max(20, int(2e8 // wbytes))
+    rows = []
     for _ in range(rounds):
+        c = copy.a.nbytes / copy() / 1e9
         t0 = time.perf_counter()
         for _ in range(reps):
             sessions[0].run(None, feed)
-        hot.append((time.perf_counter() - t0) / reps)
+        hot = wbytes * reps / (time.perf_counter() - t0) / 1e9
         t0 = time.perf_counter()
         for s in sessions:
             s.run(None, feed)
-        cold.append((time.perf_counter() - t0) / len(sessions))
-    return wbytes, float(np.median(hot)), float(np.median(cold)), count
+        cold = wbytes * len(sessions) / (time.perf_counter() - t0) / 1e9
+        rows.append((c, hot, cold, hot / c, cold / c))
+    return [float(np.median(col)) for col in zip(*rows)]
 
 
 def main():
@@ -85,19 +92,17 @@ def main():
     ap.add_argument("--pool-mb", type=float, default=640,
                     help="weights cycled over by the cold runs (MiB; > the caches)")
     args = ap.parse_args()
-    read_bw, stream_bw = copy_bandwidth(args.rounds)
-    print(f"copy (np.copyto 256 MiB): {read_bw:.1f} GB/s read ({stream_bw:.1f} GB/s "
-          "read + write, STREAM convention)")
-    print("| layer | weights MB | threads | hot GB/s | % copy | cold GB/s | % copy |")
-    print("|---|---|---|---|---|---|---|")
+    copy = Copy()
+    print("| layer | weights MB | threads | copy GB/s (read) | hot GB/s | hot / copy | "
+          "cold GB/s | cold / copy |")
+    print("|---|---|---|---|---|---|---|---|")
     for threads in [int(t) for t in args.threads.split(",")]:
         for name, cin, cout in LAYERS:
-            wbytes, hot, cold, _ = time_layer(cin, cout, threads, args.rounds, args.pool_mb)
-            print(f"| {name} | {wbytes / 1e6:.1f} | {threads} | {wbytes / hot / 1e9:.1f} | "
-                  f"{100 * wbytes / hot / 1e9 / read_bw:.0f}% | {wbytes / cold / 1e9:.1f} | "
-                  f"{100 * wbytes / cold / 1e9 / read_bw:.0f}% |", flush=True)
-    read_bw2, _ = copy_bandwidth(args.rounds)
-    print(f"copy again at the end: {read_bw2:.1f} GB/s read")
+            c, hot, cold, rh, rc = time_layer(cin, cout, threads, args.rounds,
+                                              args.pool_mb, copy)
+            print(f"| {name} | {4 * cin * cout / 1e6:.1f} | {threads} | {c:.1f} | "
+                  f"{hot:.1f} | {100 * rh:.0f}% | {cold:.1f} | {100 * rc:.0f}% |",
+                  flush=True)
 
 
 if __name__ == "__main__":
