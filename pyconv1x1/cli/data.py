@@ -85,11 +85,14 @@ def defaulted_note(defaulted):
 
 
 def random_feeds(session, seed, shape_args=None, dim_args=None):
-    """(feeds, defaulted dims) of seeded random normal float32 inputs."""
+    """(feeds, defaulted dims) of seeded random normal inputs: float32, or float16 for
+    an input declared tensor(float16) (drawn in float32, then rounded)."""
     import numpy as np
     shapes, defaulted = input_shapes(session, shape_args, dim_args)
     rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape, dtype=np.float32)
+    types = {a.name: a.type for a in session.get_inputs()}
+    return {name: rng.standard_normal(shape, dtype=np.float32).astype(
+                np.float16 if types.get(name) == "tensor(float16)" else np.float32)
             for name, shape in shapes.items()}, defaulted
 
 

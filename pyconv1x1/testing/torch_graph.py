@@ -110,8 +110,8 @@ def _ref_constant(torch, node):
     return [torch.from_numpy(np.array(value, copy=True))]
 
 
-REFERENCE_OPS = ("Add", "BatchNormalization", "Clip", "Constant", "Conv", "Dropout",
-                 "Identity", "LeakyRelu", "Mul", "Relu")
+REFERENCE_OPS = ("Add", "BatchNormalization", "Clip", "Constant", "Conv", "Div",
+                 "Dropout", "Identity", "LeakyRelu", "Mul", "Neg", "Relu", "Sub")
 
 
 def run_torch_reference(model, feeds, base_dir=None):
@@ -124,7 +124,8 @@ def run_torch_reference(model, feeds, base_dir=None):
 
     An independent check of pyconv1x1's kernels and graph rewrites: every node runs as
     the plain torch op (F.conv2d/conv1d with F.pad for explicit or auto pads,
-    F.batch_norm, clamp, leaky_relu, broadcasting add/mul), with no folding or fusion.
+    F.batch_norm, clamp, leaky_relu, broadcasting add/sub/mul/div, neg), with no
+    folding or fusion.
     Ops outside REFERENCE_OPS raise pyconv1x1.UnsupportedError listing every one.
     """
     import torch
@@ -212,6 +213,13 @@ def _run_reference_node(torch, F, node, args, opset):
         return [args[0] + args[1]]
     if op == "Mul":
         return [args[0] * args[1]]
+    if op == "Sub":
+        return [args[0] - args[1]]
+    if op == "Div":  # (integer division truncates toward zero in ONNX)
+        trunc = not args[0].is_floating_point()
+        return [torch.div(args[0], args[1], rounding_mode="trunc" if trunc else None)]
+    if op == "Neg":
+        return [-args[0]]
     if op == "Constant":
         return _ref_constant(torch, node)
     if op == "Dropout":
