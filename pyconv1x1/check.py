@@ -7,8 +7,13 @@ from collections import deque
 from .errors import ONNX_EXTRA_HINT, ModelError, Problem, UnsupportedError
 from .normalize import edge_type_problems
 from .ops import REGISTRY, Context, Refused
+from .quant import DOMAIN as QUANT_DOMAIN, lower_quantized, quantized_edges
 
 MIN_OPSET = 7
+
+
+def _bind_quantized(node, ctx):
+    return node.attrs["step"]
 
 
 BUILTIN_NEWEST_OPSET = 23  # every op we bind has its semantics unchanged up to here
@@ -96,7 +101,7 @@ def lower(graph):
                         "onnx package's schemas; it is not installed: "
                         f"{ONNX_EXTRA_HINT})")
         problems.append(Problem("", "", problem))
-    problems.extend(edge_type_problems(graph))
+    problems.extend(edge_type_problems(graph, quantized_edges(graph)))
     order = topological_order(graph)
     shapes = {v.name: v.shape for v in graph.inputs}
     for name, arr in graph.constants.items():
@@ -109,10 +114,13 @@ def lower(graph):
         node = graph.nodes[i]
         refuse = lambda reason: problems.append(  # noqa: E731
             Problem(node.op_type, node.name, reason))
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain == QUANT_DOMAIN:  # made by quant.lower_quantized: the step
+            binder = _bind_quantized     # is built already
+        elif node.domain not in ("", "ai.onnx"):
             refuse(f"domain {node.domain!r} is not supported")
             continue
-        binder = REGISTRY.get(node.op_type)
+        else:
+            binder = REGISTRY.get(node.op_type)
         if binder is None:
             refuse(f"op {node.op_type} is not supported "
                    f"(supported: {', '.join(sorted(REGISTRY))})")
@@ -167,7 +175,7 @@ def unsupported_problems(graph):
             if w is not None and w.ndim >= 3 and all(k == 1 for k in w.shape[2:]):
                 ones += 1
     try:
-        lower(fold_constants(graph)[0])
+        lower(fold_constants(lower_quantized(graph)[0])[0])
     except UnsupportedError as exc:
         problems = exc.problems or [Problem("", "", str(exc))]
     except ModelError as exc:
