@@ -960,7 +960,7 @@ def run_masks(kern, rng, layers, x, masks, threads=THREADS, tiles=(None,), folde
                         y = np.full((n, layers[-1].cout, ho, wo), np.nan, np.float32)
                         chain.run(x, y, tuple(residuals), n, h, w, ho, wo,
                                   first.strides[0], first.strides[1], pt, pl, tile, t,
-                                  fold, split, mask)
+                                  fold, split, lanes=mask)
                         if base is None:
                             base = y
                             assert_close(y, ref)
@@ -1078,10 +1078,11 @@ def test_set_lanes_checks_its_arguments(kern):
     x = np.zeros((1, 5, 1, 1), np.float32)
     y = np.zeros((1, layer.cout, 1, 1), np.float32)
     with pytest.raises(ValueError, match="lanes"):  # no packing yet
-        chain.run(x, y, (None,), 1, 1, 1, 1, 1, 1, 1, 0, 0, kern.PANEL_WIDTH, 1, False, 1, 1)
+        chain.run(x, y, (None,), 1, 1, 1, 1, 1, 1, 1, 0, 0, kern.PANEL_WIDTH, 1, False, 1,
+                  lanes=1)
     with pytest.raises(ValueError, match="lanes"):  # not a layer of the chain
         chain.bind((1, layer.cout, 1, 1), 1, 1, 1, 1, 1, 1, 1, 0, 0, kern.PANEL_WIDTH, 1,
-                   False, 1, 2)
+                   False, 1, lanes=2)
     packed, bias, blocks = plan.pack_lanes(layer, kern.VECTOR_LANES, kern.LANES_BLOCK_ROWS)
     for bad in (blocks[:, :4].copy(), blocks[:-1].copy() if len(blocks) > 1 else blocks[:0],
                 np.array([[1, 0, 5, 0, 0]], np.intp)):
@@ -1092,7 +1093,8 @@ def test_set_lanes_checks_its_arguments(kern):
     assert not chain.has_lanes(0)
     chain.set_lanes(0, packed, bias, blocks)
     assert chain.has_lanes(0)
-    chain.run(x, y, (None,), 1, 1, 1, 1, 1, 1, 1, 0, 0, kern.PANEL_WIDTH, 1, False, 1, 1)
+    chain.run(x, y, (None,), 1, 1, 1, 1, 1, 1, 1, 0, 0, kern.PANEL_WIDTH, 1, False, 1,
+              lanes=1)
     assert np.array_equal(y[0, :, 0, 0], np.maximum(layer.bias, -np.inf).astype(np.float32))
 
 
