@@ -923,3 +923,204 @@ def test_matrix_vector_tiles_match_panels(kern, res_mode, pixels):
                   make_layer(rng, 2 * rows, 4 * rows, group=2)]
         x = rng.standard_normal((70, kc + 3, 1, pixels)).astype(np.float32)
         check_folded(kern, rng, layers, x, splits=(1, 3), what=f"gemv {epilogue}")
+
+
+# ----------------------------------------------------------------------------------
+# the channel-lane orientation (output channels in the vector lanes, pixels broadcast):
+# sizes from the kernel module under test (VECTOR_LANES, LANES_BLOCK_ROWS, LANES_PIXELS,
+# LANES_REDUCTION_CHUNK, PANEL_WIDTH)
+# ----------------------------------------------------------------------------------
+def lanes_chain(kern, layers):
+    chain = make_chain(kern, layers)
+    for i, layer in enumerate(layers):
+        chain.set_lanes(i, *plan.pack_lanes(layer, kern.VECTOR_LANES,
+                                            kern.LANES_BLOCK_ROWS))
+    return chain
+
+
+def run_masks(kern, rng, layers, x, masks, threads=THREADS, tiles=(None,), folded=(False,),
+              splits=(1,), what=""):
+    """Every (mask, tile, fold, split, thread count) bitwise equal to the first run,
+    which matches the float64 reference."""
+    n, _, h, w = x.shape
+    first = layers[0]
+    ho, wo, pt, pl = out_geometry(first, h, w)
+    residuals = [rng.standard_normal((n, l.cout, ho, wo)).astype(np.float32)
+                 if l.res_mode else None for l in layers]
+    ref = reference(x, layers, residuals)
+    chain = lanes_chain(kern, layers)
+    nr = kern.PANEL_WIDTH
+    base = None
+    for mask in masks:
+        for tile in tiles:
+            tile = tile or -(-max(1, ho * wo) // nr) * nr
+            for fold in folded:
+                for split in splits:
+                    for t in threads:
+                        y = np.full((n, layers[-1].cout, ho, wo), np.nan, np.float32)
+                        chain.run(x, y, tuple(residuals), n, h, w, ho, wo,
+                                  first.strides[0], first.strides[1], pt, pl, tile, t,
+                                  fold, split, lanes=mask)
+                        if base is None:
+                            base = y
+                            assert_close(y, ref)
+                        else:
+                            assert np.array_equal(y, base), (
+                                f"{what} {kern.VARIANT}: mask={mask} tile={tile} "
+                                f"folded={fold} split={split} threads={t} differs")
+    return base
+
+
+def lanes_edges(kern):
+    """Output-channel counts at the lanes blocks' edges: 1, a vector less one, a vector
+    and one, a block, a block and one, two blocks and a vector and 3."""
+    L, R = kern.VECTOR_LANES, kern.LANES_BLOCK_ROWS
+    return sorted({1, max(1, L - 1), L + 1, R, R + 1, 2 * R + L + 3})
+
+
+def test_lanes_constants(kern):
+    lanes, nv, mr_max = _variants.VARIANTS[kern.VARIANT]["shape"]
+    assert kern.VECTOR_LANES == lanes
+    assert kern.LANES_BLOCK_ROWS == nv * lanes and kern.LANES_PIXELS == mr_max
+    assert kern.LANES_REDUCTION_CHUNK >= 16
+
+
+def test_pack_lanes_round_trip(kern):
+    rng = np.random.default_rng(5)
+    for cout, group in [(1, 1), (kern.LANES_BLOCK_ROWS + 3, 1), (2 * 12, 3)]:
+        layer = make_layer(rng, 6 * group, cout, group=group)
+        packed, bias, blocks = plan.pack_lanes(layer, kern.VECTOR_LANES,
+                                               kern.LANES_BLOCK_ROWS)
+        k = layer.weight.shape[1]
+        weight = np.zeros_like(layer.weight)
+        for rows, cout0, cin0, woff, boff in blocks.tolist():
+            width = -(-rows // kern.VECTOR_LANES) * kern.VECTOR_LANES
+            blk = packed[woff:woff + width * k].reshape(k, width)
+            assert not blk[:, rows:].any() and not bias[boff + rows:boff + width].any()
+            weight[cout0:cout0 + rows] = blk[:, :rows].T
+            assert np.array_equal(bias[boff:boff + rows], layer.bias[cout0:cout0 + rows])
+            assert cin0 == cout0 // (cout // group) * k
+        assert np.array_equal(weight, layer.weight)
+
+
+@pytest.mark.parametrize("res_mode", [RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT])
+def test_lanes_single_layer_edges(kern, res_mode):
+    """Every lanes block remainder x pixel-group remainder x reduction chunk edge, both
+    orientations bitwise equal, threads 1..8."""
+    rng = np.random.default_rng(11 + res_mode)
+    kc, px, nr = kern.LANES_REDUCTION_CHUNK, kern.LANES_PIXELS, kern.PANEL_WIDTH
+    for cout in lanes_edges(kern):
+        for cin in (1, kc - 1, kc + 1, 2 * kc + 3):
+            for pixels in (1, px - 1 or 1, px + 1, nr + px + 1):
+                layer = make_layer(rng, cin, cout, act=EPILOGUES["leaky_clip"],
+                                   res_mode=res_mode)
+                x = rng.standard_normal((1, cin) + image(pixels)).astype(np.float32)
+                run_masks(kern, rng, [layer], x, (0, 1), threads=(1, 2, 5, 8),
+                          what=f"cout={cout} cin={cin} pixels={pixels}")
+
+
+@pytest.mark.parametrize("epilogue", sorted(EPILOGUES))
+def test_lanes_epilogues(kern, epilogue):
+    rng = np.random.default_rng(3)
+    layer = make_layer(rng, 37, kern.LANES_BLOCK_ROWS + 5, act=EPILOGUES[epilogue])
+    x = rng.standard_normal((2, 37, 3, 5)).astype(np.float32) * 3
+    run_masks(kern, rng, [layer], x, (0, 1), threads=(1, 3))
+
+
+def test_lanes_chain_mixed_orientations_threads_1_to_8(kern):
+    """A chain whose layers alternate orientations (every mask), residuals before and
+    after the activation, several tiles, split runs, threads 1..8."""
+    rng = np.random.default_rng(21)
+    R = kern.LANES_BLOCK_ROWS
+    layers = [make_layer(rng, 19, R + 3, act=EPILOGUES["relu"]),
+              make_layer(rng, R + 3, 2 * R - 1, act=EPILOGUES["clip"],
+                         res_mode=RES_BEFORE_ACT),
+              make_layer(rng, 2 * R - 1, 7, act=EPILOGUES["leaky"], res_mode=RES_AFTER_ACT)]
+    nr = kern.PANEL_WIDTH
+    x = rng.standard_normal((2, 19) + image(2 * nr + 5)).astype(np.float32)
+    run_masks(kern, rng, layers, x, range(8), threads=range(1, 9), tiles=(nr, 2 * nr),
+              splits=(1, 3), what="mixed chain")
+
+
+@pytest.mark.parametrize("n,hw,strides,pads", [
+    (8, (1, 1), (1, 1), (0, 0, 0, 0)),     # a batch of vectors
+    (5, (7, 7), (1, 1), (0, 0, 0, 0)),     # small maps, tiles across images
+    (3, (9, 7), (2, 2), (1, 0, 1, 1)),     # strided and padded, folded
+    (2, (5, 5), (1, 2), (0, 1, 0, 0)),
+])
+def test_lanes_folded_batch_spanning_tiles(kern, n, hw, strides, pads):
+    """Folded tiles that span images, with strides, pads and both residual modes, in
+    both orientations, fused and split, threads 1..8: all bitwise the same."""
+    rng = np.random.default_rng(n)
+    R = kern.LANES_BLOCK_ROWS
+    layers = [make_layer(rng, 23, R + 1, act=EPILOGUES["relu6"], res_mode=RES_AFTER_ACT,
+                         strides=strides, pads=pads),
+              make_layer(rng, R + 1, 9, act=EPILOGUES["leaky_clip"],
+                         res_mode=RES_BEFORE_ACT)]
+    x = rng.standard_normal((n, 23) + hw).astype(np.float32)
+    nr = kern.PANEL_WIDTH
+    run_masks(kern, rng, layers, x, range(4), threads=(1, 2, 4, 8), tiles=(nr,),
+              folded=(False, True), splits=(1, 2), what="folded")
+
+
+def test_lanes_grouped_layer(kern):
+    rng = np.random.default_rng(8)
+    layer = make_layer(rng, 12, 3 * (kern.VECTOR_LANES + 1), group=3,
+                       act=EPILOGUES["relu"])
+    x = rng.standard_normal((2, 12, 3, 3)).astype(np.float32)
+    run_masks(kern, rng, [layer], x, (0, 1), threads=(1, 2), splits=(1, 2))
+
+
+def test_set_lanes_checks_its_arguments(kern):
+    rng = np.random.default_rng(2)
+    layer = make_layer(rng, 5, kern.VECTOR_LANES + 2)
+    chain = make_chain(kern, [layer])
+    x = np.zeros((1, 5, 1, 1), np.float32)
+    y = np.zeros((1, layer.cout, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="lanes"):  # no packing yet
+        chain.run(x, y, (None,), 1, 1, 1, 1, 1, 1, 1, 0, 0, kern.PANEL_WIDTH, 1, False, 1,
+                  lanes=1)
+    with pytest.raises(ValueError, match="lanes"):  # not a layer of the chain
+        chain.bind((1, layer.cout, 1, 1), 1, 1, 1, 1, 1, 1, 1, 0, 0, kern.PANEL_WIDTH, 1,
+                   False, 1, lanes=2)
+    packed, bias, blocks = plan.pack_lanes(layer, kern.VECTOR_LANES, kern.LANES_BLOCK_ROWS)
+    for bad in (blocks[:, :4].copy(), blocks[:-1].copy() if len(blocks) > 1 else blocks[:0],
+                np.array([[1, 0, 5, 0, 0]], np.intp)):
+        with pytest.raises(ValueError):
+            chain.set_lanes(0, packed, bias, np.ascontiguousarray(bad))
+    with pytest.raises(ValueError, match="outside"):
+        chain.set_lanes(0, packed[:-1].copy(), bias, blocks)
+    assert not chain.has_lanes(0)
+    chain.set_lanes(0, packed, bias, blocks)
+    assert chain.has_lanes(0)
+    chain.run(x, y, (None,), 1, 1, 1, 1, 1, 1, 1, 0, 0, kern.PANEL_WIDTH, 1, False, 1,
+              lanes=1)
+    assert np.array_equal(y[0, :, 0, 0], np.maximum(layer.bias, -np.inf).astype(np.float32))
+
+
+def test_choose_orientation_follows_lane_use(kern, monkeypatch):
+    """The planner's rule: lanes where the channel lanes' use x LANES_EFFICIENCY is at
+    least the pixel panels' use on the tile; forced settings win."""
+    rng = np.random.default_rng(1)
+    R, nr = kern.LANES_BLOCK_ROWS, kern.PANEL_WIDTH
+    wide = make_layer(rng, 64, 4 * R)        # every channel lane used
+    narrow = make_layer(rng, 64, 1)          # one lane of a vector
+    short = make_layer(rng, 3, 4 * R)        # reduction below LANES_MIN_K
+    big = type("Layer", (), dict(k=1024, cout=1024, group=1))()  # 4 MiB of weights
+    for valid in (1, kern.GEMV_COLUMNS + 1, nr // 2 + 1, nr - 1, nr, 3 * nr + 1):
+        use = plan.pixel_lane_use(nr, kern.VECTOR_LANES, kern.MAX_BLOCK_ROWS, valid,
+                                  kern.GEMV_COLUMNS)
+        assert 0 < use <= 1
+        mask = plan.choose_orientation([wide, narrow, short], kern, valid)
+        assert bool(mask & 1) == (plan.LANES_EFFICIENCY >= use), valid
+        assert not mask & 2 or plan.LANES_EFFICIENCY / kern.VECTOR_LANES >= use
+        assert not mask & 4
+    assert plan.pixel_lane_use(nr, kern.VECTOR_LANES, kern.MAX_BLOCK_ROWS, nr, 0) == 1
+    # weights past LANES_GEMV_MAX_BYTES stream faster through the matrix-vector kernels
+    assert 4 * 1024 * 1024 > plan.LANES_GEMV_MAX_BYTES
+    for valid in range(1, kern.GEMV_COLUMNS + 1):
+        assert plan.choose_orientation([big], kern, valid) == 0
+    monkeypatch.setattr(plan.policy, "ORIENTATION", "lanes")
+    assert plan.choose_orientation([wide, narrow, short], kern, nr) == 7
+    monkeypatch.setattr(plan.policy, "ORIENTATION", "pixels")
+    assert plan.choose_orientation([wide, narrow, short], kern, 1) == 0

@@ -93,3 +93,45 @@ def test_plan_picks_fold_and_split():
         assert not folded
         assert ntiles * plan.choose_split(ntiles, 2, 1024 // 6) >= 2 * 2
         assert not plan.choose_tiling(nr, 256, 1, 56 * 56, plan.min_tiles(2), 64)[1]
+
+
+@pytest.mark.parametrize("n,cin,widths,hw,strides,pads,residual", [
+    (8, 96, [200, 64, 200], (1, 1), (1, 1), (0, 0, 0, 0), False),   # 8 vectors
+    (1, 130, [300, 96, 300], (7, 7), (1, 1), (0, 0, 0, 0), True),   # one 7x7 map
+    (3, 40, [70, 33], (9, 7), (2, 2), (1, 0, 1, 1), False),         # strided, folded
+    (5, 48, [40, 24, 40], (3, 5), (1, 1), (0, 0, 0, 0), True),      # small maps
+])
+def test_orientations_agree_bitwise(monkeypatch, n, cin, widths, hw, strides, pads,
+                                    residual):
+    """Sessions with every layer in the channel-lane orientation, every layer on pixel
+    panels, and the planner's choice: all bitwise the same at 1..8 threads, and close
+    to onnxruntime."""
+    rng = np.random.default_rng(cin)
+    model = chain_model(rng, cin, widths, residual=residual, strides=strides, pads=pads)
+    x = rnd(rng, n, cin, *hw)
+    results = {}
+    for orientation in ("auto", "lanes", "pixels"):
+        monkeypatch.setattr(plan.policy, "ORIENTATION", orientation)
+        results[orientation] = check_model(model, x)
+    assert np.array_equal(results["lanes"], results["pixels"])
+    assert np.array_equal(results["auto"], results["pixels"])
+
+
+def test_plan_runs_lanes_where_pixel_panels_waste_lanes():
+    """On the kernels in use: a batch of 8 vectors of 512 channels (8 lanes of a panel)
+    runs channels-in-lanes exactly when the rule says so (always on AVX-512: 8 of 16),
+    full panels (a 56 x 56 image's tiles) never do."""
+    rng = np.random.default_rng(0)
+    model = chain_model(rng, 512, [512])
+    sess = pyconv1x1.InferenceSession(model.SerializeToString(), threads=1)
+    kern = sess._kernels
+    nr = kern.PANEL_WIDTH
+    layer = sess._program.steps[0].layers[0]
+    use8 = plan.pixel_lane_use(nr, kern.VECTOR_LANES, kern.MAX_BLOCK_ROWS, 8,
+                               kern.GEMV_COLUMNS)
+    assert plan.choose_orientation([layer], kern, 8) == (plan.LANES_EFFICIENCY >= use8)
+    assert plan.choose_orientation([layer], kern, 4 * nr) == 0
+    if kern.VECTOR_LANES == 16:
+        assert plan.choose_orientation([layer], kern, 8) == 1
+    x = rnd(rng, 8, 512, 1, 1)
+    assert np.array_equal(sess.run(None, {"x": x})[0], check_model(model, x))

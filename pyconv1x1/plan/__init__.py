@@ -9,11 +9,16 @@ import numpy as np
 from .. import resources
 from ..errors import InputError, UnsupportedError
 from ..program import IDENTITY
-from .packing import block_table, pack_layer, split_rows, unpack_layer  # noqa: F401
+from . import policy  # noqa: F401  (policy.ORIENTATION: tests and benchmarks force one)
+from .packing import (block_table, pack_lanes, pack_layer, split_rows,  # noqa: F401
+                      unpack_layer)
 from .policy import (FOLD_LANE_GAIN, MAX_TILE_PIXELS, MIN_TILES_PER_THREAD,  # noqa: F401
                      SERIAL_FLOPS, SPLIT_TASKS_PER_THREAD, THREAD_FLOPS,
-                     TILE_BUDGET_BYTES, choose_split, choose_tiling, min_tiles,
-                     panel_lanes, threads_for, tile_pixels)
+                     TILE_BUDGET_BYTES, LANES_EFFICIENCY, LANES_GEMV_MAX_BYTES,
+                     LANES_MIN_K,
+                     MAX_LANES_LAYERS, channel_lane_use, choose_orientation,
+                     choose_split, choose_tiling, min_tiles, panel_lanes,
+                     pixel_lane_use, threads_for, tile_pixels)
 
 _NO_OUTS = {}
 
@@ -28,6 +33,15 @@ class KernelSet:
             build = KERNEL_BUILDERS.get(step.kind)
             if build is not None:
                 self.chains[id(step)] = build(step, kernels)
+
+    def ensure_lanes(self, step, mask):
+        """Pack the layers of `mask` for the lanes orientation (once per layer: a
+        second copy of its weights, made only where a plan runs it so)."""
+        chain = self.chains[id(step)]
+        k = self.kernels
+        for i, layer in enumerate(step.layers[:MAX_LANES_LAYERS]):
+            if (mask >> i) & 1 and not chain.has_lanes(i):
+                chain.set_lanes(i, *pack_lanes(layer, k.VECTOR_LANES, k.LANES_BLOCK_ROWS))
 
 
 def _chain_kernel(step, kernels):
@@ -124,11 +138,17 @@ class ShapePlan:
             tile, folded = tile_pixels(nr, max_c, n * p, min_tiles(nthreads),
                                        kset.kernels.REDUCTION_CHUNK), True
         ntiles = -(-n * p // tile) if folded else n * -(-p // tile)
-        nblocks = max(-(-l.cout // kset.kernels.MAX_BLOCK_ROWS) for l in step.layers)
+        lanes = choose_orientation(step.layers, kset.kernels,
+                                   min(tile, n * p if folded else p))
+        kset.ensure_lanes(step, lanes)
+        nblocks = max(-(-l.cout // (kset.kernels.LANES_BLOCK_ROWS if (lanes >> i) & 1
+                                    else kset.kernels.MAX_BLOCK_ROWS))
+                      for i, l in enumerate(step.layers))
         split = choose_split(ntiles, nthreads, nblocks)
         bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
                                            first.strides[1], pt, pl, tile, nthreads,
-                                           folded, split, step.in_last, step.out_last)
+                                           folded, split, step.in_last, step.out_last,
+                                           lanes)
         if step.in_scale:
             from ..program.steps import scales
             s = shapes[step.in_scale]

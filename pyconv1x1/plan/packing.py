@@ -55,6 +55,32 @@ def pack_layer(layer, mr):
     return packed.reshape(-1), blocks
 
 
+def pack_lanes(layer, lanes, block_rows):
+    """The channel-lane packing of a layer (the kernels' lanes orientation): blocks of
+    up to block_rows output channels per group (balanced, split_rows), each stored
+    [k][width] with width = rows rounded up to a multiple of `lanes` and the padding
+    lanes 0, plus a zero-padded bias of width floats per block. Returns (packed float32,
+    bias float32, blocks intp [nblocks, 5] = rows, cout0, cin0, weight offset, bias
+    offset)."""
+    weight = layer.weight if layer.weight is not None else unpack_layer(layer)
+    cout, k = weight.shape
+    table = block_table(cout, k, layer.group, block_rows)
+    widths = -(-table[:, 0] // lanes) * lanes
+    boffs = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.intp)
+    woffs = boffs * k
+    packed = np.zeros(int(widths.sum()) * k, np.float32)
+    bias = np.zeros(int(widths.sum()), np.float32)
+    w = np.asarray(weight, np.float32)
+    src_bias = np.asarray(layer.bias, np.float32).reshape(-1)
+    for (rows, cout0, _, _), width, woff, boff in zip(table.tolist(), widths.tolist(),
+                                                      woffs.tolist(), boffs.tolist()):
+        dest = packed[woff:woff + width * k].reshape(k, width)
+        dest[:, :rows] = w[cout0:cout0 + rows].T
+        bias[boff:boff + rows] = src_bias[cout0:cout0 + rows]
+    blocks = np.column_stack([table[:, :3], woffs, boffs]).astype(np.intp)
+    return packed, bias, np.ascontiguousarray(blocks.reshape(-1, 5))
+
+
 def unpack_layer(layer):
     """The [cout, k] weight back from a packed layer."""
     _, packed, blocks = layer.packed

@@ -1,7 +1,9 @@
-"""Every tile and thread number the planner uses, in one place and one unit each:
-work in FLOPs (2 per multiply-add), cache sizes in bytes, tiles in pixels. Each number
-says why it is what it is (measured where it says so). Results never depend on these:
-every output is summed in the same order whatever the tiling or thread count."""
+"""Every tile, thread and orientation number the planner uses, in one place and one
+unit each: work in FLOPs (2 per multiply-add), cache sizes in bytes, tiles in pixels.
+Each number says why it is what it is (measured where it says so). Results never depend
+on these: every output is summed in the same order whatever the tiling, orientation or
+thread count."""
+from .packing import split_rows
 
 # -- threads: work in FLOPs ------------------------------------------------------------
 SERIAL_FLOPS = 5_000_000    # below this, waking a worker costs more than it saves: measured
@@ -25,6 +27,33 @@ FOLD_LANE_GAIN = 0.9  # fold the batch when that needs <= 90% of the panel lanes
                       # tiles copy their input and output in runs of one image's pixels
                       # (one pixel at a time for 1x1 maps and strided inputs), not whole
                       # panel rows, so a few % of lanes saved do not pay for it
+
+# -- orientation (issue 11): which micro-kernel runs a layer ----------------------------
+# Orientation of each layer: "pixels" (the panel micro-kernels, pixels in the
+# vector lanes), or "lanes" (output channels in the lanes, pixels broadcast; the
+# kernels' lanes_tile). "auto" picks per layer and shape (choose_orientation); "pixels"
+# and "lanes" force one where the kernels allow it (benchmarks and tests).
+ORIENTATION = "auto"
+LANES_EFFICIENCY = 0.9  # lanes when channel-lane use x this >= the panels' pixel-lane use
+                        # (pixel_lane_use). Measured (v4, 1 thread, one layer C -> C, both
+                        # orientations paired; best-of-21 GF/s pixels / lanes, C = 1024 |
+                        # 256): 1 vector 13 / 14 | 14 / 25; 8 vectors 48 / 66 | 41 / 63;
+                        # 16 vectors 90 / 86 | 65 / 70; 32 vectors 95 / 98 | 73 / 70; 5x5
+                        # 103 / 109 | 90 / 103; 7x7 108 / 117 | 109 / 117; 8x8 99 / 118 |
+                        # 159 / 137; 10x10 107 / 104 | 131 / 144; 14x14 43 / 43 | 154 / 144.
+                        # Break-even: a tile that fills its panel kernels (use 1.0: 8x8,
+                        # 32 vectors, 14x14's 0.94) runs as fast or faster on pixel panels;
+                        # at use <= 0.78 (7x7: 49 of 64 lanes, 10x10, 5x5, 1-8 vectors)
+                        # channels in the lanes win by 5-80%
+LANES_MIN_K = 16        # shorter reductions: the lanes store (a transposition per output)
+                        # costs more than the lanes it saves
+LANES_GEMV_MAX_BYTES = 2 << 20  # tiles of <= GEMV_COLUMNS pixels keep the matrix-vector
+                        # kernels for layers with more weight bytes than this: streamed from
+                        # L3 or memory, they run 5-10% faster there (several weight blocks
+                        # streamed at once; measured 1 pixel, 1280 -> 1000 and 4096 -> 1024:
+                        # 13.4 / 12.2 and 12.0 / 11.0 GF/s), while cached weights run up to
+                        # 1.8x faster channels-in-lanes (256 -> 256: 14 / 25 GF/s)
+MAX_LANES_LAYERS = 64   # the kernels' orientation mask has 64 bits
 
 
 def tile_pixels(nr, max_channels, pixels, min_tiles=8, chunk=None):
@@ -85,3 +114,47 @@ def choose_tiling(nr, max_channels, n, pixels, min_tiles, chunk=None):
     return tile, False
 
 
+def pixel_lane_use(nr, lanes, mr, valid, gemv_cols):
+    """Useful fraction of the lanes the pixel orientation computes on a tile of `valid`
+    pixels: panels of nr, a last panel on the narrowest kernel that covers it (nr, nr/2
+    and nr/4 where a panel is 4 vectors), or for valid <= gemv_cols the matrix-vector
+    kernels (a block of <= mr rows per vector of `lanes`)."""
+    if valid <= 0:
+        return 1.0
+    if valid <= gemv_cols:
+        return min(1.0, mr / lanes)
+    full, rest = divmod(valid, nr)
+    last = 0
+    if rest:
+        nv = nr // lanes
+        widths = [nr // 4, nr // 2] if nv == 4 else ([nr // 2] if nv % 2 == 0 else [])
+        last = next((w for w in widths if rest <= w), nr)
+    return valid / (full * nr + last)
+
+
+def channel_lane_use(cout, group, lanes, block_rows):
+    """Useful fraction of the channel lanes of a layer's lanes blocks (per group)."""
+    rows = split_rows(cout // group, block_rows)
+    return sum(rows) / sum(-(-r // lanes) * lanes for r in rows) if rows else 0.0
+
+
+def choose_orientation(layers, kernels, valid):
+    """The kernels' orientation mask for a chain whose tiles hold `valid` pixels: bit i
+    set where layer i runs channels-in-lanes. Results are the same bits either way."""
+    if ORIENTATION == "pixels":
+        return 0
+    lanes = kernels.VECTOR_LANES
+    use_pix = pixel_lane_use(kernels.PANEL_WIDTH, lanes, kernels.MAX_BLOCK_ROWS, valid,
+                             kernels.GEMV_COLUMNS)
+    mask = 0
+    for i, layer in enumerate(layers[:MAX_LANES_LAYERS]):
+        if layer.k < 1:
+            continue
+        if ORIENTATION == "lanes" or (
+                layer.k >= LANES_MIN_K
+                and (valid > kernels.GEMV_COLUMNS
+                     or 4 * layer.k * layer.cout <= LANES_GEMV_MAX_BYTES)
+                and LANES_EFFICIENCY * channel_lane_use(
+                    layer.cout, layer.group, lanes, kernels.LANES_BLOCK_ROWS) >= use_pix):
+            mask |= 1 << i
+    return mask
