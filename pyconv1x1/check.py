@@ -4,9 +4,8 @@ Every tensor must be defined once and before use, the graph must be acyclic, eve
 supported. Unsupported nodes are collected and reported all at once."""
 from collections import deque
 
-from .errors import ONNX_EXTRA_HINT, ModelError, UnsupportedError
+from .errors import ONNX_EXTRA_HINT, ModelError, Problem, UnsupportedError
 from .ops import REGISTRY, Context, Refused
-from .program import AddStep, ChainStep
 
 MIN_OPSET = 7
 
@@ -84,39 +83,6 @@ def topological_order(graph):
     return order
 
 
-def _out_shape(step, shapes):
-    """Symbolic shape of a step's output (ints, names or None per dim), or None."""
-    if isinstance(step, ChainStep):
-        x = shapes.get(step.input)
-        layer = step.layers[0]
-        if x is None:
-            return (None, layer.cout) + (None,) * layer.spatial_rank
-        if layer.spatial_rank == 1:
-            h, w = 1, x[2]
-        else:
-            h, w = x[2], x[3]
-        if isinstance(h, int) and isinstance(w, int):
-            ho, wo, _, _ = layer.out_hw(h, w)
-            if ho < 1 or wo < 1:
-                raise ModelError(f"Conv '{layer.name}': input {list(x)} gives an empty "
-                                 f"output ({ho}x{wo})")
-        else:
-            ho = h if layer.keeps_pixels else None
-            wo = w if layer.keeps_pixels else None
-        dims = (ho, wo) if layer.spatial_rank == 2 else (wo,)
-        return (x[0], layer.cout) + dims
-    if isinstance(step, AddStep):
-        a, b = shapes.get(step.a), shapes.get(step.b)
-        if a is None or b is None:
-            return a or b
-        if len(a) != len(b) or any(isinstance(x, int) and isinstance(y, int) and x != y
-                                   for x, y in zip(a, b)):
-            raise UnsupportedError(f"Add '{step.name}': inputs {list(a)} and {list(b)} "
-                                   "broadcast; only same-shape tensor sums run")
-        return tuple(x if isinstance(x, int) else y for x, y in zip(a, b))
-    return shapes.get(step.input)
-
-
 def lower(graph):
     """Check the graph and bind every node; returns (steps, shapes) in topological
     order. Raises UnsupportedError listing every node it cannot run."""
@@ -128,14 +94,15 @@ def lower(graph):
             problem += (f" (opsets above {BUILTIN_NEWEST_OPSET} are checked against the "
                         "onnx package's schemas; it is not installed: "
                         f"{ONNX_EXTRA_HINT})")
-        problems.append(problem)
+        problems.append(Problem("", "", problem))
     for v in graph.inputs:
         if v.elem_type != "float32":
-            problems.append(f"input {v.name!r} is {v.elem_type}; only float32 inputs run")
+            problems.append(Problem("", "", f"input {v.name!r} is {v.elem_type}; only "
+                                    "float32 inputs run"))
     for v in graph.outputs:  # (every output is computed in float32: declaring another
         if v.elem_type != "float32":  # type made a session that could not be compiled)
-            problems.append(f"output {v.name!r} is declared {v.elem_type}; only float32 "
-                            "outputs are computed")
+            problems.append(Problem("", "", f"output {v.name!r} is declared "
+                                    f"{v.elem_type}; only float32 outputs are computed"))
     order = topological_order(graph)
     shapes = {v.name: v.shape for v in graph.inputs}
     for name, arr in graph.constants.items():
@@ -146,35 +113,38 @@ def lower(graph):
     steps = []
     for i in order:
         node = graph.nodes[i]
+        refuse = lambda reason: problems.append(  # noqa: E731
+            Problem(node.op_type, node.name, reason))
         if node.domain not in ("", "ai.onnx"):
-            problems.append(f"{node.label()}: domain {node.domain!r} is not supported")
+            refuse(f"domain {node.domain!r} is not supported")
             continue
         binder = REGISTRY.get(node.op_type)
         if binder is None:
-            problems.append(f"{node.label()}: op {node.op_type} is not supported "
-                            f"(supported: {', '.join(sorted(REGISTRY))})")
+            refuse(f"op {node.op_type} is not supported "
+                   f"(supported: {', '.join(sorted(REGISTRY))})")
             continue
         try:
             step = binder(node, ctx)
         except Refused as why:
-            problems.append(f"{node.label()}: {why}")
+            refuse(str(why))
             continue
         folded = [t for t in step.reads if t in graph.constants]
         if folded:
-            problems.append(f"{node.label()}: computes on constant {folded[0]!r}; "
-                            "constant folding is not supported")
+            refuse(f"computes on constant {folded[0]!r}; constant folding is not "
+                   "supported")
             continue
         for o in node.outputs:
             shapes.setdefault(o, None)
         try:
-            shapes[step.output] = _out_shape(step, shapes)
+            shapes[step.output] = step.out_shape(shapes)
         except UnsupportedError as exc:
-            problems.append(str(exc))
+            problems.extend(exc.problems or [Problem("", "", str(exc))])
             continue
         steps.append(step)
     if problems:
         head = f"{len(problems)} problem(s) keep this model from running:"
-        raise UnsupportedError("\n  ".join([head] + problems))
+        raise UnsupportedError("\n  ".join([head] + [str(p) for p in problems]),
+                               problems=problems)
     for v in graph.outputs:
         if v.name in graph.constants:
             raise UnsupportedError(f"graph output {v.name!r} is a constant; constant "
@@ -183,7 +153,16 @@ def lower(graph):
 
 
 def unsupported_report(graph):
-    """(problems, conv_count, conv1x1_count) without raising: for `pyconv1x1 info`."""
+    """(problems, conv_count, conv1x1_count) without raising: for `pyconv1x1 info`.
+    problems: one line each (see unsupported_problems for the records)."""
+    problems, convs, ones = unsupported_problems(graph)
+    return [str(p) for p in problems], convs, ones
+
+
+def unsupported_problems(graph):
+    """(problems, conv_count, conv1x1_count) without raising; problems: Problem records
+    (op, node, reason), as UnsupportedError.problems holds them (group them by op and
+    reason without parsing text)."""
     problems = []
     convs = ones = 0
     for n in graph.nodes:
@@ -195,8 +174,7 @@ def unsupported_report(graph):
     try:
         lower(graph)
     except UnsupportedError as exc:
-        problems = str(exc).split("\n  ")[1:] or [str(exc)]
+        problems = exc.problems or [Problem("", "", str(exc))]
     except ModelError as exc:
-        problems = [str(exc)]
+        problems = [Problem("", "", str(exc))]
     return problems, convs, ones
-

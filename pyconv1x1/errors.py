@@ -1,4 +1,5 @@
 """The exceptions pyconv1x1 raises: a contract that users and other tools rely on."""
+from typing import NamedTuple
 
 
 class Error(Exception):
@@ -10,8 +11,27 @@ class ModelError(Error):
     escaping its folder, sizes that do not match, cycles, undefined tensors...)."""
 
 
+class Problem(NamedTuple):
+    """One reason a model cannot run: the node's op type and name ('' for a model-wide
+    problem such as its opset or an input's dtype) and the reason in words."""
+    op: str
+    node: str
+    reason: str
+
+    def __str__(self):
+        return f"{self.op} '{self.node}': {self.reason}" if self.op else self.reason
+
+
 class UnsupportedError(Error):
-    """A valid ONNX model that this runtime does not run (op, attribute, dtype...)."""
+    """A valid ONNX model that this runtime does not run (op, attribute, dtype...).
+
+    problems: the Problem records behind the message (one per node that cannot run, as
+    data: tools group them by op without parsing the text); empty when the message
+    names a single problem that has no node."""
+
+    def __init__(self, *args, problems=()):
+        super().__init__(*args)
+        self.problems = list(problems)
 
 
 class InputError(Error, ValueError):

@@ -27,8 +27,10 @@ import numpy as np
 
 from .errors import ModelError
 from .ir import ValueInfo
-from .program import (Activation, AddStep, AffineStep, ChainStep, ConvLayer, CopyStep,
-                      Program, RES_AFTER_ACT, RES_BEFORE_ACT, RES_NONE)
+from .program import STEP_KINDS, Program
+from .program.codec import (field as _field, integer as _int,
+                            json_list as _list, name as _name, show as _show,
+                            string as _str)
 
 MAGIC = b"PC1PLAN\x00"
 FORMAT_VERSION = 1
@@ -77,14 +79,6 @@ class _Arrays:
         return len(self.table) - 1
 
 
-def _act_json(a):
-    return {"kind": a.kind, "lo": _f(a.lo), "hi": _f(a.hi), "alpha": _f(a.alpha)}
-
-
-def _f(x):
-    return "inf" if x == math.inf else "-inf" if x == -math.inf else float(x)
-
-
 def _vi_json(v):
     return {"name": v.name, "elem_type": v.elem_type,
             "shape": None if v.shape is None else list(v.shape)}
@@ -94,36 +88,8 @@ def dumps(program, mr):
     """Serialize a Program, its conv weights packed for blocks of `mr` rows."""
     import json
     import zlib
-    from .plan import pack_layer
     arrays = _Arrays()
-    steps = []
-    for step in program.steps:
-        if isinstance(step, ChainStep):
-            layers = []
-            for layer in step.layers:
-                packed, blocks = pack_layer(layer, mr)
-                layers.append({
-                    "names": list(layer.names), "cout": layer.cout, "k": layer.k,
-                    "bias": arrays.add(layer.bias), "group": layer.group,
-                    "strides": list(layer.strides), "pads": list(layer.pads),
-                    "auto_pad": layer.auto_pad, "act": _act_json(layer.act),
-                    "residual": layer.residual, "res_mode": layer.res_mode,
-                    "spatial_rank": layer.spatial_rank, "mr": mr,
-                    "packed": arrays.add(packed), "blocks": arrays.add(blocks)})
-            steps.append({"type": "chain", "input": step.input, "output": step.output,
-                          "layers": layers})
-        elif isinstance(step, AffineStep):
-            steps.append({"type": "affine", "name": step.name, "input": step.input,
-                          "output": step.output, "scale": arrays.add(step.scale),
-                          "shift": arrays.add(step.shift), "act": _act_json(step.act)})
-        elif isinstance(step, AddStep):
-            steps.append({"type": "add", "name": step.name, "a": step.a, "b": step.b,
-                          "output": step.output, "act": _act_json(step.act)})
-        elif isinstance(step, CopyStep):
-            steps.append({"type": "copy", "name": step.name, "input": step.input,
-                          "output": step.output})
-        else:  # pragma: no cover
-            raise TypeError(step)
+    steps = [step.encode(arrays, mr) for step in program.steps]
     header = json.dumps({
         "format": "pyconv1x1-plan", "version": FORMAT_VERSION,
         "inputs": [_vi_json(v) for v in program.inputs],
@@ -153,8 +119,8 @@ def compile_model(model, out_path, base_dir=None, isa=None):
     """Parse, check, fold and pack `model` (path, bytes or ModelProto) into a plan file
     for this machine's kernels. Returns the plan's size in bytes."""
     from . import _backend
-    from .session import _load_program
-    program = _load_program(model, base_dir)
+    from .pipeline import load_program
+    program = load_program(model, base_dir)
     return save(program, out_path, _backend.kernels(isa).MAX_BLOCK_ROWS)
 
 
@@ -248,41 +214,6 @@ def _parse_header(json, header, where):
     return meta
 
 
-# -- typed access to header fields: every value is checked before it is used ---------
-def _field(obj, key, what):
-    if not isinstance(obj, dict):
-        raise ModelError(f"{what} is {_show(obj)}; expected a JSON object")
-    if key not in obj:
-        raise ModelError(f"{what} has no field {key!r}")
-    return obj[key]
-
-
-def _int(x, what, lo=0, hi=1 << 62):
-    if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi:
-        raise ModelError(f"{what} is {_show(x)}; expected an integer in [{lo}, {hi}]")
-    return x
-
-
-def _list(x, what):
-    if not isinstance(x, list):
-        raise ModelError(f"{what} is {_show(x)}; expected a JSON list")
-    return x
-
-
-def _str(x, what):
-    if not isinstance(x, str):
-        raise ModelError(f"{what} is {_show(x)}; expected a string")
-    return x
-
-
-def _show(x):
-    """A header value for an error message: short, whatever its size or depth."""
-    if isinstance(x, (dict, list)):
-        return f"a JSON {'object' if isinstance(x, dict) else 'list'} of {len(x)} items"
-    text = repr(x)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _program(meta, blob):
     if meta.get("format") != "pyconv1x1-plan":
         raise ModelError("plan header is not a pyconv1x1 plan")
@@ -350,52 +281,10 @@ def _array(entry, blob, what):
 
 def _step(s, arr, what):
     kind = _field(s, "type", what)
-    name = lambda key: _name(_field(s, key, what), f"{what} {key}")  # noqa: E731
-    if kind == "chain":
-        layers = [_layer(l, arr, f"{what} layer {i}")
-                  for i, l in enumerate(_list(_field(s, "layers", what), f"{what} layers"))]
-        return ChainStep(name("input"), name("output"), layers)
-    if kind == "affine":
-        return AffineStep(name("name"), name("input"), name("output"),
-                          _vec(arr(_field(s, "scale", what), f"{what} scale")),
-                          _vec(arr(_field(s, "shift", what), f"{what} shift")),
-                          _act(_field(s, "act", what), f"{what} act"))
-    if kind == "add":
-        return AddStep(name("name"), name("a"), name("b"), name("output"),
-                       _act(_field(s, "act", what), f"{what} act"))
-    if kind == "copy":
-        return CopyStep(name("name"), name("input"), name("output"))
-    raise ModelError(f"{what}: step type {_show(kind)} is unknown")
-
-
-def _name(x, what="plan tensor name"):
-    if not isinstance(x, str) or not x:
-        raise ModelError(f"{what} is {_show(x)}; expected a non-empty string")
-    return x
-
-
-def _vec(a):
-    if a is not None and a.ndim != 1:
-        raise ModelError(f"plan per-channel vector has shape {list(a.shape)}")
-    return a
-
-
-def _num(x, what):
-    if x in ("inf", "-inf"):
-        return float(x)
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x) \
-            or not math.isfinite(float(x)):
-        raise ModelError(f"{what} is {_show(x)}; expected a finite number, 'inf' or '-inf'")
-    return float(x)
-
-
-def _act(a, what):
-    kind = _field(a, "kind", what)
-    if kind not in ("none", "relu", "clip", "leaky"):
-        raise ModelError(f"{what}: activation kind {_show(kind)} is unknown")
-    return Activation(kind, _num(_field(a, "lo", what), f"{what} lo"),
-                      _num(_field(a, "hi", what), f"{what} hi"),
-                      _num(_field(a, "alpha", what), f"{what} alpha"))
+    cls = STEP_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ModelError(f"{what}: step type {_show(kind)} is unknown")
+    return cls.decode(s, arr, what)
 
 
 def _vi(v, what):
@@ -406,47 +295,6 @@ def _vi(v, what):
                       _int(d, f"{what} {name!r} dim")
                       for d in _list(shape, f"{what} {name!r} shape"))
     return ValueInfo(name, _str(_field(v, "elem_type", what), f"{what} elem_type"), shape)
-
-
-def _layer(l, arr, what):
-    get = lambda key: _field(l, key, what)  # noqa: E731
-    names = [_name(n, f"{what} name") for n in _list(get("names"), f"{what} names")]
-    if not names:
-        raise ModelError(f"{what} has no names")
-    what = f"plan layer {'+'.join(names)!r}"
-    cout = _int(get("cout"), f"{what} cout", 1, 1 << 31)
-    k = _int(get("k"), f"{what} k", 1, 1 << 31)
-    group = _int(get("group"), f"{what} group", 1, 1 << 31)
-    mr = _int(get("mr"), f"{what} mr", 1, 64)
-    if cout % group:
-        raise ModelError(f"{what}: cout {cout} is not a multiple of group {group}")
-    packed = arr(get("packed"), f"{what} packed")
-    blocks = arr(get("blocks"), f"{what} blocks", "int64")
-    bias = arr(get("bias"), f"{what} bias")
-    if bias is None or bias.shape != (cout,):
-        raise ModelError(f"{what}: bias shape does not match {cout}")
-    if packed is None or packed.shape != (cout * k,):
-        raise ModelError(f"{what}: packed weight size does not match {cout} x {k}")
-    if blocks is None:
-        raise ModelError(f"{what}: no packed-block table")
-    ints = lambda key: tuple(  # noqa: E731
-        _int(x, f"{what} {key}", 0, 1 << 31) for x in _list(get(key), f"{what} {key}"))
-    residual = get("residual")
-    layer = ConvLayer(names=names, weight=None, bias=bias, group=group,
-                      strides=ints("strides"), pads=ints("pads"),
-                      auto_pad=_str(get("auto_pad"), f"{what} auto_pad"),
-                      act=_act(get("act"), f"{what} act"),
-                      residual=None if residual is None else _name(residual, f"{what} residual"),
-                      res_mode=_int(get("res_mode"), f"{what} res_mode", 0, 2),
-                      spatial_rank=_int(get("spatial_rank"), f"{what} spatial_rank", 1, 2),
-                      packed=(mr, packed, np.ascontiguousarray(blocks, dtype=np.intp)),
-                      wshape=(cout, k))
-    # the kernel trusts block offsets: they must be exactly what packing produces
-    from .plan import block_table
-    expect = block_table(cout, k, group, mr)
-    if blocks.shape != expect.shape or not np.array_equal(blocks, expect):
-        raise ModelError(f"{what}: packed blocks are inconsistent")
-    return layer
 
 
 def validate(program):
@@ -460,33 +308,11 @@ def validate(program):
     for step in program.steps:
         for t in step.reads:
             if t not in defined:
-                raise ModelError(f"plan step {getattr(step, 'name', step.output)!r} reads "
+                raise ModelError(f"plan step {step.label!r} reads "
                                  f"{t!r} before it is defined")
         if step.output in defined:
             raise ModelError(f"plan defines tensor {step.output!r} twice")
-        if isinstance(step, ChainStep):
-            if not step.layers:
-                raise ModelError("plan chain without layers")
-            for i, layer in enumerate(step.layers):
-                if len(layer.strides) != 2 or len(layer.pads) != 4 \
-                        or min(layer.strides) < 1 or min(layer.pads) < 0 \
-                        or max(layer.strides + layer.pads) > 1 << 20:
-                    raise ModelError(f"plan layer {layer.name}: bad strides/pads")
-                if layer.auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
-                    raise ModelError(f"plan layer {layer.name}: bad auto_pad")
-                if layer.spatial_rank not in (1, 2):
-                    raise ModelError(f"plan layer {layer.name}: bad spatial rank")
-                if layer.res_mode not in (RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT) or \
-                        (layer.res_mode == RES_NONE) != (layer.residual is None):
-                    raise ModelError(f"plan layer {layer.name}: bad residual")
-                if layer.residual is not None and layer.residual not in defined:
-                    raise ModelError(f"plan layer {layer.name}: residual undefined")
-                if i and (not layer.keeps_pixels or layer.cin != step.layers[i - 1].cout):
-                    raise ModelError(f"plan layer {layer.name}: does not chain")
-        elif isinstance(step, AffineStep):
-            for v in (step.scale, step.shift):
-                if v is not None and v.ndim != 1:
-                    raise ModelError(f"plan step {step.name!r}: bad per-channel vector")
+        step.validate(defined)
         defined.add(step.output)
     for v in program.outputs:
         if v.name not in defined:

@@ -11,6 +11,7 @@ from . import _backend, ort_api, planfile
 from ._fastrun import SessionBase
 from ._threads import resolve_threads
 from .errors import Error, InputError, ModelError
+from .pipeline import load_program as _load_program  # (module global: tests patch it)
 from .plan import KernelSet, ShapePlan
 
 PLAN_CACHE_SIZE = 32
@@ -39,17 +40,6 @@ def _node_arg(v, overrides=None):
     shape = None if v.shape is None else [
         overrides.get(d, d) if overrides and isinstance(d, str) else d for d in v.shape]
     return NodeArg(v.name, shape, _type_name(v.elem_type))
-
-
-def _load_program(model, base_dir):
-    """Parse, check and rewrite: model -> Program. A compiled plan (.pc1) needs none of
-    that: it is read once, validated and used with numpy alone (no onnx import)."""
-    if planfile.is_plan(model):
-        return planfile.load(model)
-    from . import check, onnx_reader, rewrite
-    graph = onnx_reader.load(model, base_dir=base_dir)
-    steps, _ = check.lower(graph)
-    return rewrite.build_program(graph, steps)
 
 
 class InferenceSession(SessionBase):

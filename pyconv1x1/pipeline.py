@@ -1,0 +1,19 @@
+"""Load pipeline: a model (path, bytes, onnx.ModelProto) or a compiled .pc1 plan ->
+Program. A plan is read once, validated and used with numpy alone (no onnx import); a
+model is parsed (onnx_reader), checked and bound (check) and rewritten (rewrite)."""
+from . import planfile
+
+
+def load_program(model, base_dir=None):
+    """Parse, check and rewrite: model -> Program (or read a compiled plan)."""
+    if planfile.is_plan(model):
+        return planfile.load(model)
+    return program_from_model(model, base_dir)
+
+
+def program_from_model(model, base_dir=None):
+    """The .onnx path of load_program: parse -> check -> rewrite."""
+    from . import check, onnx_reader, rewrite
+    graph = onnx_reader.load(model, base_dir=base_dir)
+    steps, _ = check.lower(graph)
+    return rewrite.build_program(graph, steps)

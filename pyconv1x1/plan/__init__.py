@@ -1,0 +1,253 @@
+"""Plan stage: Program -> kernels with packed weights (once per session), and per input
+shape an execution plan: every tensor's shape checked, tile sizes, thread counts and
+the list of tensors to free after their last use. run() only calls the bound steps.
+
+policy.py holds every tile and thread number, packing.py the weight layout; this module
+binds each step kind to its kernel (BINDERS, KERNEL_BUILDERS: keyed by Step.kind)."""
+import numpy as np
+
+from .. import resources
+from ..errors import InputError, UnsupportedError
+from .packing import block_table, pack_layer, split_rows, unpack_layer  # noqa: F401
+from .policy import (FOLD_LANE_GAIN, MAX_TILE_PIXELS, MIN_TILES_PER_THREAD,  # noqa: F401
+                     SERIAL_FLOPS, SPLIT_TASKS_PER_THREAD, THREAD_FLOPS,
+                     TILE_BUDGET_BYTES, choose_split, choose_tiling, min_tiles,
+                     panel_lanes, threads_for, tile_pixels)
+
+_NO_OUTS = {}
+
+
+class KernelSet:
+    """The Cython kernel objects of one program: built once per session."""
+
+    def __init__(self, program, kernels):
+        self.kernels = kernels
+        self.chains = {}  # id(step) -> the step's prepared kernel object
+        for step in program.steps:
+            build = KERNEL_BUILDERS.get(step.kind)
+            if build is not None:
+                self.chains[id(step)] = build(step, kernels)
+
+
+def _chain_kernel(step, kernels):
+    specs = []
+    for layer in step.layers:
+        packed, blocks = pack_layer(layer, kernels.MAX_BLOCK_ROWS)
+        specs.append((packed, np.ascontiguousarray(layer.bias, np.float32),
+                      blocks, layer.cin, layer.cout, layer.k)
+                     + layer.act.kernel_args() + (int(layer.res_mode),))
+    return kernels.Chain(specs)
+
+
+KERNEL_BUILDERS = {"chain": _chain_kernel}  # step kinds with per-session kernel objects
+
+
+class ShapePlan:
+    """Execution plan for one set of input shapes."""
+
+    def __init__(self, program, kset, input_shapes, threads):
+        self.shapes = dict(input_shapes)
+        self.calls = []
+        self.flops = 0
+        shapes = self.shapes
+        last_use = {}
+        for i, step in enumerate(program.steps):
+            for t in step.reads:
+                last_use[t] = i
+        keep = {v.name for v in program.outputs}
+        nr = kset.kernels.PANEL_WIDTH
+        for i, step in enumerate(program.steps):
+            call = BINDERS[step.kind](self, step, kset, shapes, nr, threads)
+            free = tuple(t for t in set(step.reads)
+                         if last_use.get(t) == i and t not in keep
+                         and t not in input_shapes)
+            self.calls.append(call + (free,))
+        # one fused chain from the only input to the only output: run() may call the
+        # bound kernel directly once a feed of this shape has been validated
+        self.direct = None
+        if (len(self.calls) == 1 and self.calls[0][0] is _run_chain_plain
+                and len(program.inputs) == 1 and len(program.outputs) == 1
+                and self.calls[0][1][0] == program.inputs[0].name
+                and self.calls[0][1][1] == program.outputs[0].name):
+            self.direct = self.calls[0][1][2]
+            self.direct.set_input_shape(tuple(input_shapes[program.inputs[0].name]))
+
+    # ----------------------------------------------------------------------------
+    def _chain(self, step, kset, shapes, nr, threads):
+        x = shapes[step.input]
+        first = step.layers[0]
+        rank = first.spatial_rank + 2
+        if len(x) != rank:
+            raise InputError(f"Conv '{first.name}': input {step.input!r} has shape "
+                             f"{list(x)}; expected rank {rank}")
+        if x[1] != first.cin:
+            raise InputError(f"Conv '{first.name}': input {step.input!r} has shape "
+                             f"{list(x)}; expected {first.cin} channels (dim 1)")
+        n, h, w, ho, wo, pt, pl = step.geometry(x)
+        if ho < 1 or wo < 1:
+            if h * w == 0:
+                ho, wo = max(ho, 0), max(wo, 0)
+            else:
+                raise InputError(f"Conv '{first.name}': input {list(x)} gives an empty "
+                                 f"output {ho}x{wo}")
+        out = step.layers[-1].out_shape(n, ho, wo)
+        _check_size(out, first.name, step.input, x)
+        residuals = []
+        flops = 0
+        for layer in step.layers:
+            if layer.residual is not None:
+                want = (n, layer.cout) + out[2:]
+                got = shapes[layer.residual]
+                if tuple(got) != want:
+                    raise UnsupportedError(
+                        f"Add in '{layer.name}': residual {layer.residual!r} has shape "
+                        f"{list(got)}, the conv output {list(want)}; broadcasting tensor "
+                        "sums are not supported")
+            residuals.append(layer.residual)
+            flops += layer.flops(n, ho, wo)
+        self.flops += flops
+        shapes[step.output] = out
+        p = ho * wo
+        max_c = max(max(l.cin, l.cout) for l in step.layers)
+        nthreads = threads_for(flops, threads)
+        tile, folded = choose_tiling(nr, max_c, n, p, min_tiles(nthreads),
+                                     kset.kernels.REDUCTION_CHUNK)
+        ntiles = -(-n * p // tile) if folded else n * -(-p // tile)
+        nblocks = max(-(-l.cout // kset.kernels.MAX_BLOCK_ROWS) for l in step.layers)
+        split = choose_split(ntiles, nthreads, nblocks)
+        bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
+                                           first.strides[1], pt, pl, tile, nthreads,
+                                           folded, split)
+        if not any(residuals):
+            return (_run_chain_plain, (step.input, step.output, bound))
+        return (_run_chain, (step.input, step.output, tuple(residuals), bound))
+
+    def _affine(self, step, kset, shapes, nr, threads):
+        x = shapes[step.input]
+        c = x[1] if len(x) >= 2 else 1
+        size = int(np.prod(x, dtype=np.int64))
+        n = x[0] if len(x) >= 2 else 1
+        p = size // max(1, n * c) if n * c else 0
+        scale = _vector(step.scale, c, 1.0, step, x)
+        shift = _vector(step.shift, c, 0.0, step, x)
+        _check_size(x, step.name, step.input, x, "step")
+        shapes[step.output] = x
+        if size == 0:  # (the kernel walks every image x channel row, even empty ones)
+            return (_run_empty, (step.output, x))
+        args = (step.input, step.output, x, kset.kernels.affine_act,
+                (scale, shift, n, c, p) + step.act.kernel_args() + (threads,))
+        return (_run_affine, args)
+
+    def _add(self, step, kset, shapes, nr, threads):
+        a, b = shapes[step.a], shapes[step.b]
+        if tuple(a) != tuple(b):
+            raise UnsupportedError(f"Add '{step.name}': inputs {step.a!r} {list(a)} and "
+                                   f"{step.b!r} {list(b)} differ; broadcasting tensor sums"
+                                   " are not supported")
+        _check_size(a, step.name, step.a, a, "Add")
+        shapes[step.output] = a
+        size = int(np.prod(a, dtype=np.int64))
+        if size == 0:
+            return (_run_empty, (step.output, a))
+        args = (step.a, step.b, step.output, a, kset.kernels.add_act,
+                (size,) + step.act.kernel_args() + (threads,))
+        return (_run_add, args)
+
+    def _copy(self, step, kset, shapes, nr, threads):
+        _check_size(shapes[step.input], step.name, step.input, shapes[step.input],
+                    "Identity")
+        shapes[step.output] = shapes[step.input]
+        return (_copy, (step.input, step.output))
+
+    def execute(self, env, outs=None):
+        """Run every step; `outs` (name -> array) receives those outputs in place."""
+        outs = outs or _NO_OUTS
+        for fn, args, free in self.calls:
+            fn(env, outs, *args)
+            for t in free:
+                env.pop(t, None)
+        return env
+
+
+MAX_TENSOR_BYTES = None  # None: what this machine has (machine_memory); a number overrides
+
+
+machine_memory = resources.machine_memory
+_cgroup_memory_limit = resources.cgroup_memory_limit
+_physical_memory = resources.physical_memory
+
+
+def tensor_byte_limit():
+    """The largest tensor a plan may allocate: the process's memory (physical memory,
+    or its cgroup's limit when lower). A fixed cap let a 143-byte model ask for 64 GiB
+    on a 24 GiB machine, and with overcommit that ends in the OOM killer, not an error."""
+    return MAX_TENSOR_BYTES if MAX_TENSOR_BYTES is not None else machine_memory()
+
+
+# step kind -> ShapePlan method binding it for one input shape: (call, args)
+BINDERS = {"chain": ShapePlan._chain, "affine": ShapePlan._affine, "add": ShapePlan._add,
+           "copy": ShapePlan._copy}
+
+
+def _check_size(shape, name, src, src_shape, what="Conv"):
+    nbytes = 4 * int(np.prod(shape, dtype=object))
+    limit = tensor_byte_limit()
+    if nbytes > limit:
+        raise UnsupportedError(
+            f"{what} '{name}': input {src!r} {list(src_shape)} gives an output "
+            f"{list(shape)} of {nbytes} bytes; the limit is {limit} bytes, the memory of "
+            "this machine (physical or cgroup; pyconv1x1.plan.MAX_TENSOR_BYTES overrides)")
+
+
+def _vector(v, c, default, step, shape):
+    if v is None:
+        return np.full(c, default, np.float32)
+    if v.size == 1:
+        return np.full(c, v.reshape(-1)[0], np.float32)
+    if v.size != c:
+        raise InputError(f"'{step.name}': input {step.input!r} has shape {list(shape)}; "
+                         f"the per-channel constant has {v.size} values")
+    return np.ascontiguousarray(v, np.float32)
+
+
+def _run_chain_plain(env, outs, src, dst, bound):
+    y = outs.get(dst)
+    env[dst] = bound(env[src]) if y is None else bound.into(env[src], y)
+
+
+def _run_chain(env, outs, src, dst, residuals, bound):
+    res = tuple(None if r is None else env[r] for r in residuals)
+    y = outs.get(dst)
+    env[dst] = bound(env[src], res) if y is None else bound.into(env[src], y, res)
+
+
+def _run_affine(env, outs, src, dst, shape, fn, args):
+    y = outs.get(dst)
+    if y is None:
+        y = np.empty(shape, np.float32)
+    fn(env[src], y, *args)
+    env[dst] = y
+
+
+def _run_add(env, outs, a, b, dst, shape, fn, args):
+    y = outs.get(dst)
+    if y is None:
+        y = np.empty(shape, np.float32)
+    fn(env[a], env[b], y, *args)
+    env[dst] = y
+
+
+def _run_empty(env, outs, dst, shape):
+    """A step whose output has no elements: nothing to compute, whatever the batch."""
+    y = outs.get(dst)
+    env[dst] = np.empty(shape, np.float32) if y is None else y
+
+
+def _copy(env, outs, src, dst):
+    y = outs.get(dst)
+    if y is None:
+        env[dst] = env[src].copy()
+    else:
+        np.copyto(y, env[src])
+        env[dst] = y
+
