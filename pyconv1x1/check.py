@@ -5,7 +5,8 @@ supported. Unsupported nodes are collected and reported all at once."""
 from collections import deque
 
 from .errors import ONNX_EXTRA_HINT, ModelError, Problem, UnsupportedError
-from .ops import REGISTRY, Context, Refused
+from .ops import PATTERN_DOMAIN, REGISTRY, Context, Refused
+from .patterns import fuse_patterns
 
 MIN_OPSET = 7
 
@@ -104,6 +105,8 @@ def lower(graph):
             problems.append(Problem("", "", f"output {v.name!r} is declared "
                                     f"{v.elem_type}; only float32 outputs are computed"))
     order = topological_order(graph)
+    graph = fuse_patterns(graph)  # (after the checks of the graph as the model has it)
+    order = topological_order(graph)
     shapes = {v.name: v.shape for v in graph.inputs}
     for name, arr in graph.constants.items():
         shapes[name] = tuple(arr.shape)
@@ -115,13 +118,14 @@ def lower(graph):
         node = graph.nodes[i]
         refuse = lambda reason: problems.append(  # noqa: E731
             Problem(node.op_type, node.name, reason))
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx", PATTERN_DOMAIN):
             refuse(f"domain {node.domain!r} is not supported")
             continue
-        binder = REGISTRY.get(node.op_type)
+        binder = REGISTRY.get(node.op_type if node.domain != PATTERN_DOMAIN
+                              else f"{PATTERN_DOMAIN}:{node.op_type}")
         if binder is None:
-            refuse(f"op {node.op_type} is not supported "
-                   f"(supported: {', '.join(sorted(REGISTRY))})")
+            refuse(f"op {node.op_type} is not supported (supported: "
+                   f"{', '.join(sorted(k for k in REGISTRY if ':' not in k))})")
             continue
         try:
             step = binder(node, ctx)

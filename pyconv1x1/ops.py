@@ -9,6 +9,11 @@ from .errors import ModelError
 from .onnx_reader import _Unsupported
 from .program import (IDENTITY, RELU, Activation, AddStep, AffineStep, ChainStep,
                       ConvLayer, CopyStep)
+from .program.epilogue import OPS as EPILOGUE_OPS
+from .program.epilogue import Op
+
+# ops the pattern pass (patterns.py) makes of several nodes, in their own domain
+PATTERN_DOMAIN = "pyconv1x1"
 
 REGISTRY = {}
 FLOAT_MAX = float(np.finfo(np.float32).max)
@@ -69,7 +74,7 @@ _ATTR_KINDS = {"auto_pad": "string", "dilations": "ints", "group": "int",
                "min": "float", "max": "float", "epsilon": "float", "momentum": "float",
                "spatial": "int", "training_mode": "int", "is_test": "int",
                "consumed_inputs": "ints", "broadcast": "int", "axis": "int",
-               "ratio": "float", "seed": "int"}
+               "ratio": "float", "seed": "int", "beta": "float", "approximate": "string"}
 
 
 def _attr_kind(node, key, value):
@@ -242,6 +247,62 @@ def clip(node, ctx):
     return _act_step(node, Activation(kind, lo, hi, 1.0), max_inputs=3)
 
 
+def _epilogue_binder(kind):
+    """Binder of an ONNX op that is one epilogue op whose parameters are its attributes
+    (the table's defaults are the ONNX spec's)."""
+    spec = EPILOGUE_OPS[kind]
+
+    def bind(node, ctx):
+        a = _attrs(node, dict(spec.params))
+        params = tuple(float(a[name]) for name, _ in spec.params)
+        if not all(math.isfinite(v) for v in params):
+            raise ModelError(f"{node.label()}: attributes {a} must be finite")
+        return _act_step(node, Activation.program([Op(kind, params)]))
+    return bind
+
+
+for _kind in EPILOGUE_OPS.values():  # Sigmoid, HardSigmoid, HardSwish, Tanh
+    if _kind.onnx:
+        op(_kind.onnx)(_epilogue_binder(_kind.name))
+
+
+@op("PRelu")
+def prelu(node, ctx):
+    """slope: a constant [C], [C, 1, 1], [1, C, 1, 1] or a scalar (one per channel)."""
+    _attrs(node, {})
+    _inputs(node, 2, 2)
+    _single_output(node)
+    slope = _per_channel(node, ctx, ctx.const(node, 1, "slope"), node.inputs[0])
+    param = float(slope[0]) if slope.size == 1 else slope
+    if not np.isfinite(slope).all():
+        raise ModelError(f"{node.label()}: slope holds a value that is not finite")
+    return AffineStep(node.name, node.inputs[0], node.outputs[0], None, None,
+                      Activation.program([Op("prelu", (param,))]))
+
+
+@op("Gelu")
+def gelu(node, ctx):
+    """opset 20; also what patterns.py makes of the x/2 * (1 + Erf(x/sqrt 2)) nodes."""
+    a = _attrs(node, {"approximate": "none"})
+    kinds = {"none": "gelu", "tanh": "gelu_tanh"}
+    if a["approximate"] not in kinds:
+        raise ModelError(f"{node.label()}: approximate={a['approximate']!r}; ONNX "
+                         "defines 'none' and 'tanh'")
+    return _act_step(node, Activation.program([Op(kinds[a["approximate"]])]))
+
+
+@op(f"{PATTERN_DOMAIN}:Silu")
+def silu(node, ctx):
+    """Mul(x, Sigmoid(x)), as exporters write nn.SiLU (see patterns.py)."""
+    return _act_step(node, Activation.program([Op("silu")]))
+
+
+@op("Erf")
+def erf(node, ctx):
+    raise Refused("Erf runs only inside the GELU pattern x * 0.5 * (1 + Erf(x / sqrt 2)) "
+                  "(Div or Mul by the constant, Add 1, two Muls), which this one is not")
+
+
 @op("BatchNormalization")
 def batch_norm(node, ctx):
     a = _attrs(node, {"epsilon": 1e-5, "momentum": 0.9, "spatial": 1,
@@ -314,7 +375,8 @@ def _binary(node, ctx, kind):
         raise Refused("both operands are constants (constant folding is not supported)")
     if ca is None and cb is None:
         if kind == "Mul":
-            raise Refused("product of two run-time tensors is not supported")
+            raise Refused("product of two run-time tensors is not supported (except "
+                          "x * Sigmoid(x) and the GELU pattern, which run fused)")
         return AddStep(node.name, a, b, node.outputs[0])
     data, const = (a, cb) if cb is not None else (b, ca)
     vec = _per_channel(node, ctx, const, data)

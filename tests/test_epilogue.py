@@ -19,7 +19,7 @@ import pytest
 
 from conftest import conv1x1_ref
 from pyconv1x1 import _backend, _variants, plan
-from pyconv1x1.epilogue import OPS
+from pyconv1x1.program.epilogue import OPS
 from pyconv1x1.program import RES_AFTER_ACT, RES_BEFORE_ACT, RES_NONE, ConvLayer
 
 VARIANTS = _backend.runnable_variants()
