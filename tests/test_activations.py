@@ -265,11 +265,19 @@ def test_every_table_op_is_reachable_from_onnx():
 torch = pytest.importorskip("torch")
 
 
+def _slopes(prelu):
+    """Distinct random slopes (the TorchScript exporter shares equal initializers
+    through an Identity node, a constant computation this runtime does not fold)."""
+    with torch.no_grad():
+        prelu.weight.uniform_(-0.5, 0.5)
+    return prelu
+
+
 def _torch_acts():
     nn = torch.nn
     return {"sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid,
             "hardswish": nn.Hardswish, "tanh": nn.Tanh, "silu": nn.SiLU,
-            "prelu": lambda: nn.PReLU(C, init=0.2), "prelu1": lambda: nn.PReLU(),
+            "prelu": lambda: _slopes(nn.PReLU(C)), "prelu1": lambda: _slopes(nn.PReLU()),
             "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh")}
 
 
@@ -287,7 +295,7 @@ def test_torch_module_matches(act, exporter, opset):
     torch.manual_seed(0)
     nn = torch.nn
     for module in (nn.Sequential(nn.Conv2d(4, C, 1), make(), nn.Conv2d(C, C, 1), make()),
-                   nn.Sequential(make() if act != "prelu" else nn.PReLU(4, init=0.2),
+                   nn.Sequential(make() if act != "prelu" else _slopes(nn.PReLU(4)),
                                  nn.Conv2d(4, C, 1))):
         x = torch.randn(2, 4, 5, 7) * 2
         try:
