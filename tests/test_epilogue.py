@@ -17,19 +17,17 @@ import math
 import numpy as np
 import pytest
 
-from conftest import conv1x1_ref
+from conftest import conv1x1_ref, load_tool
 from pyconv1x1 import _backend, _variants, plan
-from pyconv1x1.program.epilogue import OPS
+from pyconv1x1.program.epilogue import OPS, Op
 from pyconv1x1.program import RES_AFTER_ACT, RES_BEFORE_ACT, RES_NONE, ConvLayer
 
 VARIANTS = _backend.runnable_variants()
 KERNELS = {name: _backend.kernels(name) for name in VARIANTS}
 MAX_ROWS = max(k.MAX_BLOCK_ROWS for k in KERNELS.values())
-FLT_MIN = float(np.finfo(np.float32).tiny)
-# relative errors are measured where the float64 result is at least this: below, the
-# kernels' flush-to-zero of intermediates shows (x * sigmoid(x) at x = -88 is a normal
-# -5e-37, but sigmoid(-88) is subnormal and flushed: 0)
-REL_FROM = 2.0 ** -100
+ACCURACY = load_tool("epilogue_accuracy")  # the sweep and the error measure
+SWEEP = ACCURACY.sweep()
+FLT_MIN = ACCURACY.FLT_MIN
 
 # the op instances tested: name -> (scalar params); prelu also runs per channel below
 PROGRAMS = {
@@ -48,7 +46,7 @@ PROGRAMS = {
 }
 
 # bounds asserted on the dense sweep: (max abs error, max relative error where the
-# float64 result is at least REL_FROM), about 2x the largest measured on any variant
+# float64 result is at least tools/epilogue_accuracy.py's REL_FROM), about 2x the largest measured on any variant
 # (tools/epilogue_accuracy.py prints them; the README states them). The abs errors of
 # gelu and silu are < 3 ulp of outputs near 20. hardsigmoid: without FMA (the generic
 # build) alpha * x is rounded before beta is added, which cancels near the lower kink.
@@ -65,76 +63,29 @@ BOUNDS = {
 }
 
 
-def kernel_ops(program, channels=1):
-    """The kernels' (opcode, s0, s1, vec) of [(name, params)]; a params entry that is an
-    array is the per-channel vector."""
-    out = []
-    for name, params in program:
-        kind = OPS[name]
-        vec = None
-        s = [float(d) for _, d in kind.params] + [0.0, 0.0]
-        for i, v in enumerate(params):
-            if isinstance(v, np.ndarray):
-                vec = np.ascontiguousarray(v, np.float32)
-            else:
-                s[i] = float(v)
-        out.append((kind.opcode, s[0], s[1], vec))
-    return tuple(out)
+def ops_of(program):
+    """[(name, params)] -> the table's Ops (a params entry that is an array is the
+    per-channel vector; empty params: the defaults)."""
+    return [Op(name, params if params else None) for name, params in program]
+
+
+def kernel_ops(program, channels=None):
+    """The kernels' (opcode, s0, s1, vec) tuples of a program."""
+    return tuple(op.kernel() for op in ops_of(program))
 
 
 def program_ref(v, program, channel_axis=1):
     """float64 reference of a program on v (channels on channel_axis)."""
     v = np.asarray(v, np.float64)
-    for name, params in program:
-        args = []
-        for p in params:
-            if isinstance(p, np.ndarray):
-                shape = [1] * v.ndim
-                shape[channel_axis] = -1
-                p = np.asarray(p, np.float64).reshape(shape)
-            else:
-                p = float(np.float32(p))  # the kernels' parameters are float32
-            args.append(p)
-        if not params:
-            args = [float(np.float32(d)) for _, d in OPS[name].params]
-        with np.errstate(invalid="ignore", over="ignore"):
-            v = OPS[name].ref(v, *args)
+    for op in ops_of(program):
+        v = op.ref(v, channel_axis)
     return v
-
-
-def sweep():
-    """float32 inputs: a dense sweep of [-20, 20], magnitudes 1e-38 .. 3e38 of both
-    signs, subnormals, +-0, +-inf, NaN."""
-    dense = np.linspace(-20, 20, 400001, dtype=np.float32)
-    mags = np.logspace(-38, 38.5, 20001).astype(np.float32)
-    sub = np.array([1e-45, 1e-40, 1.1e-38], np.float32)
-    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, np.finfo(np.float32).max,
-                        -np.finfo(np.float32).max], np.float32)
-    return np.concatenate([dense, mags, -mags, sub, -sub, special])
 
 
 def run_unary(kern, x, program, nthreads=1):
     """The program on x through the element-wise kernel (scale 1, shift 0)."""
-    y = np.empty_like(x)
-    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
-    kern.affine_act(x, y, one, zero, 1, 1, x.size, -np.inf, np.inf, 1.0, nthreads,
-                    kernel_ops(program))
-    return y
-
-
-def op_errors(kern, name):
-    """(max abs error, max relative error) of op `name` (default params) on sweep()."""
-    x = sweep()
-    y = run_unary(kern, x, [(name, ())]).astype(np.float64)
-    xin = np.where(np.abs(x) < FLT_MIN, 0.0, x.astype(np.float64))  # DAZ
-    ref = program_ref(xin, [(name, ())])
-    finite = np.isfinite(ref)
-    with np.errstate(invalid="ignore"):
-        err = np.abs(y - ref)
-    abs_err = float(err[finite].max())
-    rel_ok = finite & (np.abs(ref) >= REL_FROM)
-    rel_err = float((err[rel_ok] / np.abs(ref[rel_ok])).max())
-    return abs_err, rel_err
+    return ACCURACY.run_ops(kern, x, [Op(n, p if p else None) for n, p in program],
+                            nthreads)
 
 
 def has_fma(variant):
@@ -149,7 +100,7 @@ def kern(request):
 
 @pytest.mark.parametrize("name", sorted(BOUNDS))
 def test_op_accuracy_against_float64(kern, name):
-    abs_err, rel_err = op_errors(kern, name)
+    abs_err, rel_err = ACCURACY.op_errors(kern, name, SWEEP)
     max_abs, max_rel = BOUNDS[name]
     if name == "gelu" and not has_fma(kern.VARIANT):
         max_rel = 5e-6
