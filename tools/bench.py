@@ -105,6 +105,8 @@ class Numpy(Engine):
         self.x = wl.x.reshape(n, c, h * w)
         self.out_shape = (n, wl.layers[-1].weight.shape[0], h, w)
         self.layers = [(l.weight, l.bias[:, None], l.act) for l in wl.layers]
+        if any(act == "gelu" for _, _, act in self.layers):
+            raise NotImplementedError("numpy has no vectorized erf")
 
     def __call__(self):
         np = self.np
@@ -116,6 +118,8 @@ class Numpy(Engine):
                 np.maximum(y, 0.0, out=y)
             elif act == "relu6":
                 np.clip(y, 0.0, 6.0, out=y)
+            elif act == "silu":
+                y = y / (1.0 + np.exp(-y))
         return y.reshape(self.out_shape)
 
 
@@ -143,6 +147,10 @@ class Torch(Engine):
                     y = torch.relu(y)
                 elif act == "relu6":
                     y = torch.clamp(y, 0.0, 6.0)
+                elif act == "silu":
+                    y = F.silu(y)
+                elif act == "gelu":
+                    y = F.gelu(y)
             return y.numpy()
 
 
@@ -416,9 +424,10 @@ def selected_workloads(args):
     if names == ["none"]:
         return []
     expand = {"all": workloads.NAMES, "extra": workloads.EXTRA_NAMES,
-              "sweep": workloads.SWEEP_NAMES}
+              "sweep": workloads.SWEEP_NAMES, "act": workloads.ACT_NAMES}
     names = [m for n in names for m in expand.get(n, [n])]
-    known = workloads.NAMES + workloads.EXTRA_NAMES + workloads.SWEEP_NAMES
+    known = (workloads.NAMES + workloads.EXTRA_NAMES + workloads.SWEEP_NAMES
+             + workloads.ACT_NAMES)
     bad = [n for n in names if n not in known]
     if bad:
         raise SystemExit(f"bench.py: unknown workload(s) {bad}; known: {known} "
@@ -706,8 +715,8 @@ def parse_args(argv):
     ap.add_argument("--workloads", default="all",
                     help="built-in workloads, comma-separated: names, 'all' (the issue-4 "
                          "targets, the default), 'extra' (ResNet-style shapes), 'sweep' "
-                         "(issue 11's shape sweep: 1 to 224x224 pixels, batch 1 to 64) or "
-                         "'none'")
+                         "(issue 11's shape sweep: 1 to 224x224 pixels, batch 1 to 64), "
+                         "'act' (SiLU and GELU chains) or 'none'")
     ap.add_argument("--engines", default=",".join(ENGINES),
                     help=f"engines to run (default {','.join(ENGINES)})")
     ap.add_argument("--quick", action="store_true", help="a short run (fewer, shorter rounds)")
