@@ -5,6 +5,7 @@ supported. Unsupported nodes are collected and reported all at once."""
 from collections import deque
 
 from .errors import ONNX_EXTRA_HINT, ModelError, Problem, UnsupportedError
+from .normalize import edge_type_problems
 from .ops import PATTERN_DOMAIN, REGISTRY, Context, Refused
 from .patterns import fuse_patterns
 
@@ -96,14 +97,7 @@ def lower(graph):
                         "onnx package's schemas; it is not installed: "
                         f"{ONNX_EXTRA_HINT})")
         problems.append(Problem("", "", problem))
-    for v in graph.inputs:
-        if v.elem_type != "float32":
-            problems.append(Problem("", "", f"input {v.name!r} is {v.elem_type}; only "
-                                    "float32 inputs run"))
-    for v in graph.outputs:  # (every output is computed in float32: declaring another
-        if v.elem_type != "float32":  # type made a session that could not be compiled)
-            problems.append(Problem("", "", f"output {v.name!r} is declared "
-                                    f"{v.elem_type}; only float32 outputs are computed"))
+    problems.extend(edge_type_problems(graph))
     order = topological_order(graph)
     graph = fuse_patterns(graph)  # (after the checks of the graph as the model has it)
     order = topological_order(graph)
@@ -134,8 +128,8 @@ def lower(graph):
             continue
         folded = [t for t in step.reads if t in graph.constants]
         if folded:
-            refuse(f"computes on constant {folded[0]!r}; constant folding is not "
-                   "supported")
+            refuse(f"computes on constant {folded[0]!r}; {node.op_type} is not folded "
+                   "at load (see fold.FOLDERS for the ops that are)")
             continue
         for o in node.outputs:
             shapes.setdefault(o, None)
@@ -167,6 +161,7 @@ def unsupported_problems(graph):
     """(problems, conv_count, conv1x1_count) without raising; problems: Problem records
     (op, node, reason), as UnsupportedError.problems holds them (group them by op and
     reason without parsing text)."""
+    from .fold import fold_constants
     problems = []
     convs = ones = 0
     for n in graph.nodes:
@@ -176,7 +171,7 @@ def unsupported_problems(graph):
             if w is not None and w.ndim >= 3 and all(k == 1 for k in w.shape[2:]):
                 ones += 1
     try:
-        lower(graph)
+        lower(fold_constants(graph)[0])
     except UnsupportedError as exc:
         problems = exc.problems or [Problem("", "", str(exc))]
     except ModelError as exc:

@@ -12,18 +12,15 @@ Install with `pip install "pyconv1x1[dask]"`; `import pyconv1x1` never imports t
 import collections
 import threading
 
-try:
-    import dask
-    import dask.array as da
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise type(exc)(f"pyconv1x1.dask needs Dask: pip install \"pyconv1x1[dask]\" "
-                    f"({exc})", name=exc.name) from None
-
 import numpy as np
 
+from ._extras import require
 from ._threads import available_cores, resolve_threads
 from .errors import InputError
 from .session import InferenceSession, _restore
+
+dask = require("dask", "dask", "Dask")
+da = require("dask.array", "dask", "Dask")
 
 __all__ = ["predict", "task_threads"]
 

@@ -47,3 +47,12 @@ def onnx_missing(feature):
     return UnsupportedError(f"{feature} needs the onnx package, which is not installed: "
                             f"{ONNX_EXTRA_HINT} (pyconv1x1 runs .onnx files and .pc1 "
                             "plans without it)")
+
+
+def one_line(text):
+    """A (possibly multi-line) message squeezed onto one line, for reports that must
+    stay one line (the command line's errors, a reference engine's failure)."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if len(lines) <= 2:
+        return " ".join(lines)
+    return f"{lines[0]} {lines[1]} (and {len(lines) - 2} more)"

@@ -363,7 +363,9 @@ def _per_channel(node, ctx, const, data_name):
     return c.reshape(-1).copy()
 
 
-def _binary(node, ctx, kind):
+def binary_operands(node, ctx, kind):
+    """(a, b, constant a or None, constant b or None) of a two-input elementwise op;
+    Refused when both are constants (the fold stage left them: it says why)."""
     _attrs(node, {"broadcast": 0, "axis": None, "consumed_inputs": None})
     _inputs(node, 2, 2)
     _single_output(node)
@@ -372,7 +374,13 @@ def _binary(node, ctx, kind):
         raise ModelError(f"{node.label()}: its second input is empty; {kind} needs two")
     ca, cb = ctx.constants.get(a), ctx.constants.get(b)
     if ca is not None and cb is not None:
-        raise Refused("both operands are constants (constant folding is not supported)")
+        from .fold import reason_not_folded
+        raise Refused(reason_not_folded(node, ctx.constants, ctx.opset))
+    return a, b, ca, cb
+
+
+def _binary(node, ctx, kind):
+    a, b, ca, cb = binary_operands(node, ctx, kind)
     if ca is None and cb is None:
         if kind == "Mul":
             raise Refused("product of two run-time tensors is not supported (except "
@@ -417,3 +425,7 @@ def dropout(node, ctx):
     if len(node.outputs) > 1 and node.outputs[1] and node.outputs[1] in ctx.used:
         raise Refused("its mask output is used")
     return CopyStep(node.name, node.inputs[0], node.outputs[0])
+
+
+# binders of other modules: constant folding's ops and the affine / type-edge ones
+from . import fold, normalize  # noqa: E402,F401  (registered on import)

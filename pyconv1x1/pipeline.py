@@ -12,8 +12,10 @@ def load_program(model, base_dir=None):
 
 
 def program_from_model(model, base_dir=None):
-    """The .onnx path of load_program: parse -> check -> rewrite."""
-    from . import check, onnx_reader, rewrite
-    graph = onnx_reader.load(model, base_dir=base_dir)
+    """The .onnx path of load_program: parse -> fold constants -> check -> rewrite."""
+    from . import check, fold, onnx_reader, rewrite
+    graph, folded = fold.fold_constants(onnx_reader.load(model, base_dir=base_dir))
     steps, _ = check.lower(graph)
-    return rewrite.build_program(graph, steps)
+    program = rewrite.build_program(graph, steps)
+    program.notes[:0] = folded
+    return program

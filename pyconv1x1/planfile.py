@@ -303,8 +303,9 @@ def validate(program):
     if len(defined) != len(program.inputs):
         raise ModelError("plan declares an input twice")
     for v in program.inputs + program.outputs:
-        if v.elem_type != "float32":
-            raise ModelError(f"plan value {v.name!r} is {v.elem_type}, not float32")
+        if v.elem_type not in ("float32", "float16"):
+            raise ModelError(f"plan value {v.name!r} is {v.elem_type}, not float32 or "
+                             "float16")
     for step in program.steps:
         for t in step.reads:
             if t not in defined:

@@ -10,17 +10,14 @@ actor, each actor's kernels on the CPUs Ray gave it.
 
 Install with `pip install "pyconv1x1[ray]"`; `import pyconv1x1` never imports this module.
 """
-try:
-    import ray
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise type(exc)(f"pyconv1x1.ray needs Ray Data: pip install \"pyconv1x1[ray]\" "
-                    f"({exc})", name=exc.name) from None
-
 import numpy as np
 
+from ._extras import require
 from ._threads import available_cores, resolve_threads
 from .errors import InputError
 from .session import InferenceSession, _restore
+
+ray = require("ray", "ray", "Ray Data")
 
 __all__ = ["Predictor", "actor_threads"]
 

@@ -4,6 +4,7 @@ stays as it is, why in Program.declined:
 
 1. drop Identity / Dropout (rename, or keep a copy when a graph output needs one)
 2. fold per-channel Mul / Add / BatchNormalization into the producing conv's weights
+   (and an affine step left before a conv into that conv: normalize.fold_into_next_conv)
 3. fuse activations and residual Adds into the producing step's epilogue
 4. chain consecutive convs so a tile of pixels passes through all of them in cache
 
@@ -12,6 +13,7 @@ fold_into_conv, fold_into_elementwise); the passes here only walk the graph.
 """
 from collections import deque
 
+from .normalize import fold_into_next_conv
 from .program import Program
 
 
@@ -21,6 +23,7 @@ def build_program(graph, steps):
     notes, declined = [], _Declined()
     steps = _drop_copies(steps, outputs, inputs, notes, declined)
     steps = _fuse(steps, outputs, notes, declined)
+    steps = fold_into_next_conv(steps, outputs, notes)
     steps = _chain(steps, outputs, notes, declined)
     steps = _toposort(steps, inputs)
     return Program(inputs=graph.inputs, outputs=graph.outputs, steps=steps,

@@ -61,6 +61,7 @@ class InferenceSession(SessionBase):
     _profiler = None
     _providers = ((ort_api.CPU_PROVIDER, {}),)
     _sess_options = None
+    _edge_dtypes = {}  # (read-only: replaced, never updated)
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None,
                  provider_options=None, *, threads=ort_api._UNSET, base_dir=None,
@@ -85,6 +86,11 @@ class InferenceSession(SessionBase):
                                                   is None else tuple(a.shape))
                                 for a, v in zip(self._inputs, self._program.inputs)}
         self._output_names = [v.name for v in self._program.outputs]
+        # float16 inputs and outputs (the rest is computed in float32): fed and
+        # returned as declared, converted on the way in and out (never the fast path)
+        self._edge_dtypes = {v.name: np.dtype(v.elem_type) for v in
+                             self._program.inputs + self._program.outputs
+                             if v.elem_type != "float32"}
         self._plans = collections.OrderedDict()
         # run() is SessionBase.run (C): it runs _fast_chain directly for a feed of the
         # shape _run validated last, and calls _run for everything else
@@ -213,7 +219,7 @@ class InferenceSession(SessionBase):
         names = self._check_output_names(output_names)
         feeds = self._check_feed(input_feed)
         plan = self._plan({k: v.shape for k, v in feeds.items()})
-        if plan.direct is not None and self._profiler is None:
+        if plan.direct is not None and self._profiler is None and not self._edge_dtypes:
             self._fast_chain = plan.direct  # this shape passed _check_feed: later runs
             # may skip it (not while profiling: each run must pass here to be recorded)
         try:
@@ -228,6 +234,8 @@ class InferenceSession(SessionBase):
             if name in seen or name in feeds:
                 arr = np.array(arr, copy=True)
             seen.add(name)
+            if name in self._edge_dtypes:
+                arr = arr.astype(self._edge_dtypes[name])
             out.append(arr)
         return out
 
@@ -238,6 +246,9 @@ class InferenceSession(SessionBase):
         Outputs not in the dict are not returned. Returns `outputs`."""
         if not isinstance(outputs, dict) or not outputs:
             raise InputError("outputs must be a non-empty dict of output name -> array")
+        if self._edge_dtypes:
+            raise InputError(f"run_into writes float32 outputs; this model's "
+                             f"{sorted(self._edge_dtypes)} are float16: use run()")
         self._check_output_names(list(outputs))
         feeds = self._check_feed(input_feed)
         plan = self._plan({k: v.shape for k, v in feeds.items()})
@@ -340,9 +351,11 @@ class InferenceSession(SessionBase):
                 raise InputError(f"input {name!r} is a masked array; the model would "
                                  "read the masked values too: pass np.ma.filled(x, value) "
                                  "or the plain array x.data")
-            if arr.dtype != np.float32:
-                raise InputError(f"input {name!r} has dtype {arr.dtype}; expected float32 "
-                                 "(tensor(float)); no silent casting")
+            dtype = self._edge_dtypes.get(name, _F32)
+            if arr.dtype != dtype:
+                raise InputError(f"input {name!r} has dtype {arr.dtype}; expected "
+                                 f"{dtype.name} ({_type_name(dtype.name)}); no silent "
+                                 "casting")
             decl = info.shape
             if decl is not None:
                 if arr.ndim != len(decl):
@@ -361,6 +374,8 @@ class InferenceSession(SessionBase):
                                              f"{got}, but {other[1]!r} set {want!r} to "
                                              f"{other[0]}")
             feeds[name] = _contiguous(name, arr)
+            if dtype is not _F32:  # float16: computed in float32
+                feeds[name] = feeds[name].astype(_F32)
         return feeds
 
     def _plan(self, shapes):

@@ -348,6 +348,43 @@ def test_compare_tolerance_rule():
     assert not cli.compare(inf, np.array([-np.inf, 1.0], np.float32), 1, 1)[2]
 
 
+@pytest.mark.parametrize("case, scale, passes", [
+    ("zero reference", 0.5, True), ("zero reference", 2.0, False),
+    ("near tolerance", 0.9, True), ("near tolerance", 1.1, False)])
+def test_validate_and_compare_outputs_share_one_rule(tmp_path, capsys, case, scale, passes):
+    """`pyconv1x1 validate` (default --atol) and pyconv1x1.testing.compare_outputs give
+    one verdict: within rtol * max|reference|, and within rtol itself where the
+    reference is all zeros (they disagreed there: validate demanded an exact 0)."""
+    from pyconv1x1.testing import compare_outputs
+    rtol = 1e-5
+    model = dynamic_model(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((2, 6, 3, 4)).astype(np.float32)
+    if case == "zero reference":  # our output peaks at scale * rtol; the reference is 0
+        peak = np.abs(_session_outputs(model, {"x": x})["y"]).max()
+        x = x * np.float32(scale * rtol / peak)
+        got = _session_outputs(model, {"x": x})["y"]
+        ref = np.zeros_like(got)
+    else:  # one element off by scale * rtol * max|reference|, the peak left alone
+        got = _session_outputs(model, {"x": x})["y"]
+        ref = got.copy()
+        small = np.unravel_index(np.argmin(np.abs(got)), got.shape)
+        ref[small] += np.float32(scale * rtol * np.abs(got).max())
+    np.savez(tmp_path / "m.inputs.npz", x=x)
+    np.savez(tmp_path / "m.outputs.npz", y=ref)
+    code = cli.main(["validate", str(model), "--against", "recorded"])
+    out = capsys.readouterr().out
+    assert code == (0 if passes else 1), out
+    assert ("ok: all 1 output(s)" in out) == passes
+    assert compare_outputs([got], [ref], rtol=rtol).ok == passes
+    assert cli.compare(got, ref, rtol)[2] == passes
+    # an explicit --atol 0 asks for an exact 0 on a zero reference, in both
+    if case == "zero reference":
+        assert cli.main(["validate", str(model), "--against", "recorded", "--atol",
+                         "0"]) == 1
+        assert not compare_outputs([got], [ref], rtol=rtol, atol=0).ok
+        capsys.readouterr()
+
+
 # ---- bench ---------------------------------------------------------------------------
 def test_bench_prints_numbers(tmp_path):
     out = assert_ok(cli_run("bench", REDUCE, "--repeat", "3", "--warmup", "1", "--threads",

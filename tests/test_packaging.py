@@ -77,7 +77,7 @@ def test_features_needing_onnx_name_the_extra(tmp_path):
         "    raise SystemExit('opset 99 accepted')\n"
         "except UnsupportedError as exc:\n"
         "    print('opset:', exc)\n"
-        "from pyconv1x1 import testing\n"
+        "from pyconv1x1.testing import torch_export as testing\n"
         "try:\n"
         "    testing._export(None, None, (), 'm.onnx', 'dynamo', ['x'], ['y'], None, None,"
         " None)\n"

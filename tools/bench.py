@@ -212,7 +212,8 @@ def bench_workload(wl, engines, threads, cfg, probe=None):
     """Interleaved rounds over the engines that built (and the peak probe, if given);
     returns {engine: result dict}."""
     import numpy as np
-    from pyconv1x1.cli import settle, timed
+    from pyconv1x1._timing import Rounds, percentiles_ms, settle
+    from pyconv1x1.testing import compare
     res = {}
     live = {}
     for name in engines:
@@ -242,58 +243,47 @@ def bench_workload(wl, engines, threads, cfg, probe=None):
                 r["error"] = f"output shape {list(y.shape)} != onnxruntime {list(ref.shape)}"
                 live.pop(name, None)
             else:
-                scale = float(np.max(np.abs(ref))) or 1.0
-                r["max_rel_err"] = float(np.max(np.abs(y - ref))) / scale
+                r["max_rel_err"] = compare(y, ref)[1]
 
     if probe is not None:
         probe()
         live[probe.name] = probe
         res[probe.name] = {"reps": 1, "error": None}
-    order = list(live)
-    times = {name: [] for name in order}
-    blocks = {name: [None] * cfg["rounds"] for name in order}  # per round: block median
-    for rnd in range(cfg["rounds"]):
-        k = rnd % max(1, len(order))
-        for name in order[k:] + order[:k]:
-            if name not in live:
-                continue
-            try:
-                settle(cfg["gap_s"])
-                block = []
-                timed(live[name], res[name]["reps"], block)
-                times[name].extend(block)
-                blocks[name][rnd] = sorted(block)[len(block) // 2]
-            except Exception:
-                res[name]["error"] = _err(traceback.format_exc())
-                live.pop(name)
+    # interleaved rounds, the order turning each round; an engine that raises sits out
+    rounds = Rounds(live, settle_s=cfg["gap_s"], rotate=True, keep_going=True)
+    for _ in range(cfg["rounds"]):
+        rounds.round({name: res[name]["reps"] for name in live})
+    for name, exc in rounds.failed.items():
+        res[name]["error"] = _err("".join(
+            traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        live.pop(name)
+    order = list(rounds.engines)
     for name in order:
-        if name in live and times[name]:
-            t = sorted(times[name])
-            res[name]["ms"] = 1e3 * t[len(t) // 2]
-            res[name]["p90_ms"] = 1e3 * t[min(len(t) - 1, int(0.9 * len(t)))]
+        if name in live and rounds.times[name]:
+            t = rounds.times[name]
+            pct = percentiles_ms(t, (50, 90))
+            res[name]["ms"] = pct["p50_ms"]
+            res[name]["p90_ms"] = pct["p90_ms"]
             res[name]["samples"] = len(t)
     # paired ratios: onnxruntime's block / this engine's block in the same round (blocks
     # a few ms apart), so drift of the machine between rounds cancels out
-    ref_blocks = blocks.get("onnxruntime")
     for name in order:
-        if name in live and ref_blocks is not None and name != "onnxruntime":
-            pairs = sorted(a / b for a, b in zip(ref_blocks, blocks[name])
-                           if a is not None and b is not None and b > 0)
-            if pairs:
-                res[name]["ratio"] = pairs[len(pairs) // 2]
-                res[name]["ratio_q1"] = pairs[len(pairs) // 4]
-                res[name]["ratio_q3"] = pairs[min(len(pairs) - 1, (3 * len(pairs)) // 4)]
+        if name in live and "onnxruntime" in order and name != "onnxruntime":
+            ratio = rounds.ratio("onnxruntime", name)
+            if ratio is not None:
+                res[name]["ratio"] = ratio.median
+                res[name]["ratio_q1"] = ratio.q1
+                res[name]["ratio_q3"] = ratio.q3
         elif name == "onnxruntime" and name in live:
             res[name]["ratio"] = 1.0
-    ours_blocks = blocks.get("pyconv1x1")
     for name in order:  # the same pairing against pyconv1x1, for the plot
-        if name in live and ours_blocks is not None and name != "pyconv1x1":
-            pairs = sorted(a / b for a, b in zip(blocks[name], ours_blocks)
-                           if a is not None and b is not None and b > 0)
-            if pairs:
-                res[name]["time_vs_ours"] = pairs[len(pairs) // 2]
+        if name in live and "pyconv1x1" in order and name != "pyconv1x1":
+            ratio = rounds.ratio(name, "pyconv1x1")
+            if ratio is not None:
+                res[name]["time_vs_ours"] = ratio.median
+    blocks = rounds.blocks
     if probe is not None:  # the best sgemm speed seen in this workload's rounds
-        peak_blocks = [b for b in blocks.pop(probe.name) if b is not None]
+        peak_blocks = [b for b in blocks[probe.name] if b is not None]
         live.pop(probe.name, None)
         order.remove(probe.name)
         probe_res = res.pop(probe.name)

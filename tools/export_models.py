@@ -34,6 +34,8 @@ import onnx
 import torch
 from torch import nn
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 REL_TOL = 1e-5
 INPUT_NAMES = ["input"]
 OUTPUT_NAMES = ["output"]
@@ -136,19 +138,12 @@ def value_info_str(vi: onnx.ValueInfoProto) -> str:
 
 
 def ort_rel_err(path: str, feeds: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> float:
-    import onnxruntime as ort
+    """The worst relative error of onnxruntime's outputs against `ref`, by the rule of
+    pyconv1x1.testing (max|err| / max|ref|; inf for a shape or NaN mismatch)."""
+    from pyconv1x1.testing import compare_outputs, run_reference
 
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    outs = sess.run(names, feeds)
-    worst = 0.0
-    for n, o in zip(names, outs):
-        r = ref[n]
-        if o.shape != r.shape:
-            raise RuntimeError(f"{path}: ort output {n} shape {o.shape} != {r.shape}")
-        denom = float(np.max(np.abs(r))) or 1.0
-        worst = max(worst, float(np.max(np.abs(o - r))) / denom)
-    return worst
+    return compare_outputs(run_reference("onnxruntime", path, feeds), ref,
+                           rtol=REL_TOL).max_rel_err
 
 
 def process(stem: str, path: str, x: torch.Tensor, y: torch.Tensor) -> bool:

@@ -95,6 +95,18 @@ else:
 print(json.dumps({{"s": t1 - t0, "touch_s": extra, "seen": seen, "seen_after": seen_after}}))
 """
 
+# every measuring script's session maker, defined once its engine is imported (no
+# braces: the scripts are str.format templates)
+MAKE_CODE = r"""
+def make():
+    if engine == "pyconv1x1":
+        return pyconv1x1.InferenceSession(path, threads=threads)
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+"""
+
 SESSION_CODE = r"""
 import json, sys, time
 engine, path, threads, preimport = {engine!r}, {path!r}, {threads!r}, {preimport!r}
@@ -103,15 +115,9 @@ if preimport:
 if engine == "pyconv1x1":
     import pyconv1x1
     pyconv1x1.InferenceSession  # the package's own import cost is not session creation
-    def make():
-        return pyconv1x1.InferenceSession(path, threads=threads)
 else:
     import onnxruntime as ort
-    def make():
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+""" + MAKE_CODE + r"""
 t0 = time.perf_counter(); s = make(); t1 = time.perf_counter()
 del s
 t2 = time.perf_counter(); s = make(); t3 = time.perf_counter()
@@ -127,13 +133,10 @@ engine, path, threads, shape = {engine!r}, {path!r}, {threads!r}, {shape!r}
 import numpy as np
 if engine == "pyconv1x1":
     import pyconv1x1
-    s = pyconv1x1.InferenceSession(path, threads=threads)
 else:
     import onnxruntime as ort
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    s = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+""" + MAKE_CODE + r"""
+s = make()
 x = np.zeros(shape, np.float32)
 y = s.run(None, {{s.get_inputs()[0].name: x}})[0]
 print(json.dumps({{"s": time.perf_counter() - t0}}))
@@ -160,13 +163,8 @@ if engine == "pyconv1x1":
 else:
     import onnxruntime as ort
 after_import = status()["VmRSS"]
-if engine == "pyconv1x1":
-    s = pyconv1x1.InferenceSession(path, threads=threads)
-else:
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    s = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+""" + MAKE_CODE + r"""
+s = make()
 name = s.get_inputs()[0].name
 x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 gc.collect()

@@ -862,6 +862,18 @@ def case_family(seed, index, families=FAMILIES):
     return random.Random(f"{seed}:{index}").choice(list(families))
 
 
+def _write_case(path, data, desc, form, announce):
+    """Write a case's model file; returns its description ("; "-joined `desc`, the
+    form it loads from last), announced first when `announce` is given."""
+    with open(path, "wb") as f:
+        f.write(data)
+    desc.append(f"from {form}")
+    description = "; ".join(desc)
+    if announce:
+        announce(description, path, data)
+    return description
+
+
 def run_case(seeds, seed, index, workdir, families=FAMILIES, announce=None, load=True):
     """Run one case; returns (outcome, description). Raises on a failing case.
     load=False only builds the mutated model (outcome 'prepared')."""
@@ -912,13 +924,8 @@ def run_case(seeds, seed, index, workdir, families=FAMILIES, announce=None, load
         except Exception:   # protobuf refuses some edits (e.g. bad UTF-8): use the bytes
             proto = None
     path = os.path.join(folder, name + ".onnx")
-    with open(path, "wb") as f:
-        f.write(data)
     form = rng.choices(["path", "bytes", "proto"], [6, 2, 2 if proto is not None else 0])[0]
-    desc.append(f"from {form}")
-    description = "; ".join(desc)
-    if announce:
-        announce(description, path, data)
+    description = _write_case(path, data, desc, form, announce)
     if not load:
         return "prepared", description
     try:
@@ -1062,13 +1069,8 @@ def _run_plan_case(seeds, rng, index, workdir, announce, load):
     folder = os.path.join(workdir, f"case{index}", "model")
     os.makedirs(folder)
     path = os.path.join(folder, name + ".pc1")
-    with open(path, "wb") as f:
-        f.write(data)
     form = rng.choices(["path", "bytes", "bytearray", "memoryview"], [5, 3, 1, 1])[0]
-    desc.append(f"from {form}")
-    description = "; ".join(desc)
-    if announce:
-        announce(description, path, data)
+    description = _write_case(path, data, desc, form, announce)
     if not load:
         return "prepared", description
     source = {"path": path, "bytes": data, "bytearray": bytearray(data),

@@ -19,6 +19,7 @@ within --rtol/--atol, 1 otherwise, 2 when a model cannot be loaded.
 """
 import argparse
 import glob
+import importlib.util
 import os
 import sys
 import time
@@ -29,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
 import pyconv1x1  # noqa: E402
-from pyconv1x1.testing import compare_outputs, run_torch_reference  # noqa: E402
+from pyconv1x1.testing import compare_outputs, run_reference  # noqa: E402
 
 
 def _load_npz(path):
@@ -37,22 +38,12 @@ def _load_npz(path):
         return dict(f)
 
 
-def _ort_outputs(path, feeds):
-    try:
-        import onnxruntime as ort
-    except ImportError:
+def _engine(kind, module, path, feeds, threads):
+    """The outputs of reference `kind` (pyconv1x1.testing.run_reference), or None when
+    its engine (`module`) is not installed."""
+    if importlib.util.find_spec(module) is None:
         return None
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, feeds)))
-
-
-def _torch_outputs(path, feeds):
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return None
-    return run_torch_reference(path, feeds)
+    return run_reference(kind, path, feeds, threads)
 
 
 def validate(path, threads, rtol, atol):
@@ -70,8 +61,9 @@ def validate(path, threads, rtol, atol):
     results = {}
     sides = [("recorded", lambda: _load_npz(stem + ".outputs.npz")
               if os.path.isfile(stem + ".outputs.npz") else None),
-             ("onnxruntime", lambda: _ort_outputs(path, feeds)),
-             ("torch ref", lambda: _torch_outputs(path, feeds))]
+             ("onnxruntime", lambda: _engine("onnxruntime", "onnxruntime", path, feeds,
+                                             threads)),
+             ("torch ref", lambda: _engine("torch", "torch", path, feeds, threads))]
     for column, get in sides:
         try:
             theirs = get()
