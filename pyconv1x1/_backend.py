@@ -91,3 +91,19 @@ def kernels(name=None):
     if name not in runnable:
         raise Error(f"kernel variant {name!r} cannot run here; runnable: {runnable}")
     return _import(name)
+
+
+def qkernels(name=None):
+    """The int8 kernel module (_qkernels_<variant>) built with the flags of the float
+    variant `kernels(name)` runs; its INT8_PATH says which int8 path it uses."""
+    variant = kernels(name).__name__.rsplit("_", 1)[1]
+    key = "q" + variant
+    if key not in _loaded:
+        _loaded[key] = importlib.import_module(f"pyconv1x1._qkernels_{variant}")
+    return _loaded[key]
+
+
+def int8_path(name=None):
+    """The int8 path that runs ('avx512vnni', 'avxvnni', 'avx2' or 'c'), for
+    kernel_variant reports and `pyconv1x1 info`."""
+    return qkernels(name).INT8_PATH

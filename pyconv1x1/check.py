@@ -8,8 +8,13 @@ from .errors import ONNX_EXTRA_HINT, ModelError, Problem, UnsupportedError
 from .normalize import edge_type_problems
 from .ops import PATTERN_DOMAIN, REGISTRY, Context, Refused
 from .patterns import fuse_patterns
+from .quant import DOMAIN as QUANT_DOMAIN, lower_quantized, quantized_edges
 
 MIN_OPSET = 7
+
+
+def _bind_quantized(node, ctx):
+    return node.attrs["step"]
 
 
 BUILTIN_NEWEST_OPSET = 23  # every op we bind has its semantics unchanged up to here
@@ -97,7 +102,7 @@ def lower(graph):
                         "onnx package's schemas; it is not installed: "
                         f"{ONNX_EXTRA_HINT})")
         problems.append(Problem("", "", problem))
-    problems.extend(edge_type_problems(graph))
+    problems.extend(edge_type_problems(graph, quantized_edges(graph)))
     order = topological_order(graph)
     graph = fuse_patterns(graph)  # (after the checks of the graph as the model has it)
     order = topological_order(graph)
@@ -112,11 +117,14 @@ def lower(graph):
         node = graph.nodes[i]
         refuse = lambda reason: problems.append(  # noqa: E731
             Problem(node.op_type, node.name, reason))
-        if node.domain not in ("", "ai.onnx", PATTERN_DOMAIN):
+        if node.domain == QUANT_DOMAIN:  # made by quant.lower_quantized: the step
+            binder = _bind_quantized     # is built already
+        elif node.domain not in ("", "ai.onnx", PATTERN_DOMAIN):
             refuse(f"domain {node.domain!r} is not supported")
             continue
-        binder = REGISTRY.get(node.op_type if node.domain != PATTERN_DOMAIN
-                              else f"{PATTERN_DOMAIN}:{node.op_type}")
+        else:  # (a pattern node, made by patterns.fuse_patterns: its own registry key)
+            binder = REGISTRY.get(node.op_type if node.domain != PATTERN_DOMAIN
+                                  else f"{PATTERN_DOMAIN}:{node.op_type}")
         if binder is None:
             refuse(f"op {node.op_type} is not supported (supported: "
                    f"{', '.join(sorted(k for k in REGISTRY if ':' not in k))})")
@@ -171,7 +179,7 @@ def unsupported_problems(graph):
             if w is not None and w.ndim >= 3 and all(k == 1 for k in w.shape[2:]):
                 ones += 1
     try:
-        lower(fold_constants(graph)[0])
+        lower(fold_constants(lower_quantized(graph)[0])[0])
     except UnsupportedError as exc:
         problems = exc.problems or [Problem("", "", str(exc))]
     except ModelError as exc:

@@ -116,18 +116,21 @@ def computed_types(graph):
     return types
 
 
-def edge_type_problems(graph):
+def edge_type_problems(graph, quantized=frozenset()):
     """Problems with the declared types of the graph's inputs and outputs: each must be
     float32 or float16, and an output's declared type the one its producer computes.
     float16 values are computed in float32 (float32 accumulation) and rounded to float16
-    only where a float16 output is returned."""
+    only where a float16 output is returned. `quantized`: the uint8 / int8 edges that
+    quantized steps read or write (quant.quantized_edges), accepted as they are."""
     problems = []
     for v in graph.inputs:
-        if v.elem_type not in EDGE_TYPES:
+        if v.elem_type not in EDGE_TYPES and v.name not in quantized:
             problems.append(Problem("", "", f"input {v.name!r} is {v.elem_type}; only "
                                     "float32 and float16 inputs run"))
     types = None
     for v in graph.outputs:
+        if v.name in quantized:
+            continue
         if v.elem_type not in EDGE_TYPES:
             problems.append(Problem("", "", f"output {v.name!r} is declared "
                                     f"{v.elem_type}; only float32 and float16 outputs "

@@ -12,10 +12,14 @@ def load_program(model, base_dir=None):
 
 
 def program_from_model(model, base_dir=None):
-    """The .onnx path of load_program: parse -> fold constants -> check -> rewrite."""
+    """The .onnx path of load_program: parse -> quantized ops -> fold constants ->
+    check -> rewrite."""
     from . import check, fold, onnx_reader, rewrite
-    graph, folded = fold.fold_constants(onnx_reader.load(model, base_dir=base_dir))
+    from .quant import lower_quantized
+    # quantized ops first (they read the int8 weights that folding would dequantize)
+    graph, quant_notes = lower_quantized(onnx_reader.load(model, base_dir=base_dir))
+    graph, folded = fold.fold_constants(graph)
     steps, _ = check.lower(graph)
     program = rewrite.build_program(graph, steps)
-    program.notes[:0] = folded
+    program.notes[:0] = quant_notes + folded
     return program

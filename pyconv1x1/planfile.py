@@ -37,7 +37,10 @@ FORMAT_VERSION = 1
 PREFIX = struct.Struct("<8sIIQQI28x")
 ALIGN = 64
 MAX_HEADER_BYTES = 64 << 20
-_DTYPES = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8")}
+_DTYPES = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8"), "int32": np.dtype("<i4"),
+           "int16": np.dtype("<i2"), "int8": np.dtype("i1"),
+           "uint8": np.dtype("u1")}  # (int32 and smaller: quantized steps)
+_KEEP = ("int32", "int16", "int8", "uint8")  # stored as they are; other ints as int64
 
 
 def is_plan(data_or_path):
@@ -66,7 +69,8 @@ class _Arrays:
         if arr is None:
             return None
         arr = np.ascontiguousarray(arr)
-        dtype = "float32" if arr.dtype.kind == "f" else "int64"
+        dtype = ("float32" if arr.dtype.kind == "f" else
+                 arr.dtype.name if arr.dtype.name in _KEEP else "int64")
         arr = np.ascontiguousarray(arr, dtype=_DTYPES[dtype])
         pad = (-self.size) % ALIGN
         if pad:
@@ -303,9 +307,9 @@ def validate(program):
     if len(defined) != len(program.inputs):
         raise ModelError("plan declares an input twice")
     for v in program.inputs + program.outputs:
-        if v.elem_type not in ("float32", "float16"):
+        if v.elem_type not in ("float32", "float16", "uint8", "int8"):
             raise ModelError(f"plan value {v.name!r} is {v.elem_type}, not float32 or "
-                             "float16")
+                             "float16 (or uint8 / int8: a quantized model's edges)")
     for step in program.steps:
         for t in step.reads:
             if t not in defined:

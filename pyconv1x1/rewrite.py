@@ -14,6 +14,7 @@ fold_into_conv, fold_into_elementwise); the passes here only walk the graph.
 from collections import deque
 
 from .normalize import fold_into_next_conv
+from .quant.rewrite import merge_quantized
 from .program import Program
 
 
@@ -25,6 +26,7 @@ def build_program(graph, steps):
     steps = _fuse(steps, outputs, notes, declined)
     steps = fold_into_next_conv(steps, outputs, notes)
     steps = _chain(steps, outputs, notes, declined)
+    steps = merge_quantized(steps, outputs, notes)
     steps = _toposort(steps, inputs)
     return Program(inputs=graph.inputs, outputs=graph.outputs, steps=steps,
                    opset=graph.opset, producer=graph.producer, notes=notes,

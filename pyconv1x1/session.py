@@ -16,6 +16,7 @@ from .plan import KernelSet, ShapePlan
 
 PLAN_CACHE_SIZE = 32
 _F32 = np.dtype(np.float32)
+_QUANT_EDGES = ("uint8", "int8")  # quantized models' input / output types
 
 
 class NodeArg:
@@ -90,7 +91,11 @@ class InferenceSession(SessionBase):
         # returned as declared, converted on the way in and out (never the fast path)
         self._edge_dtypes = {v.name: np.dtype(v.elem_type) for v in
                              self._program.inputs + self._program.outputs
-                             if v.elem_type != "float32"}
+                             if v.elem_type not in ("float32",) + _QUANT_EDGES}
+        # uint8 / int8 edges of quantized models: fed and returned as they are
+        self._quant_dtypes = {v.name: np.dtype(v.elem_type) for v in
+                              self._program.inputs + self._program.outputs
+                              if v.elem_type in _QUANT_EDGES}
         self._plans = collections.OrderedDict()
         # run() is SessionBase.run (C): it runs _fast_chain directly for a feed of the
         # shape _run validated last, and calls _run for everything else
@@ -185,6 +190,13 @@ class InferenceSession(SessionBase):
         return self._kernels.VARIANT
 
     @property
+    def int8_path(self):
+        """Which int8 kernels run the model's quantized steps (compiled path or the
+        numpy reference), or None when the model has none."""
+        from .quant import int8_path
+        return int8_path(self._program, self.kernel_variant)
+
+    @property
     def program(self):
         return self._program
 
@@ -254,10 +266,11 @@ class InferenceSession(SessionBase):
         plan = self._plan({k: v.shape for k, v in feeds.items()})
         for name, arr in outputs.items():
             want = plan.shapes[name]
-            if not isinstance(arr, np.ndarray) or arr.dtype != _F32 \
+            dtype = self._quant_dtypes.get(name, _F32)
+            if not isinstance(arr, np.ndarray) or arr.dtype != dtype \
                     or not arr.flags.c_contiguous or not arr.flags.writeable:
                 raise InputError(f"output buffer {name!r} must be a writable C-contiguous "
-                                 f"float32 numpy array, got "
+                                 f"{dtype.name} numpy array, got "
                                  f"{getattr(arr, 'dtype', type(arr).__name__)}")
             if tuple(arr.shape) != tuple(want):
                 raise InputError(f"output buffer {name!r} has shape {list(arr.shape)}; "
@@ -351,7 +364,7 @@ class InferenceSession(SessionBase):
                 raise InputError(f"input {name!r} is a masked array; the model would "
                                  "read the masked values too: pass np.ma.filled(x, value) "
                                  "or the plain array x.data")
-            dtype = self._edge_dtypes.get(name, _F32)
+            dtype = self._edge_dtypes.get(name, self._quant_dtypes.get(name, _F32))
             if arr.dtype != dtype:
                 raise InputError(f"input {name!r} has dtype {arr.dtype}; expected "
                                  f"{dtype.name} ({_type_name(dtype.name)}); no silent "
@@ -374,7 +387,7 @@ class InferenceSession(SessionBase):
                                              f"{got}, but {other[1]!r} set {want!r} to "
                                              f"{other[0]}")
             feeds[name] = _contiguous(name, arr)
-            if dtype is not _F32:  # float16: computed in float32
+            if name in self._edge_dtypes:  # float16: computed in float32
                 feeds[name] = feeds[name].astype(_F32)
         return feeds
 

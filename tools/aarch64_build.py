@@ -41,6 +41,8 @@ def main(root, out, ext_suffix, numpy_include, cc="aarch64-linux-gnu-gcc"):
     for name, (vflags, shape) in built.items():
         pyx[f"_kernels_{name}"] = st.render_kernels(name, shape)
         flags[f"_kernels_{name}"] = vflags + st.THREAD_FLAGS
+        pyx[f"_qkernels_{name}"] = st.render_qkernels(name)
+        flags[f"_qkernels_{name}"] = vflags + st.THREAD_FLAGS + st.QFLAGS
     cbuild = os.path.join(out, "c")
     # Debian's numpy .pxd (the headers the C is compiled against), before the host's
     numpy_pxd_dir = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -51,9 +53,18 @@ def main(root, out, ext_suffix, numpy_include, cc="aarch64-linux-gnu-gcc"):
 
     pkg = os.path.join(out, "pyconv1x1")
     os.makedirs(pkg, exist_ok=True)
-    for f in os.listdir(os.path.join(REPO, "pyconv1x1")):
+    src_pkg = os.path.join(REPO, "pyconv1x1")
+    for f in os.listdir(src_pkg):
+        src = os.path.join(src_pkg, f)
         if f.endswith((".py", ".pxd", ".h")):
-            shutil.copy2(os.path.join(REPO, "pyconv1x1", f), os.path.join(pkg, f))
+            shutil.copy2(src, os.path.join(pkg, f))
+        elif os.path.isfile(os.path.join(src, "__init__.py")):  # a subpackage
+            shutil.rmtree(os.path.join(pkg, f), ignore_errors=True)
+            shutil.copytree(src, os.path.join(pkg, f),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+    for f in os.listdir(pkg):  # a module that became a package (or went) must not shadow
+        if f.endswith(".py") and not os.path.exists(os.path.join(src_pkg, f)):
+            os.remove(os.path.join(pkg, f))
     pyver = "python" + ext_suffix.split("-")[1][0] + "." + ext_suffix.split("-")[1][1:]
     pyinc = [os.path.join(root, "usr", "include", pyver),  # Python.h
              os.path.join(root, "usr", "include", "aarch64-linux-gnu", pyver)]  # pyconfig.h

@@ -1193,6 +1193,9 @@ def _package_parent():
     return os.path.dirname(os.path.dirname(os.path.abspath(pyconv1x1.__file__)))
 
 
+STARTUP_TIMEOUT = 60.0  # seconds a worker may take before its first message
+
+
 def fuzz(iterations, seed, families=FAMILIES, case_timeout=60.0, env=None, cwd=None,
          python=None, package_parent=None, label=""):
     """Run cases [0, iterations) in worker subprocesses; a crash or a hang is recorded
@@ -1226,10 +1229,14 @@ def fuzz(iterations, seed, families=FAMILIES, case_timeout=60.0, env=None, cwd=N
                                  daemon=True)
         t_out.start()
         t_err.start()
-        current, finished = None, False
+        current, finished, started = None, False, False
         while True:
             try:
-                line = lines.get(timeout=case_timeout)
+                # a worker's start (Python, numpy, pyconv1x1 imports) is not a case: on a
+                # loaded machine it alone can take longer than a short case_timeout
+                line = lines.get(timeout=case_timeout if started
+                                 else max(case_timeout, STARTUP_TIMEOUT))
+                started = True
             except queue.Empty:
                 proc.kill()
                 proc.wait()

@@ -73,13 +73,16 @@ def _layer_rows(program, shapes, op_types):
             rows += conv_rows
             total_params += params
             continue
-        # an element-wise step: its per-channel constants are its parameters
-        params = sum(v.size for v in (getattr(step, "scale", None),
-                                      getattr(step, "shift", None)) if v is not None)
+        # an element-wise step: its per-channel constants are its parameters (an int8
+        # step counts its own: param_count, and names itself: title)
+        params = getattr(step, "param_count", None)
+        if params is None:
+            params = sum(v.size for v in (getattr(step, "scale", None),
+                                          getattr(step, "shift", None)) if v is not None)
         total_params += params
         act = getattr(step, "act", None)
         out = shapes.get(step.output)
-        rows.append((str(index), step.kind, ops_of(step.label.split("+")), step.label,
+        rows.append((str(index), getattr(step, "title", step.kind), ops_of(step.label.split("+")), step.label,
                      "", "", "", "", (act.describe() if act else "") or "-",
                      " + ".join(step.reads) if step.kind == "add" else "-",
                      shape_text(out) if out else "?", params, "-"))
@@ -103,6 +106,8 @@ def cmd_info(args):
     print(f"model: {args.model}")
     print(f"producer: {program.producer or '?'}, opset {program.opset}")
     print(kernels_line(session))
+    if session.int8_path:
+        print(f"int8 kernels: {session.int8_path}")
     print("inputs:")
     print_table([(a.name, shape_text(a.shape), a.type) for a in session.get_inputs()])
     print("outputs:")

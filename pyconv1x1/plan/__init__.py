@@ -39,6 +39,18 @@ def _chain_kernel(step, kernels):
     return kernels.Chain(specs)
 
 
+def check_conv_input(first, src, x):
+    """InputError unless shape x has the rank and channels conv layer `first` reads
+    (float and int8 chains alike)."""
+    rank = first.spatial_rank + 2
+    if len(x) != rank:
+        raise InputError(f"Conv '{first.name}': input {src!r} has shape {list(x)}; "
+                         f"expected rank {rank}")
+    if x[1] != first.cin:
+        raise InputError(f"Conv '{first.name}': input {src!r} has shape {list(x)}; "
+                         f"expected {first.cin} channels (dim 1)")
+
+
 KERNEL_BUILDERS = {"chain": _chain_kernel}  # step kinds with per-session kernel objects
 
 
@@ -76,13 +88,7 @@ class ShapePlan:
     def _chain(self, step, kset, shapes, nr, threads):
         x = shapes[step.input]
         first = step.layers[0]
-        rank = first.spatial_rank + 2
-        if len(x) != rank:
-            raise InputError(f"Conv '{first.name}': input {step.input!r} has shape "
-                             f"{list(x)}; expected rank {rank}")
-        if x[1] != first.cin:
-            raise InputError(f"Conv '{first.name}': input {step.input!r} has shape "
-                             f"{list(x)}; expected {first.cin} channels (dim 1)")
+        check_conv_input(first, step.input, x)
         n, h, w, ho, wo, pt, pl = step.geometry(x)
         if ho < 1 or wo < 1:
             if h * w == 0:
@@ -264,3 +270,13 @@ def _copy(env, outs, src, dst):
         np.copyto(y, env[src])
         env[dst] = y
 
+
+
+def _register_quantized():
+    """The int8 step kinds (quant.steps) bind and build their own kernels."""
+    from ..quant.steps import BINDERS as quant_binders, KERNEL_BUILDERS as quant_builders
+    BINDERS.update(quant_binders)
+    KERNEL_BUILDERS.update(quant_builders)
+
+
+_register_quantized()

@@ -13,3 +13,5 @@ from .steps import (STEP_KINDS, AddStep, AffineStep, ChainStep, ConvLayer, CopyS
 __all__ = ["Activation", "IDENTITY", "RELU", "RES_NONE", "RES_BEFORE_ACT", "RES_AFTER_ACT",
            "Step", "ChainStep", "AffineStep", "AddStep", "CopyStep", "ConvLayer",
            "Program", "STEP_KINDS"]
+
+from ..quant import steps as _quant_steps  # noqa: E402,F401  (registers the int8 kinds)

@@ -38,6 +38,15 @@ def name(x, what="plan tensor name"):
     return x
 
 
+def layer_names(obj, what):
+    """A layer's non-empty list of node names (field "names")."""
+    names = [name(n, f"{what} name") for n in json_list(field(obj, "names", what),
+                                                          f"{what} names")]
+    if not names:
+        raise ModelError(f"{what} has no names")
+    return names
+
+
 def show(x):
     """A header value for an error message: short, whatever its size or depth."""
     if isinstance(x, (dict, list)):

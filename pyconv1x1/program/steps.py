@@ -31,7 +31,8 @@ import numpy as np
 
 from ..errors import ModelError, Problem, UnsupportedError
 from ..ir import model_metadata
-from .codec import field, integer, json_list, name as _name, string, vector
+from .codec import (field, integer, json_list, layer_names, name as _name, string,
+                    vector)
 from .epilogue import IDENTITY, RES_AFTER_ACT, RES_BEFORE_ACT, RES_NONE, Activation
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -138,9 +139,7 @@ class ConvLayer(_Mutable):
     @classmethod
     def decode(cls, l, arr, what):
         get = lambda key: field(l, key, what)  # noqa: E731
-        names = [_name(n, f"{what} name") for n in json_list(get("names"), f"{what} names")]
-        if not names:
-            raise ModelError(f"{what} has no names")
+        names = layer_names(l, what)
         what = f"plan layer {'+'.join(names)!r}"
         cout = integer(get("cout"), f"{what} cout", 1, 1 << 31)
         k = integer(get("k"), f"{what} k", 1, 1 << 31)

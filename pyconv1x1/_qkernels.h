@@ -1,0 +1,753 @@
+/* pyconv1x1 int8 kernels: u8 activations x s8 weights, int32 accumulation, fused
+   requantization. Included by the rendered _qkernels_<variant>.pyx (one module per ISA
+   variant); every x86 module carries all x86 paths, each compiled for its own ISA with a
+   target attribute, and picks one at run time from what the CPU has (pc1q_cpu_paths):
+
+     PC1Q_AMX         AMX tdpbusd tiles: 32 pixels x 32 channels per call, 64-deep k
+                      (Sapphire Rapids and later, where Linux grants the tile state);
+                      its own activation layout (see the AMX section)
+     PC1Q_AVX512VNNI  vpdpbusd on zmm: 8 output channels x 32 pixels = 16 accumulators
+     PC1Q_AVXVNNI     vpdpbusd on ymm (VEX, AVX-VNNI): 4 channels x 16 pixels per pass
+     PC1Q_AVX2        no VNNI: u8 and s8 widened to s16 (vpmovzxbw, weights pre-widened
+                      at packing) and vpmaddwd, which sums two s16 x s16 products into
+                      an int32: |255 * -128 * 2| = 65280 cannot saturate (vpmaddwd only
+                      saturates for two products of -32768 * -32768), so the path is exact
+                      (vpmaddubsw, u8 x s8 -> s16 pairs, would saturate at 2*255*127)
+     PC1Q_C           portable C (auto-vectorised); the only path off x86
+
+   Layouts. Inside a tile activations are [C4][TP][4] bytes: for each group of 4 channels,
+   each pixel's 4 channel values in one 32-bit word (the operand vpdpbusd sums), channels
+   past C padded with 0. Weights are packed per block of 8 output channels as
+   [K4][8][4] s8 (rows past cout and k past K zero); the AVX2 path reads an s16 copy.
+   A micro-kernel computes the int32 accumulators of one block x one 32-pixel panel into
+   a small buffer; the epilogue (shared C) requantizes them into the next layer's tile
+   layout, into u8 NCHW or into float32 NCHW.
+
+   Arithmetic (pyconv1x1/quant_reference.py is the same in numpy):
+     acc   = bias[o] + sum_k w[o,k] * x[k,p]                        exact int32
+     u8:   v = (float)acc * scale[o];  v = v > lo-zp ? v : lo-zp;  v = v < hi-zp ? v : hi-zp
+           y = rne(v) + zp                   (clamping before rounding = clamping after)
+     f32:  y = (float)acc * scale[o] + fbias[o]     two roundings, never fused (the module
+           is compiled with -ffp-contract=off)
+   rne(v) + zp is one float addition (pc1q_rq) in round-to-nearest-even, which the
+   thread pool's fp hook sets (and turns flush-to-zero off) around every task.
+   QLayer checks |bias| + 255 * sum|w| < 2^31 per channel: no accumulator wraps. */
+#ifndef PC1Q_H
+#define PC1Q_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define PC1Q_MR 8   /* output channels per weight block */
+#define PC1Q_NR 32  /* pixels per panel */
+
+enum { PC1Q_C = 0, PC1Q_AVX2 = 1, PC1Q_AVXVNNI = 2, PC1Q_AVX512VNNI = 3, PC1Q_AMX = 4,
+       PC1Q_NPATHS = 5 };
+
+/* the x86 paths need AVX-VNNI and AMX intrinsics: gcc >= 11 or clang >= 12 (older
+   compilers build the portable path only) */
+#if defined(__GNUC__) && defined(__x86_64__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define PC1Q_X86 1
+#include <immintrin.h>
+#include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#else
+#define PC1Q_X86 0
+#endif
+#if defined(__GNUC__) && defined(__aarch64__)
+#define PC1Q_ARM 1
+#else
+#define PC1Q_ARM 0
+#endif
+
+/* ---- floating point state: round to nearest even, no flush-to-zero ---------------- */
+static unsigned int pc1q_fp_on(void) {
+#if PC1Q_X86
+    unsigned int old = _mm_getcsr();
+    _mm_setcsr(old & ~(0x8040u | 0x6000u));  /* FTZ, DAZ off; RC = nearest */
+    return old;
+#elif PC1Q_ARM
+    unsigned long old, want;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(old));
+    want = old & ~((1ul << 24) | (3ul << 22));  /* FZ off; RMode = nearest */
+    if (want != old) __asm__ __volatile__("msr fpcr, %0" : : "r"(want));
+    return (unsigned int)old;
+#else
+    return 0;
+#endif
+}
+static void pc1q_fp_restore(unsigned int old) {
+#if PC1Q_X86
+    _mm_setcsr(old);
+#elif PC1Q_ARM
+    unsigned long cur;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(cur));
+    if (cur != (unsigned long)old) __asm__ __volatile__("msr fpcr, %0" : : "r"((unsigned long)old));
+#else
+    (void)old;
+#endif
+}
+
+#if PC1Q_X86
+/* AMX: the CPU has AMX-TILE and AMX-INT8 (cpuid 7.0 EDX bits 24, 25) and Linux grants
+   this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA = 18);
+   asked once (gcc 12's __builtin_cpu_supports does not know AMX) */
+static int pc1q_amx_enable(void) {
+#if defined(__linux__)
+    static int state = -1;
+    unsigned int a, b, c, d;
+    unsigned long perm = 0;
+    if (state < 0) {
+        state = 0;
+        if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 24) & 1) && ((d >> 25) & 1)
+                && syscall(SYS_arch_prctl, 0x1023, 18) == 0
+                && syscall(SYS_arch_prctl, 0x1022, &perm) == 0 && ((perm >> 18) & 1))
+            state = 1;
+    }
+    return state;
+#else
+    return 0;
+#endif
+}
+#endif
+
+/* paths this CPU (and OS) can run, as a bit set of 1 << PC1Q_* */
+static int pc1q_cpu_paths(void) {
+    int m = 1 << PC1Q_C;
+#if PC1Q_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) m |= 1 << PC1Q_AVX2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni"))
+        m |= 1 << PC1Q_AVXVNNI;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+            && __builtin_cpu_supports("avx512vnni"))
+        m |= 1 << PC1Q_AVX512VNNI;
+    if ((m & (1 << PC1Q_AVX512VNNI)) && pc1q_amx_enable()) m |= 1 << PC1Q_AMX;
+#endif
+    return m;
+}
+
+/* x / in_scale -> u8 and the requantization: the clamp, then round half to even.
+   After the clamp |v| <= 255, so v + 1.5 * 2^23 lies where floats are the integers: the
+   addition rounds v half to even, exactly, and the sum's bits are 0x4B400000 + rne(v);
+   adding zp to the bits and keeping the low byte gives rne(v) + zp, in [lo, hi]. */
+#define PC1Q_MAGIC 12582912.0f  /* 1.5 * 2^23, bits 0x4B400000 */
+static inline uint32_t pc1q_rq(float v, float flo, float fhi, uint32_t zp) {
+    uint32_t u;
+    v = v > flo ? v : flo;
+    v = v < fhi ? v : fhi;
+    v = v + PC1Q_MAGIC;
+    memcpy(&u, &v, 4);
+    return (u + zp) & 0xFFu;
+}
+
+typedef struct {
+    const int8_t *w8;    /* [nb][K4][8][4] */
+    const int16_t *w16;  /* the same widened, or NULL */
+    const int8_t *wamx;  /* AMX: [nb32][K64][2][16][16][4], or NULL */
+    Py_ssize_t k64, nb32;
+    const int32_t *bias; /* [nb * 8] */
+    const float *scale;  /* [nb * 8] */
+    const float *fbias;  /* [nb * 8] */
+    Py_ssize_t k, cout, k4, nb;
+    int32_t zp, lo, hi;
+} pc1q_layer;
+
+/* ---- micro-kernels: acc[8][32] = bias + w_block . x_panel ------------------------- */
+/* x: the panel's first word of channel group 0; xs: bytes from one channel group to the
+   next; w: the block's [K4][8][4] */
+
+static void pc1q_mk_c(const uint8_t *x, Py_ssize_t xs, const int8_t *w, const int16_t *w16,
+                      Py_ssize_t k4, const int32_t *bias, int32_t *acc) {
+    /* each channel group's bytes split into 4 rows of 16-bit values first, so that the
+       row loops are plain vector multiply-adds the compiler vectorizes */
+    int16_t xv[4][PC1Q_NR];
+    Py_ssize_t kk;
+    int r, p, j;
+    (void)w16;
+    for (r = 0; r < PC1Q_MR; r++)
+        for (p = 0; p < PC1Q_NR; p++) acc[r * PC1Q_NR + p] = bias[r];
+    for (kk = 0; kk < k4; kk++, x += xs, w += 4 * PC1Q_MR) {
+        for (j = 0; j < 4; j++)
+            for (p = 0; p < PC1Q_NR; p++) xv[j][p] = x[4 * p + j];
+        for (r = 0; r < PC1Q_MR; r++) {
+            int32_t w0 = w[4 * r], w1 = w[4 * r + 1], w2 = w[4 * r + 2], w3 = w[4 * r + 3];
+            int32_t *a = acc + r * PC1Q_NR;
+            for (p = 0; p < PC1Q_NR; p++)
+                a[p] += xv[0][p] * w0 + xv[1][p] * w1 + xv[2][p] * w2 + xv[3][p] * w3;
+        }
+    }
+}
+
+#if PC1Q_X86
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+static void pc1q_mk_avx512vnni(const uint8_t *x, Py_ssize_t xs, const int8_t *w,
+                               const int16_t *w16, Py_ssize_t k4, const int32_t *bias,
+                               int32_t *acc) {
+    __m512i c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
+    __m512i x0, x1, b;
+    Py_ssize_t kk;
+    (void)w16;
+    c00 = c01 = _mm512_set1_epi32(bias[0]);
+    c10 = c11 = _mm512_set1_epi32(bias[1]);
+    c20 = c21 = _mm512_set1_epi32(bias[2]);
+    c30 = c31 = _mm512_set1_epi32(bias[3]);
+    c40 = c41 = _mm512_set1_epi32(bias[4]);
+    c50 = c51 = _mm512_set1_epi32(bias[5]);
+    c60 = c61 = _mm512_set1_epi32(bias[6]);
+    c70 = c71 = _mm512_set1_epi32(bias[7]);
+    for (kk = 0; kk < k4; kk++, x += xs, w += 32) {
+        const int32_t *wd = (const int32_t *)w;
+        x0 = _mm512_loadu_si512((const void *)x);
+        x1 = _mm512_loadu_si512((const void *)(x + 64));
+#define PC1Q_ROW(r, a0, a1)                          \
+        b = _mm512_set1_epi32(wd[r]);               \
+        a0 = _mm512_dpbusd_epi32(a0, x0, b);        \
+        a1 = _mm512_dpbusd_epi32(a1, x1, b);
+        PC1Q_ROW(0, c00, c01) PC1Q_ROW(1, c10, c11) PC1Q_ROW(2, c20, c21)
+        PC1Q_ROW(3, c30, c31) PC1Q_ROW(4, c40, c41) PC1Q_ROW(5, c50, c51)
+        PC1Q_ROW(6, c60, c61) PC1Q_ROW(7, c70, c71)
+#undef PC1Q_ROW
+    }
+#define PC1Q_OUT(r, a0, a1)                                  \
+    _mm512_storeu_si512((void *)(acc + 32 * r), a0);         \
+    _mm512_storeu_si512((void *)(acc + 32 * r + 16), a1);
+    PC1Q_OUT(0, c00, c01) PC1Q_OUT(1, c10, c11) PC1Q_OUT(2, c20, c21)
+    PC1Q_OUT(3, c30, c31) PC1Q_OUT(4, c40, c41) PC1Q_OUT(5, c50, c51)
+    PC1Q_OUT(6, c60, c61) PC1Q_OUT(7, c70, c71)
+#undef PC1Q_OUT
+}
+
+/* 4 rows x 16 pixels per pass (8 of the 16 ymm accumulate), 4 passes per panel */
+__attribute__((target("avx2,avxvnni")))
+static void pc1q_mk_avxvnni(const uint8_t *x0, Py_ssize_t xs, const int8_t *w0,
+                            const int16_t *w16, Py_ssize_t k4, const int32_t *bias,
+                            int32_t *acc) {
+    int rh, ph;
+    (void)w16;
+    for (rh = 0; rh < 2; rh++) {
+        for (ph = 0; ph < 2; ph++) {
+            const uint8_t *x = x0 + 64 * ph;
+            const int32_t *wd = (const int32_t *)w0 + 4 * rh;
+            const int32_t *bs = bias + 4 * rh;
+            __m256i c00, c01, c10, c11, c20, c21, c30, c31, a, bb, b;
+            Py_ssize_t kk;
+            int32_t *o = acc + 4 * rh * 32 + 16 * ph;
+            c00 = c01 = _mm256_set1_epi32(bs[0]);
+            c10 = c11 = _mm256_set1_epi32(bs[1]);
+            c20 = c21 = _mm256_set1_epi32(bs[2]);
+            c30 = c31 = _mm256_set1_epi32(bs[3]);
+            for (kk = 0; kk < k4; kk++, x += xs, wd += 8) {
+                a = _mm256_loadu_si256((const __m256i *)x);
+                bb = _mm256_loadu_si256((const __m256i *)(x + 32));
+#define PC1Q_ROW(r, a0, a1)                              \
+                b = _mm256_set1_epi32(wd[r]);           \
+                a0 = _mm256_dpbusd_avx_epi32(a0, a, b); \
+                a1 = _mm256_dpbusd_avx_epi32(a1, bb, b);
+                PC1Q_ROW(0, c00, c01) PC1Q_ROW(1, c10, c11)
+                PC1Q_ROW(2, c20, c21) PC1Q_ROW(3, c30, c31)
+#undef PC1Q_ROW
+            }
+#define PC1Q_OUT(r, a0, a1)                                          \
+            _mm256_storeu_si256((__m256i *)(o + 32 * r), a0);       \
+            _mm256_storeu_si256((__m256i *)(o + 32 * r + 8), a1);
+            PC1Q_OUT(0, c00, c01) PC1Q_OUT(1, c10, c11)
+            PC1Q_OUT(2, c20, c21) PC1Q_OUT(3, c30, c31)
+#undef PC1Q_OUT
+        }
+    }
+}
+
+/* 4 rows x 8 pixels per pass: per row two vpmaddwd accumulators (pixels 0-3 and 4-7,
+   each pixel's 4 products summed in pairs), added pairwise at the end */
+__attribute__((target("avx2")))
+static void pc1q_mk_avx2(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,
+                         const int16_t *w0, Py_ssize_t k4, const int32_t *bias,
+                         int32_t *acc) {
+    int rh, pq;
+    (void)w8;
+    for (rh = 0; rh < 2; rh++) {
+        for (pq = 0; pq < 4; pq++) {
+            const uint8_t *x = x0 + 32 * pq;
+            const int64_t *wq = (const int64_t *)w0 + 4 * rh;
+            __m256i c00, c01, c10, c11, c20, c21, c30, c31, lo, hi, b, s;
+            Py_ssize_t kk;
+            int32_t *o = acc + 4 * rh * 32 + 8 * pq;
+            c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm256_setzero_si256();
+            for (kk = 0; kk < k4; kk++, x += xs, wq += 8) {
+                lo = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)x));
+                hi = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(x + 16)));
+#define PC1Q_ROW(r, a0, a1)                                          \
+                b = _mm256_set1_epi64x(wq[r]);                      \
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(lo, b)); \
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(hi, b));
+                PC1Q_ROW(0, c00, c01) PC1Q_ROW(1, c10, c11)
+                PC1Q_ROW(2, c20, c21) PC1Q_ROW(3, c30, c31)
+#undef PC1Q_ROW
+            }
+            /* hadd: [p0 p1 p4 p5 | p2 p3 p6 p7] -> qword order 0 2 1 3 */
+#define PC1Q_OUT(r, a0, a1)                                                        \
+            s = _mm256_permute4x64_epi64(_mm256_hadd_epi32(a0, a1), 0xD8);        \
+            s = _mm256_add_epi32(s, _mm256_set1_epi32(bias[4 * rh + r]));         \
+            _mm256_storeu_si256((__m256i *)(o + 32 * r), s);
+            PC1Q_OUT(0, c00, c01) PC1Q_OUT(1, c10, c11)
+            PC1Q_OUT(2, c20, c21) PC1Q_OUT(3, c30, c31)
+#undef PC1Q_OUT
+        }
+    }
+}
+#endif
+
+typedef void (*pc1q_mk_fn)(const uint8_t *, Py_ssize_t, const int8_t *, const int16_t *,
+                           Py_ssize_t, const int32_t *, int32_t *);
+
+static pc1q_mk_fn pc1q_kernel(int path) {
+#if PC1Q_X86
+    if (path == PC1Q_AVX512VNNI) return pc1q_mk_avx512vnni;
+    if (path == PC1Q_AVXVNNI) return pc1q_mk_avxvnni;
+    if (path == PC1Q_AVX2) return pc1q_mk_avx2;
+#endif
+    (void)path;
+    return pc1q_mk_c;
+}
+
+/* which paths were compiled into this module */
+static int pc1q_built_paths(void) {
+#if PC1Q_X86
+    return (1 << PC1Q_C) | (1 << PC1Q_AVX2) | (1 << PC1Q_AVXVNNI) | (1 << PC1Q_AVX512VNNI)
+           | (1 << PC1Q_AMX);
+#else
+    return 1 << PC1Q_C;
+#endif
+}
+
+/* ---- gather: NCHW pixels p0 .. p0+valid of one image -> tile [C4][np*32][4] -------- */
+static void pc1q_gather_u8(const uint8_t *x, Py_ssize_t c, Py_ssize_t P, Py_ssize_t p0,
+                           Py_ssize_t valid, Py_ssize_t width, uint8_t *t) {
+    Py_ssize_t g, p, c4 = (c + 3) / 4;
+    for (g = 0; g < c4; g++) {
+        uint32_t *o = (uint32_t *)(t + 4 * g * width);
+        const uint8_t *a = x + 4 * g * P + p0;
+        if (4 * g + 4 <= c) {
+            const uint8_t *b = a + P, *cc = b + P, *d = cc + P;
+            for (p = 0; p < valid; p++)
+                o[p] = (uint32_t)a[p] | ((uint32_t)b[p] << 8) | ((uint32_t)cc[p] << 16)
+                       | ((uint32_t)d[p] << 24);
+        } else {
+            Py_ssize_t j, left = c - 4 * g;
+            for (p = 0; p < valid; p++) {
+                uint32_t v = 0;
+                for (j = 0; j < left; j++) v |= (uint32_t)a[j * P + p] << (8 * j);
+                o[p] = v;
+            }
+        }
+        for (p = valid; p < width; p++) o[p] = 0;
+    }
+}
+
+static inline void pc1q_quantize_run(const float *x, uint8_t *q, Py_ssize_t m,
+                                     float scale, int32_t zp) {
+    Py_ssize_t i;
+    float flo = (float)(0 - zp), fhi = (float)(255 - zp);
+    uint32_t uzp = (uint32_t)zp;
+    for (i = 0; i < m; i++) q[i] = (uint8_t)pc1q_rq(x[i] / scale, flo, fhi, uzp);
+}
+
+/* the same from float32 NCHW, quantized on the way (q goes through `row`, 4 x width) */
+static void pc1q_gather_f32(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize_t p0,
+                            Py_ssize_t valid, Py_ssize_t width, float scale, int32_t zp,
+                            uint8_t *row, uint8_t *t) {
+    Py_ssize_t g, p, j, c4 = (c + 3) / 4;
+    for (g = 0; g < c4; g++) {
+        uint32_t *o = (uint32_t *)(t + 4 * g * width);
+        Py_ssize_t left = c - 4 * g;
+        if (left > 4) left = 4;
+        for (j = 0; j < left; j++)
+            pc1q_quantize_run(x + (4 * g + j) * P + p0, row + j * width, valid, scale, zp);
+        for (; j < 4; j++) memset(row + j * width, 0, (size_t)valid);
+        for (p = 0; p < valid; p++)
+            o[p] = (uint32_t)row[p] | ((uint32_t)row[width + p] << 8)
+                   | ((uint32_t)row[2 * width + p] << 16) | ((uint32_t)row[3 * width + p] << 24);
+        for (p = valid; p < width; p++) o[p] = 0;
+    }
+}
+
+/* ---- epilogues of one block x one panel -------------------------------------------- */
+/* into the next layer's tile: groups 2b and 2b+1 (the second only if the layer has it) */
+static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
+                          uint8_t *t, Py_ssize_t width, Py_ssize_t pan) {
+    int gi, j, p;
+    Py_ssize_t c4 = (L->cout + 3) / 4;
+    float flo = (float)(L->lo - L->zp), fhi = (float)(L->hi - L->zp);
+    uint32_t uzp = (uint32_t)L->zp;
+    for (gi = 0; gi < 2 && 2 * b + gi < c4; gi++) {
+        uint32_t *o = (uint32_t *)(t + 4 * (2 * b + gi) * width) + pan * PC1Q_NR;
+        uint32_t word[PC1Q_NR];
+        for (p = 0; p < PC1Q_NR; p++) word[p] = 0;
+        for (j = 0; j < 4; j++) {
+            const int32_t *a = acc + (4 * gi + j) * PC1Q_NR;
+            float s = L->scale[8 * b + 4 * gi + j];
+            for (p = 0; p < PC1Q_NR; p++)
+                word[p] |= pc1q_rq((float)a[p] * s, flo, fhi, uzp) << (8 * j);
+        }
+        for (p = 0; p < PC1Q_NR; p++) o[p] = word[p];
+    }
+}
+
+/* into u8 or f32 NCHW rows (y: the image's output, pixel p0 of the panel) */
+static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, void *y,
+                         int out_float, Py_ssize_t P, Py_ssize_t p0, Py_ssize_t n) {
+    int r;
+    Py_ssize_t p;
+    float flo = (float)(L->lo - L->zp), fhi = (float)(L->hi - L->zp);
+    uint32_t uzp = (uint32_t)L->zp;
+    for (r = 0; r < PC1Q_MR && 8 * b + r < L->cout; r++) {
+        Py_ssize_t o = 8 * b + r;
+        const int32_t *a = acc + r * PC1Q_NR;
+        float s = L->scale[o];
+        if (out_float) {
+            float *yr = (float *)y + o * P + p0, fb = L->fbias[o];
+            for (p = 0; p < n; p++) yr[p] = (float)a[p] * s + fb;
+        } else {
+            uint8_t *yr = (uint8_t *)y + o * P + p0;
+            for (p = 0; p < n; p++) yr[p] = (uint8_t)pc1q_rq((float)a[p] * s, flo, fhi, uzp);
+        }
+    }
+}
+
+/* ---- a chain run ------------------------------------------------------------------- */
+typedef struct {
+    const pc1q_layer *layers;
+    int nlayers, out_float, in_float;
+    pc1q_mk_fn mk;
+    Py_ssize_t n, c, P, cout;
+    Py_ssize_t tile, tiles_per_image, nsplit;  /* nsplit > 1: single layer, blocks split */
+    const void *x;
+    void *y;
+    float in_scale;
+    int32_t in_zp;
+    uint8_t *scratch;
+    Py_ssize_t per_thread;  /* bytes */
+    Py_ssize_t max_c4;
+    Py_ssize_t cpp;         /* bytes per pixel of a tile's activations (fused runs) */
+    /* layered runs only */
+    int layer;
+    uint8_t *bufs[2];       /* [ntiles][stride] each */
+    Py_ssize_t stride;      /* 4 * max_c4 * tile */
+} pc1q_run;
+
+static void pc1q_layer_tile(const pc1q_run *R, const pc1q_layer *L, const uint8_t *a,
+                            uint8_t *b, Py_ssize_t width, Py_ssize_t b0, Py_ssize_t b1,
+                            int32_t *acc, Py_ssize_t img, Py_ssize_t p0, Py_ssize_t valid) {
+    Py_ssize_t blk, pan, npan = width / PC1Q_NR, xs = 4 * width;
+    for (blk = b0; blk < b1; blk++) {
+        const int8_t *w = L->w8 ? L->w8 + blk * L->k4 * 32 : NULL;
+        const int16_t *w16 = L->w16 ? L->w16 + blk * L->k4 * 32 : NULL;
+        for (pan = 0; pan < npan; pan++) {
+            R->mk(a + pan * 4 * PC1Q_NR, xs, w, w16, L->k4, L->bias + 8 * blk, acc);
+            if (b != NULL) {
+                pc1q_epi_tile(L, blk, acc, b, width, pan);
+            } else {
+                Py_ssize_t m = valid - pan * PC1Q_NR;
+                char *y = (char *)R->y + img * R->cout * R->P * (R->out_float ? 4 : 1);
+                if (m > PC1Q_NR) m = PC1Q_NR;
+                pc1q_epi_out(L, blk, acc, y, R->out_float, R->P, p0 + pan * PC1Q_NR, m);
+            }
+        }
+    }
+}
+
+/* tile t: its image, first pixel, valid pixels; returns its width (whole panels) */
+static Py_ssize_t pc1q_tile(const pc1q_run *R, Py_ssize_t t, Py_ssize_t *img,
+                            Py_ssize_t *p0, Py_ssize_t *valid) {
+    *img = t / R->tiles_per_image;
+    *p0 = (t - *img * R->tiles_per_image) * R->tile;
+    *valid = R->P - *p0;
+    if (*valid > R->tile) *valid = R->tile;
+    return (*valid + PC1Q_NR - 1) / PC1Q_NR * PC1Q_NR;
+}
+
+static void pc1q_gather(const pc1q_run *R, Py_ssize_t img, Py_ssize_t p0, Py_ssize_t valid,
+                        Py_ssize_t width, uint8_t *row, uint8_t *a) {
+    if (R->in_float)
+        pc1q_gather_f32((const float *)R->x + img * R->c * R->P, R->c, R->P, p0, valid,
+                        width, R->in_scale, R->in_zp, row, a);
+    else
+        pc1q_gather_u8((const uint8_t *)R->x + img * R->c * R->P, R->c, R->P, p0, valid,
+                       width, a);
+}
+
+/* fused: task = tile x part; the tile goes through every layer in the worker's scratch
+   (part > 0 only for a single layer split into nsplit block ranges) */
+static void pc1q_chain_task(void *ctx, Py_ssize_t task, int worker) {
+    const pc1q_run *R = (const pc1q_run *)ctx;
+    Py_ssize_t t = task / R->nsplit, part = task - t * R->nsplit;
+    Py_ssize_t img, p0, valid, width, li, b0, b1;
+    uint8_t *s = R->scratch + worker * R->per_thread;
+    int32_t *acc = (int32_t *)s;
+    uint8_t *row = s + 4 * PC1Q_MR * PC1Q_NR, *a, *b, *sw;
+    width = pc1q_tile(R, t, &img, &p0, &valid);
+    a = row + 4 * R->tile;
+    b = a + R->cpp * R->tile;
+    pc1q_gather(R, img, p0, valid, width, row, a);
+    for (li = 0; li < R->nlayers; li++) {
+        const pc1q_layer *L = R->layers + li;
+        int last = li == R->nlayers - 1;
+        b0 = 0;
+        b1 = L->nb;
+        if (last && R->nsplit > 1) {
+            b0 = part * L->nb / R->nsplit;
+            b1 = (part + 1) * L->nb / R->nsplit;
+        }
+        pc1q_layer_tile(R, L, a, last ? NULL : b, width, b0, b1, acc, img, p0, valid);
+        sw = a; a = b; b = sw;
+    }
+}
+
+/* layered (few tiles, several layers): one job gathers every tile into bufs[0], then one
+   job per layer runs tiles x block ranges from bufs[layer % 2] into the other buffer
+   (or the output); a block's channel groups are its own, so the ranges never share */
+static void pc1q_split_gather_task(void *ctx, Py_ssize_t t, int worker) {
+    const pc1q_run *R = (const pc1q_run *)ctx;
+    Py_ssize_t img, p0, valid, width = pc1q_tile(R, t, &img, &p0, &valid);
+    uint8_t *row = R->scratch + worker * R->per_thread + 4 * PC1Q_MR * PC1Q_NR;
+    pc1q_gather(R, img, p0, valid, width, row, R->bufs[0] + t * R->stride);
+}
+
+static void pc1q_split_layer_task(void *ctx, Py_ssize_t task, int worker) {
+    const pc1q_run *R = (const pc1q_run *)ctx;
+    const pc1q_layer *L = R->layers + R->layer;
+    Py_ssize_t t = task / R->nsplit, part = task - t * R->nsplit;
+    Py_ssize_t img, p0, valid, width = pc1q_tile(R, t, &img, &p0, &valid);
+    Py_ssize_t b0 = part * L->nb / R->nsplit, b1 = (part + 1) * L->nb / R->nsplit;
+    int32_t *acc = (int32_t *)(R->scratch + worker * R->per_thread);
+    uint8_t *in = R->bufs[R->layer % 2] + t * R->stride;
+    uint8_t *out = R->layer == R->nlayers - 1 ? NULL
+                   : R->bufs[(R->layer + 1) % 2] + t * R->stride;
+    pc1q_layer_tile(R, L, in, out, width, b0, b1, acc, img, p0, valid);
+}
+
+#if PC1Q_X86
+/* ---- AMX ---------------------------------------------------------------------------
+   tdpbusd: C[16 x 16] int32 += A[16 x 64] u8 . B[16 x 16 x 4] s8, A's rows pixels (64
+   channels each), B's columns output channels. Tile activations are [C64][width][64]
+   bytes (pixel-major within a group of 64 channels, the A tile rows); weights
+   [nb32][K64][2][16][16][4]; one call: 32 pixels x 32 channels in tiles 0-3 (A in 4-5,
+   B in 6-7), stored as acc[32 pixels][32 channels]; the bias is added in the epilogue
+   (the same int32 sum). Channels past K are zero in the weights, so whatever bytes the
+   activations hold there add 0. Per thread: acc and its transpose (8 KiB), a row, two
+   tiles. */
+typedef struct {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} pc1q_tilecfg;
+
+/* tiles 0-7: 16 rows of 64 bytes. A static object: gcc 12 does not see that
+   ldtilecfg reads its operand and drops the stores into a local one */
+static const pc1q_tilecfg pc1q_amx_cfg = {
+    1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+__attribute__((target("amx-tile,amx-int8")))
+static void pc1q_amx_config(void) { _tile_loadconfig(&pc1q_amx_cfg); }
+
+__attribute__((target("amx-tile,amx-int8")))
+static void pc1q_amx_release(void) { _tile_release(); }
+
+__attribute__((target("amx-tile,amx-int8")))
+static void pc1q_amx_block(const uint8_t *x, Py_ssize_t xs, const int8_t *w, Py_ssize_t k64,
+                           int32_t *acc) {
+    Py_ssize_t kk;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (kk = 0; kk < k64; kk++, x += xs, w += 2048) {
+        _tile_loadd(4, x, 64);
+        _tile_loadd(5, x + 1024, 64);
+        _tile_loadd(6, w, 64);
+        _tile_loadd(7, w + 1024, 64);
+        _tile_dpbusd(0, 4, 6);
+        _tile_dpbusd(1, 4, 7);
+        _tile_dpbusd(2, 5, 6);
+        _tile_dpbusd(3, 5, 7);
+    }
+    _tile_stored(0, acc, 128);
+    _tile_stored(1, acc + 16, 128);
+    _tile_stored(2, acc + 512, 128);
+    _tile_stored(3, acc + 528, 128);
+}
+
+/* dst[j][i] = src[i][j] for a 16 x 16 block of 32-bit words (rows ss and ds words
+   apart): unpack 32-bit, unpack 64-bit, then two 128-bit lane shuffles */
+__attribute__((target("avx512f")))
+static void pc1q_tr16(const int32_t *src, Py_ssize_t ss, int32_t *dst, Py_ssize_t ds) {
+    __m512i r[16], t[16], u0, u1, u2, u3;
+    int i, q;
+    for (i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void *)(src + i * ss));
+    for (i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* r[4i + q], 128-bit lane L: column 4L + q of rows 4i .. 4i+3 */
+    for (i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (q = 0; q < 4; q++) {
+        u0 = _mm512_shuffle_i32x4(r[q], r[4 + q], 0x44);
+        u1 = _mm512_shuffle_i32x4(r[q], r[4 + q], 0xEE);
+        u2 = _mm512_shuffle_i32x4(r[8 + q], r[12 + q], 0x44);
+        u3 = _mm512_shuffle_i32x4(r[8 + q], r[12 + q], 0xEE);
+        _mm512_storeu_si512((void *)(dst + q * ds), _mm512_shuffle_i32x4(u0, u2, 0x88));
+        _mm512_storeu_si512((void *)(dst + (4 + q) * ds), _mm512_shuffle_i32x4(u0, u2, 0xDD));
+        _mm512_storeu_si512((void *)(dst + (8 + q) * ds), _mm512_shuffle_i32x4(u1, u3, 0x88));
+        _mm512_storeu_si512((void *)(dst + (12 + q) * ds), _mm512_shuffle_i32x4(u1, u3, 0xDD));
+    }
+}
+
+/* NCHW pixels p0 .. p0+valid -> [C64][width][64]: the [C4][width][4] gather into tmp,
+   then 16 x 16 word transposes (groups past C4 read whatever tmp holds: their weights
+   are zero) */
+static void pc1q_amx_gather(const pc1q_run *R, Py_ssize_t img, Py_ssize_t p0,
+                            Py_ssize_t valid, Py_ssize_t width, uint8_t *row, uint8_t *t,
+                            uint8_t *tmp) {
+    Py_ssize_t g, p, c64 = (R->c + 63) / 64;
+    pc1q_gather(R, img, p0, valid, width, row, tmp);
+    for (g = 0; g < c64; g++)
+        for (p = 0; p < width; p += 16)
+            pc1q_tr16((const int32_t *)tmp + 16 * g * width + p, width,
+                      (int32_t *)t + (g * width + p) * 16, 16);
+}
+
+/* acc[32 pixels][32 channels] of block blk, panel pan -> the next tile, or NCHW out */
+static void pc1q_amx_epi(const pc1q_run *R, const pc1q_layer *L, Py_ssize_t blk,
+                         const int32_t *acc, uint8_t *t, Py_ssize_t width, Py_ssize_t pan,
+                         Py_ssize_t img, Py_ssize_t p0, Py_ssize_t valid) {
+    float flo = (float)(L->lo - L->zp), fhi = (float)(L->hi - L->zp);
+    uint32_t uzp = (uint32_t)L->zp;
+    const int32_t *bias = L->bias + 32 * blk;
+    const float *scale = L->scale + 32 * blk;
+    Py_ssize_t p, j;
+    if (t != NULL) {
+        uint8_t *o = t + (blk / 2) * width * 64 + pan * 32 * 64 + (blk % 2) * 32;
+        for (p = 0; p < 32; p++)
+            for (j = 0; j < 32; j++)
+                o[p * 64 + j] = (uint8_t)pc1q_rq((float)(acc[p * 32 + j] + bias[j]) * scale[j],
+                                                 flo, fhi, uzp);
+    } else {  /* transposed to [32 channels][32 pixels] (in acc + 1024), then rows */
+        Py_ssize_t m = valid - pan * 32, jn = L->cout - 32 * blk;
+        Py_ssize_t first = img * R->cout * R->P + 32 * blk * R->P + p0 + pan * 32;
+        int32_t *at = (int32_t *)acc + 1024;
+        pc1q_tr16(acc, 32, at, 32);
+        pc1q_tr16(acc + 16, 32, at + 512, 32);
+        pc1q_tr16(acc + 512, 32, at + 16, 32);
+        pc1q_tr16(acc + 528, 32, at + 528, 32);
+        if (m > 32) m = 32;
+        if (jn > 32) jn = 32;
+        for (j = 0; j < jn; j++) {
+            const int32_t *a = at + 32 * j;
+            int32_t bj = bias[j];
+            float sj = scale[j];
+            if (R->out_float) {
+                float *y = (float *)R->y + first + j * R->P, fb = L->fbias[32 * blk + j];
+                for (p = 0; p < m; p++) y[p] = (float)(a[p] + bj) * sj + fb;
+            } else {
+                uint8_t *y = (uint8_t *)R->y + first + j * R->P;
+                for (p = 0; p < m; p++)
+                    y[p] = (uint8_t)pc1q_rq((float)(a[p] + bj) * sj, flo, fhi, uzp);
+            }
+        }
+    }
+}
+
+/* the fused chain task of the AMX path (pc1q_chain_task's shape) */
+static void pc1q_amx_chain_task(void *ctx, Py_ssize_t task, int worker) {
+    const pc1q_run *R = (const pc1q_run *)ctx;
+    Py_ssize_t t = task / R->nsplit, part = task - t * R->nsplit;
+    Py_ssize_t img, p0, valid, width, li, b0, b1, blk, pan, npan;
+    uint8_t *s = R->scratch + worker * R->per_thread;
+    int32_t *acc = (int32_t *)s;
+    uint8_t *row = s + 2 * 4 * 32 * 32, *a, *b, *sw;
+    width = pc1q_tile(R, t, &img, &p0, &valid);
+    npan = width / 32;
+    a = row + 4 * R->tile;
+    b = a + R->cpp * R->tile;
+    pc1q_amx_gather(R, img, p0, valid, width, row, a, b);
+    pc1q_amx_config();
+    for (li = 0; li < R->nlayers; li++) {
+        const pc1q_layer *L = R->layers + li;
+        int last = li == R->nlayers - 1;
+        b0 = 0;
+        b1 = L->nb32;
+        if (last && R->nsplit > 1) {
+            b0 = part * L->nb32 / R->nsplit;
+            b1 = (part + 1) * L->nb32 / R->nsplit;
+        }
+        for (blk = b0; blk < b1; blk++)
+            for (pan = 0; pan < npan; pan++) {
+                pc1q_amx_block(a + pan * 32 * 64, width * 64, L->wamx + blk * L->k64 * 2048,
+                               L->k64, acc);
+                pc1q_amx_epi(R, L, blk, acc, last ? NULL : b, width, pan, img, p0, valid);
+            }
+        sw = a; a = b; b = sw;
+    }
+    pc1q_amx_release();
+}
+#else
+/* no AMX here: never run (available_paths() does not offer it) */
+static void pc1q_amx_chain_task(void *ctx, Py_ssize_t task, int worker) {
+    (void)ctx; (void)task; (void)worker;
+}
+#endif
+
+/* ---- elementwise helpers ----------------------------------------------------------- */
+#define PC1Q_ELEMS_PER_TASK 65536
+typedef struct {
+    const void *a, *b;
+    void *y;
+    Py_ssize_t size;
+    float sa, sb, sc, flo, fhi;
+    int32_t za, zb, zc;
+} pc1q_elem;
+
+static void pc1q_quantize_task(void *ctx, Py_ssize_t t, int worker) {
+    const pc1q_elem *E = (const pc1q_elem *)ctx;
+    Py_ssize_t i0 = t * PC1Q_ELEMS_PER_TASK, m = E->size - i0;
+    (void)worker;
+    if (m > PC1Q_ELEMS_PER_TASK) m = PC1Q_ELEMS_PER_TASK;
+    pc1q_quantize_run((const float *)E->a + i0, (uint8_t *)E->y + i0, m, E->sa, E->za);
+}
+
+static void pc1q_dequantize_task(void *ctx, Py_ssize_t t, int worker) {
+    const pc1q_elem *E = (const pc1q_elem *)ctx;
+    Py_ssize_t i, i0 = t * PC1Q_ELEMS_PER_TASK, m = E->size - i0;
+    const uint8_t *q = (const uint8_t *)E->a + i0;
+    float *y = (float *)E->y + i0;
+    (void)worker;
+    if (m > PC1Q_ELEMS_PER_TASK) m = PC1Q_ELEMS_PER_TASK;
+    for (i = 0; i < m; i++) y[i] = (float)((int32_t)q[i] - E->za) * E->sa;
+}
+
+/* c = clamp(rne(((float)(a - za) * sa + (float)(b - zb) * sb) / sc) + zc, lo, hi) */
+static void pc1q_add_task(void *ctx, Py_ssize_t t, int worker) {
+    const pc1q_elem *E = (const pc1q_elem *)ctx;
+    Py_ssize_t i, i0 = t * PC1Q_ELEMS_PER_TASK, m = E->size - i0;
+    const uint8_t *a = (const uint8_t *)E->a + i0, *b = (const uint8_t *)E->b + i0;
+    uint8_t *y = (uint8_t *)E->y + i0;
+    (void)worker;
+    if (m > PC1Q_ELEMS_PER_TASK) m = PC1Q_ELEMS_PER_TASK;
+    for (i = 0; i < m; i++) {
+        float u = (float)((int32_t)a[i] - E->za) * E->sa;
+        float v = (float)((int32_t)b[i] - E->zb) * E->sb;
+        y[i] = (uint8_t)pc1q_rq((u + v) / E->sc, E->flo, E->fhi, (uint32_t)E->zc);
+    }
+}
+
+#endif

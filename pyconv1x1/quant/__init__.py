@@ -1,0 +1,44 @@
+"""Quantized (int8) models: recognition of QDQ, QOperator and ConvInteger graphs
+(recognize), the quantized program steps (steps), the kernel API they call (compiled
+int8 kernels when built, else the numpy reference of the same API: reference)."""
+from .recognize import DOMAIN, is_quantized, lower_quantized  # noqa: F401
+
+
+def quantized_edges(graph):
+    """Names of the graph's uint8 / int8 inputs that only quantized steps read and
+    outputs that quantized steps write (after lower_quantized): they keep their type."""
+    quant_reads, other_reads, quant_writes = set(), set(), set()
+    for n in graph.nodes:
+        if n.domain == DOMAIN:
+            quant_reads.update(n.inputs)
+            quant_writes.update(n.outputs)
+        else:
+            other_reads.update(n.inputs)
+    edges = {v.name for v in graph.inputs if v.elem_type in ("uint8", "int8")
+             and v.name in quant_reads and v.name not in other_reads}
+    edges.update(v.name for v in graph.outputs if v.elem_type in ("uint8", "int8")
+                 and v.name in quant_writes)
+    return edges
+
+
+def kernels(variant=None):
+    """The int8 kernel module built with float kernel variant `variant` (default: the
+    one this CPU runs): compiled (`_backend.qkernels`) when this build has it, else the
+    numpy reference (same names, same results)."""
+    from .. import _backend
+    get = getattr(_backend, "qkernels", None)
+    if get is not None:
+        try:
+            return get(variant)
+        except ImportError:  # not built in this installation: the reference computes
+            pass             # the same
+    from . import reference
+    return reference
+
+
+def int8_path(program, variant=None):
+    """Which int8 path runs the program's quantized steps, or None when it has none."""
+    from .steps import QUANT_STEPS
+    if not any(isinstance(s, QUANT_STEPS) for s in program.steps):
+        return None
+    return kernels(variant).INT8_PATH
