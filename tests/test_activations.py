@@ -3,6 +3,7 @@ PRelu, Gelu (opset 20, both approximations), the SiLU pattern Mul(x, Sigmoid(x))
 GELU Erf patterns, fused after a conv, after a residual join, on their own (nothing
 precedes them), against onnxruntime and the torch reference; plan-file round trips;
 refusals; and PyTorch modules through both exporters."""
+import importlib.util
 import math
 
 import numpy as np
@@ -21,6 +22,7 @@ def make_model(*args, **kwargs):
     return _make_model(*args, **kwargs)
 
 
+HAVE_TORCH = importlib.util.find_spec("torch") is not None  # (not under aarch64 emulation)
 C = 6
 SHAPE = [2, 4, 5, 7]
 RTOL = 2e-6
@@ -138,12 +140,13 @@ def test_activation_matches_onnxruntime(kind, layout):
     model = _graph(kind, layout, rng)
     feeds = _feeds(model, rng)
     ref = run_ort(model, feeds)[0]
-    torch_ref = run_torch_reference(model, feeds)["y"]
+    torch_ref = run_torch_reference(model, feeds)["y"] if HAVE_TORCH else None
     for threads in (1, 3):
         sess = pyconv1x1.InferenceSession(model.SerializeToString(), threads=threads)
         y = sess.run(None, feeds)[0]
         assert_close(y, ref, RTOL)
-        assert_close(y, torch_ref, RTOL)
+        if torch_ref is not None:
+            assert_close(y, torch_ref, RTOL)
     steps = sess._program.steps
     text = " ".join(s.describe() for s in steps)
     assert _op_names(kind) in text, text
@@ -262,18 +265,17 @@ def test_every_table_op_is_reachable_from_onnx():
 # --------------------------------------------------------------------------------------
 # PyTorch modules, both exporters
 # --------------------------------------------------------------------------------------
-torch = pytest.importorskip("torch")
-
-
 def _slopes(prelu):
     """Distinct random slopes (the TorchScript exporter shares equal initializers
     through an Identity node, a constant computation this runtime does not fold)."""
+    import torch
     with torch.no_grad():
         prelu.weight.uniform_(-0.5, 0.5)
     return prelu
 
 
 def _torch_acts():
+    import torch
     nn = torch.nn
     return {"sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid,
             "hardswish": nn.Hardswish, "tanh": nn.Tanh, "silu": nn.SiLU,
@@ -283,10 +285,12 @@ def _torch_acts():
 
 @pytest.mark.parametrize("opset", [17, 20])
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
-@pytest.mark.parametrize("act", sorted(_torch_acts()))
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "hardsigmoid", "hardswish", "prelu",
+                                 "prelu1", "sigmoid", "silu", "tanh"])
 def test_torch_module_matches(act, exporter, opset):
     """conv -> act -> conv -> act: fused in the chain; act -> conv: on its own. opset 17:
     GELU is exported as its Erf pattern, opset 20 as the Gelu op (tanh form: opset 20)."""
+    torch = pytest.importorskip("torch")
     from pyconv1x1.testing import ExportFailed, assert_matches_torch
     if act == "gelu_tanh" and opset < 20:
         pytest.skip("the tanh GELU is exported as the Gelu op of opset 20 only; its "
