@@ -170,6 +170,8 @@ def fold_into_next_conv(steps, outputs, notes):
         layer = conv.layers[0]
         if conv.input != s.output or layer.residual == s.output or layer.weight is None:
             continue
+        if s.per_channel and s.last != conv.in_last and layer.spatial_rank:
+            continue  # (its constants vary along another axis than the conv's channels)
         cin = layer.cin
         scale = _per_input(s.scale, cin, 1.0)
         shift = _per_input(s.shift, cin, 0.0)

@@ -8,7 +8,9 @@ import numpy as np
 from .errors import ModelError
 from .onnx_reader import _Unsupported
 from .program import (IDENTITY, RELU, Activation, AddStep, AffineStep, ChainStep,
-                      ConvLayer, CopyStep)
+                      ConvLayer, CopyStep, MeanStep, ScaleStep, TransposeStep,
+                      channel_move)
+from .program.steps import scales
 from .program.epilogue import OPS as EPILOGUE_OPS
 from .program.epilogue import Op
 
@@ -74,7 +76,9 @@ _ATTR_KINDS = {"auto_pad": "string", "dilations": "ints", "group": "int",
                "min": "float", "max": "float", "epsilon": "float", "momentum": "float",
                "spatial": "int", "training_mode": "int", "is_test": "int",
                "consumed_inputs": "ints", "broadcast": "int", "axis": "int",
-               "ratio": "float", "seed": "int", "beta": "float", "approximate": "string"}
+               "ratio": "float", "seed": "int", "beta": "float", "transA": "int",
+               "transB": "int", "perm": "ints", "axes": "ints", "keepdims": "int",
+               "noop_with_empty_axes": "int", "approximate": "string"}
 
 
 def _attr_kind(node, key, value):
@@ -261,7 +265,7 @@ def _epilogue_binder(kind):
     return bind
 
 
-for _kind in EPILOGUE_OPS.values():  # Sigmoid, HardSigmoid, HardSwish, Tanh
+for _kind in EPILOGUE_OPS.values():  # Sigmoid, HardSwish, Tanh
     if _kind.onnx:
         op(_kind.onnx)(_epilogue_binder(_kind.name))
 
@@ -336,9 +340,11 @@ def batch_norm(node, ctx):
     return AffineStep(node.name, node.inputs[0], node.outputs[0], scale, shift)
 
 
-def _per_channel(node, ctx, const, data_name):
+def _per_channel(node, ctx, const, data_name, last_axis=False):
     """A constant operand of Add/Mul as a per-channel vector [C] (or scalar [1]) for
-    the NCHW data tensor, or Refused when it broadcasts any other way."""
+    the NCHW data tensor, or Refused when it broadcasts any other way. last_axis: a
+    constant varying along the last axis alone (of a rank >= 3 tensor: channels-last)
+    comes back as _LastAxis(vector)."""
     c = _float_tensor(node, const, "constant operand")
     rank = ctx.rank(data_name)
     if c.size == 1:
@@ -353,6 +359,16 @@ def _per_channel(node, ctx, const, data_name):
         raise Refused(f"constant of shape {list(const.shape)} does not broadcast "
                       f"per channel over a rank-{rank} input")
     full = (1,) * (rank - c.ndim) + c.shape
+    if last_axis and rank > 2 and all(d == 1 for d in full[:-1]):  # channels-last
+        x_shape = ctx.shapes.get(data_name)
+        if x_shape is not None and x_shape[-1] == 1 and full[-1] != 1:
+            raise Refused(f"constant of shape {list(const.shape)} broadcasts input "
+                          f"{data_name!r} of shape {list(x_shape)} to a larger shape")
+        if x_shape is not None and isinstance(x_shape[-1], int) and x_shape[-1] != full[-1]:
+            raise ModelError(f"{node.label()}: constant of shape {list(const.shape)} does "
+                             f"not broadcast against input {data_name!r} of shape "
+                             f"{list(x_shape)}")
+        return _LastAxis(c.reshape(-1).copy())
     if full[0] != 1 or any(d != 1 for d in full[2:]):
         raise Refused(f"constant of shape {list(const.shape)} varies along more than the "
                       "channel axis")
@@ -383,14 +399,37 @@ def _binary(node, ctx, kind):
     a, b, ca, cb = binary_operands(node, ctx, kind)
     if ca is None and cb is None:
         if kind == "Mul":
-            raise Refused("product of two run-time tensors is not supported (except "
-                          "x * Sigmoid(x) and the GELU pattern, which run fused)")
+            return _scale(node, ctx, a, b)
         return AddStep(node.name, a, b, node.outputs[0])
     data, const = (a, cb) if cb is not None else (b, ca)
-    vec = _per_channel(node, ctx, const, data)
+    vec = _per_channel(node, ctx, const, data, last_axis=True)
+    last = isinstance(vec, _LastAxis)
+    vec = vec.values if last else vec
     if kind == "Mul":
-        return AffineStep(node.name, data, node.outputs[0], vec, None)
-    return AffineStep(node.name, data, node.outputs[0], None, vec)
+        return AffineStep(node.name, data, node.outputs[0], vec, None, last=last)
+    return AffineStep(node.name, data, node.outputs[0], None, vec, last=last)
+
+
+class _LastAxis:
+    """_per_channel's answer for a constant that varies along the last axis."""
+
+    def __init__(self, values):
+        self.values = values
+
+
+def _scale(node, ctx, a, b):
+    """Mul of two run-time tensors: a feature map by per-image channel weights
+    [N, C, 1, ...] (squeeze-excitation), either operand order."""
+    sa, sb = ctx.shapes.get(a), ctx.shapes.get(b)
+    if sa is None or sb is None:
+        raise Refused("product of two run-time tensors of unknown shapes; only a "
+                      "per-channel scale [N, C, 1, ...] of a feature map runs")
+    if scales(sb, sa):
+        return ScaleStep(node.name, a, b, node.outputs[0])
+    if scales(sa, sb):
+        return ScaleStep(node.name, b, a, node.outputs[0])
+    raise Refused(f"product of two run-time tensors {list(sa)} and {list(sb)}; only a "
+                  "per-channel scale [N, C, 1, ...] of a feature map runs")
 
 
 @op("Add")
@@ -403,12 +442,17 @@ def mul(node, ctx):
     return _binary(node, ctx, "Mul")
 
 
-@op("Identity")
-def identity(node, ctx):
+def _unary(node, cls):
+    """A step of kind `cls` for an op of one input, one output and no attributes."""
     _attrs(node, {})
     _inputs(node, 1, 1)
     _single_output(node)
-    return CopyStep(node.name, node.inputs[0], node.outputs[0])
+    return cls(node.name, node.inputs[0], node.outputs[0])
+
+
+@op("Identity")
+def identity(node, ctx):
+    return _unary(node, CopyStep)
 
 
 @op("Dropout")
@@ -425,6 +469,165 @@ def dropout(node, ctx):
     if len(node.outputs) > 1 and node.outputs[1] and node.outputs[1] in ctx.used:
         raise Refused("its mask output is used")
     return CopyStep(node.name, node.inputs[0], node.outputs[0])
+
+
+# -- Linear at every position, layout, squeeze-excitation ---------------------------------
+def _linear(node, ctx, x, weight, bias):
+    """A Linear applied to the last axis of x ([N, C], [N, L, C] or [N, H, W, C]) as a
+    channels-last 1x1 conv chain. weight: [cout, cin] float32 (ours), bias [cout]."""
+    rank = ctx.rank(x)
+    if rank is None:
+        raise Refused(f"input {x!r} has an unknown rank; a Linear runs on [N, C], "
+                      "[N, L, C] or [N, H, W, C]")
+    if not 2 <= rank <= 4:
+        raise Refused(f"input {x!r} has rank {rank}; a Linear runs on [N, C], [N, L, C] "
+                      "or [N, H, W, C]")
+    cout, cin = weight.shape
+    shape = ctx.shapes.get(x)
+    if isinstance(shape[-1], int) and shape[-1] != cin:
+        raise ModelError(f"{node.label()}: input {x!r} of shape {list(shape)} has "
+                         f"{shape[-1]} features; the weight needs {cin}")
+    layer = ConvLayer(names=(node.name,), weight=weight, bias=bias,
+                      spatial_rank=rank - 2)
+    return ChainStep(x, node.outputs[0], [layer], in_last=True, out_last=True)
+
+
+def _matrix(node, ctx, index, what):
+    w = _float_tensor(node, ctx.const(node, index, what), what)
+    if w.ndim != 2:
+        raise Refused(f"{what} {node.inputs[index]!r} has shape {list(w.shape)}; only a "
+                      "2-D constant weight (a Linear) runs")
+    return w
+
+
+@op("MatMul")
+def matmul(node, ctx):
+    _attrs(node, {})
+    _inputs(node, 2, 2)
+    _single_output(node)
+    a, b = node.inputs
+    if a in ctx.constants and b not in ctx.constants:
+        raise Refused(f"its constant {a!r} is the left operand: the product runs over axis "
+                      f"-2 of {b!r}; only x @ W with a constant W (a Linear over the last "
+                      "axis) runs")
+    w = _matrix(node, ctx, 1, "weight")  # [cin, cout]
+    return _linear(node, ctx, a, np.ascontiguousarray(w.T), np.zeros(w.shape[1], np.float32))
+
+
+@op("Gemm")
+def gemm(node, ctx):
+    g = _attrs(node, {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0,
+                      "broadcast": 0})
+    _inputs(node, 2, 3)
+    _single_output(node)
+    if g["transA"]:
+        raise Refused("transA=1 is not supported: the product would run over axis 0 of "
+                      "the input; only A @ W (a Linear over the last axis) runs")
+    if node.inputs[0] in ctx.constants:
+        raise Refused(f"its input {node.inputs[0]!r} is a constant")
+    w = _matrix(node, ctx, 1, "weight")
+    w = w if g["transB"] else w.T  # [cout, cin]
+    with np.errstate(over="ignore"):
+        w = np.ascontiguousarray(w * np.float32(g["alpha"]), np.float32)
+    cout = w.shape[0]
+    c = ctx.const(node, 2, "bias C", required=False)
+    bias = np.zeros(cout, np.float32)
+    if c is not None:
+        c = _float_tensor(node, c, "bias C")
+        if c.size != 1 and (c.ndim > 2 or c.shape[-1] != cout
+                            or (c.ndim == 2 and c.shape[0] != 1)):
+            raise Refused(f"bias C of shape {list(c.shape)} varies along the batch; only a "
+                          f"per-output bias [{cout}] (or a scalar) runs")
+        with np.errstate(over="ignore"):
+            bias = (np.broadcast_to(c.reshape(-1), (cout,)) * np.float32(g["beta"])
+                    ).astype(np.float32)
+    if ctx.rank(node.inputs[0]) not in (None, 2):
+        raise ModelError(f"{node.label()}: input {node.inputs[0]!r} has rank "
+                         f"{ctx.rank(node.inputs[0])}; Gemm takes a matrix")
+    return _linear(node, ctx, node.inputs[0], w, bias)
+
+
+@op("Transpose")
+def transpose(node, ctx):
+    a = _attrs(node, {"perm": None})
+    _inputs(node, 1, 1)
+    _single_output(node)
+    rank = ctx.rank(node.inputs[0])
+    if rank is None:
+        raise Refused(f"input {node.inputs[0]!r} has an unknown rank")
+    perm = tuple(a["perm"]) if a["perm"] is not None else tuple(range(rank))[::-1]
+    if sorted(perm) != list(range(rank)):
+        raise ModelError(f"{node.label()}: perm {list(perm)} is not a permutation of the "
+                         f"{rank} axes of {node.inputs[0]!r}")
+    if perm == tuple(range(rank)):
+        return CopyStep(node.name, node.inputs[0], node.outputs[0])
+    if channel_move(perm) is None:
+        raise Refused(f"perm {list(perm)} moves other axes; only a Transpose that moves "
+                      "the channel axis between position 1 and last (NCHW <-> "
+                      "channels-last) runs")
+    return TransposeStep(node.name, node.inputs[0], node.outputs[0], perm)
+
+
+def _mean_step(node, ctx, axes, keepdims):
+    rank = ctx.rank(node.inputs[0])
+    if rank is None:
+        raise Refused(f"input {node.inputs[0]!r} has an unknown rank")
+    if rank < 3:
+        raise Refused(f"input {node.inputs[0]!r} has rank {rank}; only the mean over the "
+                      "pixels of [N, C, ...] runs")
+    if axes is not None:
+        norm = sorted({int(x) % rank for x in axes} if all(-rank <= int(x) < rank
+                                                           for x in axes) else [-1])
+        if norm != list(range(2, rank)):
+            raise Refused(f"axes {list(map(int, axes))} of a rank-{rank} input; only the "
+                          "mean over every spatial axis (a global average pool) runs")
+    return MeanStep(node.name, node.inputs[0], node.outputs[0], keepdims)
+
+
+@op("GlobalAveragePool")
+def global_average_pool(node, ctx):
+    _attrs(node, {})
+    _inputs(node, 1, 1)
+    _single_output(node)
+    return _mean_step(node, ctx, None, True)
+
+
+@op("ReduceMean")
+def reduce_mean(node, ctx):
+    a = _attrs(node, {"axes": None, "keepdims": 1, "noop_with_empty_axes": 0})
+    _inputs(node, 1, 2)
+    _single_output(node)
+    axes = a["axes"]
+    if ctx.opset >= 18 and len(node.inputs) == 2 and node.inputs[1]:
+        axes = ctx.const(node, 1, "axes")
+        if axes.dtype.kind not in "iu" or axes.ndim > 1:
+            raise ModelError(f"{node.label()}: axes is {axes.dtype} {list(axes.shape)}; "
+                             "ONNX wants a 1-D int64 tensor")
+        axes = axes.reshape(-1).tolist()
+    if axes is None or len(axes) == 0:
+        if a["noop_with_empty_axes"]:
+            return CopyStep(node.name, node.inputs[0], node.outputs[0])
+        raise Refused("no axes: the mean over every axis; only the mean over every "
+                      "spatial axis (a global average pool) runs")
+    return _mean_step(node, ctx, axes, bool(a["keepdims"]))
+
+
+# Sigmoid binds from the epilogue table (above): an epilogue program, fused into the
+# producing conv (the squeeze-excitation gate's too); SigmoidStep only reads older plans
+
+
+@op("HardSigmoid")
+def hard_sigmoid(node, ctx):
+    a = _attrs(node, {"alpha": 0.2, "beta": 0.5})
+    alpha, beta = float(a["alpha"]), float(a["beta"])
+    if not (math.isfinite(alpha) and math.isfinite(beta)):
+        raise ModelError(f"{node.label()}: alpha {alpha} and beta {beta} must be finite")
+    _inputs(node, 1, 1)
+    _single_output(node)
+    # clamp(alpha * x + beta, 0, 1): an affine step (it folds into the conv before it)
+    return AffineStep(node.name, node.inputs[0], node.outputs[0],
+                      np.array([alpha], np.float32), np.array([beta], np.float32),
+                      Activation("clip", 0.0, 1.0, 1.0))
 
 
 # binders of other modules: constant folding's ops and the affine / type-edge ones

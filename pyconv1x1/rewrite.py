@@ -6,7 +6,12 @@ stays as it is, why in Program.declined:
 2. fold per-channel Mul / Add / BatchNormalization into the producing conv's weights
    (and an affine step left before a conv into that conv: normalize.fold_into_next_conv)
 3. fuse activations and residual Adds into the producing step's epilogue
-4. chain consecutive convs so a tile of pixels passes through all of them in cache
+4. take each Transpose that only moves the channel axis into the store of the chain
+   before it or the gather of the chain after it (the chain then writes / reads the
+   other layout; no copy), then fuse again (a residual Add after such a Transpose)
+5. chain consecutive convs so a tile of pixels passes through all of them in cache
+6. take a per-channel scale (squeeze-excitation's Mul) into the gather of the chain
+   that reads its result: the scaled feature map is never written
 
 What a step kind can absorb is the step's own business (program/steps.py: absorb,
 fold_into_conv, fold_into_elementwise); the passes here only walk the graph.
@@ -14,8 +19,8 @@ fold_into_conv, fold_into_elementwise); the passes here only walk the graph.
 from collections import deque
 
 from .normalize import fold_into_next_conv
+from .program import Program, channel_move
 from .quant.rewrite import merge_quantized
-from .program import Program
 
 
 def build_program(graph, steps):
@@ -24,8 +29,13 @@ def build_program(graph, steps):
     notes, declined = [], _Declined()
     steps = _drop_copies(steps, outputs, inputs, notes, declined)
     steps = _fuse(steps, outputs, notes, declined)
+    if any(s.kind == "transpose" for s in steps):
+        steps = _absorb_transposes(steps, outputs, notes, declined)
+        steps = _fuse(steps, outputs, notes, declined)
     steps = fold_into_next_conv(steps, outputs, notes)
     steps = _chain(steps, outputs, notes, declined)
+    if any(s.kind == "scale" for s in steps):
+        steps = _scale_into_gather(steps, outputs, notes, declined)
     steps = merge_quantized(steps, outputs, notes)
     steps = _toposort(steps, inputs)
     return Program(inputs=graph.inputs, outputs=graph.outputs, steps=steps,
@@ -163,6 +173,97 @@ def _fuse_into_producer(s, outputs, notes, users, producer, declined):
     return None
 
 
+def _absorb_transposes(steps, outputs, notes, declined):
+    """A Transpose t that only moves the channel axis becomes the layout of the chain
+    that produces its input (the chain's store) or of the one chain that reads its
+    output (the chain's gather); else it stays, a copy, and `declined` says why."""
+    users, producer = _consumers(steps), {s.output: s for s in steps}
+    gone = set()
+    for t in steps:
+        if t.kind != "transpose":
+            continue
+        move, rank = channel_move(t.perm), len(t.perm)
+        why = []
+        p = producer.get(t.input)
+        readers = users.get(t.input, ())
+        if p is None or not p.layers:
+            why.append(f"{t.input!r} is not computed by a conv chain")
+        elif t.input in outputs:
+            why.append(f"{t.input!r} is a graph output")
+        elif len(readers) != 1:
+            why.append(f"{t.input!r} is also read by "
+                       f"{_names(u for u in readers if u is not t)}")
+        elif p.layers[-1].spatial_rank + 2 != rank:
+            why.append(f"{p.label} writes rank {p.layers[-1].spatial_rank + 2}")
+        elif any(l.residual for l in p.layers):
+            why.append(f"{p.label} adds a residual in its present layout")
+        elif move != "swap" and (move == "last") == p.out_last:
+            why.append(f"{p.label} already writes that layout")
+        else:
+            p.out_last = not p.out_last
+            notes.append(f"took transpose {t.name} into the store of conv "
+                         f"{p.layers[-1].names[0]} (writes "
+                         f"{'channels-last' if p.out_last else 'NCHW'})")
+            _bypass(t, p, users, producer, gone)
+            continue
+        readers = users.get(t.output, ())
+        d = readers[0] if len(readers) == 1 else None
+        if t.output in outputs:
+            why.append(f"{t.output!r} is a graph output")
+        elif d is None or not d.layers or d.input != t.output or t.output in d.reads[1:]:
+            why.append(f"{t.output!r} is not read by one conv chain alone")
+        elif d.layers[0].spatial_rank + 2 != rank:
+            why.append(f"{d.label} reads rank {d.layers[0].spatial_rank + 2}")
+        elif move != "swap" and (move == "first") == d.in_last:
+            why.append(f"{d.label} already reads that layout")
+        else:
+            d.in_last = not d.in_last
+            d.input = t.input
+            users.setdefault(t.input, []).append(d)
+            users[t.input] = [u for u in users[t.input] if u is not t]
+            del users[t.output]
+            gone.add(id(t))
+            notes.append(f"took transpose {t.name} into the gather of conv "
+                         f"{d.layers[0].names[0]} (reads "
+                         f"{'channels-last' if d.in_last else 'NCHW'})")
+            continue
+        declined.add(t, f"{t.describe()} kept: {'; '.join(why)}")
+    return [s for s in steps if id(s) not in gone]
+
+
+def _bypass(t, p, users, producer, gone):
+    """Step p now writes what step t (its only reader) wrote: drop t."""
+    del users[t.input]
+    del producer[t.input]
+    p.output = t.output
+    producer[t.output] = p
+    gone.add(id(t))
+
+
+def _scale_into_gather(steps, outputs, notes, declined):
+    users = _consumers(steps)
+    gone = set()
+    for s in steps:
+        if s.kind != "scale":
+            continue
+        readers = users.get(s.output, ())
+        d = readers[0] if len(readers) == 1 else None
+        if s.output in outputs:
+            why = f"{s.output!r} is a graph output"
+        elif d is None or not d.layers or d.input != s.output or s.output in d.reads[1:]:
+            why = f"{s.output!r} is not read by one conv chain alone"
+        elif d.in_last or d.in_scale:
+            why = f"{d.label} reads channels-last" if d.in_last else "already scaled"
+        else:
+            d.input, d.in_scale = s.input, s.gate
+            gone.add(id(s))
+            notes.append(f"took scale {s.name} into the gather of conv "
+                         f"{d.layers[0].names[0]}")
+            continue
+        declined.add(s, f"{s.describe()} kept (one pass): {why}")
+    return [s for s in steps if id(s) not in gone]
+
+
 def _chain(steps, outputs, notes, declined):
     users = _consumers(steps)
     merged = set()
@@ -193,11 +294,14 @@ def _chain(steps, outputs, notes, declined):
                 why = f"it also adds {t!r} as a residual"
             elif first.spatial_rank != s.layers[0].spatial_rank:
                 why = "the two convs differ in spatial rank"
+            elif s.out_last != d.out_last and any(l.residual for l in s.layers):
+                why = "the first adds a residual in the other layout"
             if why is not None:
                 _decline_chain(declined, s, d, why)
                 break
             s.layers.extend(d.layers)
             s.output = d.output
+            s.out_last = d.out_last
             merged.add(id(d))
             del users[t]
             for r in d.reads[1:]:  # residuals the merged layer reads: now read by s

@@ -129,6 +129,8 @@ def _feeds(model, rng):
 
 
 def _op_names(kind):
+    if kind.startswith("hardsigmoid"):  # an affine step + clip (ops.py): fast path
+        return "clip(0,1)"
     return {"silu": "silu", "gelu_tanh": "gelu_tanh"}.get(
         kind, "gelu" if kind.startswith("gelu") else kind.split("_")[0])
 

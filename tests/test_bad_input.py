@@ -196,7 +196,7 @@ def test_every_unsupported_node_listed(rng):
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
              conv_node("r1", "K3a", None, "c2", name="layer3.0.conv2", pads=[1, 1, 1, 1]),
              conv_node("c2", "K3b", None, "c3", name="layer3.1.conv2", pads=[1, 1, 1, 1]),
-             helper.make_node("Softplus", ["c3"], ["s"], name="gate"),
+             helper.make_node("Softmax", ["c3"], ["s"], name="gate"),
              conv_node("s", "W4", None, "y", name="head")]
     model = make_model(nodes, [("x", [1, 4, 6, 6])], [("y", [1, 4, 6, 6])], inits)
     with pytest.raises(UnsupportedError) as info:
@@ -205,7 +205,7 @@ def test_every_unsupported_node_listed(rng):
     assert "3 problem" in msg
     assert re.search(r"Conv 'layer3\.0\.conv2': kernel 3x3; only 1x1 kernels run", msg), msg
     assert re.search(r"Conv 'layer3\.1\.conv2': kernel 3x3; only 1x1 kernels run", msg), msg
-    assert re.search(r"Softplus 'gate'.*not supported", msg), msg
+    assert re.search(r"Softmax 'gate'.*not supported", msg), msg
     assert "layer1.conv" not in msg and "head" not in msg and "relu1" not in msg
 
 
@@ -229,7 +229,7 @@ def test_unsupported_cases(rng, case):
         want = r"MaxPool 'bad'.*op MaxPool is not supported"
     elif case == "gemm":
         inits = {"G": rnd(rng, 5, 5)}
-        nodes = [helper.make_node("Gemm", ["x", "G"], ["y"], name=name)]
+        nodes = [helper.make_node("Gemm", ["x", "G"], ["y"], name=name, transA=1)]
         inputs = [("x", [5, 5])]
         want = r"Gemm 'bad'.*not supported"
     elif case == "custom_domain":

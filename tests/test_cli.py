@@ -242,7 +242,7 @@ def test_info_unsupported_small_model_names_node_and_op(tmp_path):
 
 
 @pytest.mark.parametrize("name, convs, ones, node, op", [
-    ("light_resnet50", 53, 36, "n174", "Gemm"),
+    ("light_resnet50", 53, 36, "n175", "Softmax"),
     ("light_squeezenet", 26, 17, "n2", "MaxPool"),
 ])
 def test_info_unsupported_onnx_light_models(tmp_path, name, convs, ones, node, op):

@@ -414,10 +414,11 @@ def selected_workloads(args):
     if names == ["none"]:
         return []
     expand = {"all": workloads.NAMES, "extra": workloads.EXTRA_NAMES,
-              "sweep": workloads.SWEEP_NAMES, "act": workloads.ACT_NAMES}
+              "sweep": workloads.SWEEP_NAMES, "graphs": workloads.GRAPH_NAMES,
+              "act": workloads.ACT_NAMES}
     names = [m for n in names for m in expand.get(n, [n])]
     known = (workloads.NAMES + workloads.EXTRA_NAMES + workloads.SWEEP_NAMES
-             + workloads.ACT_NAMES)
+             + workloads.GRAPH_NAMES + workloads.ACT_NAMES)
     bad = [n for n in names if n not in known]
     if bad:
         raise SystemExit(f"bench.py: unknown workload(s) {bad}; known: {known} "
@@ -706,6 +707,7 @@ def parse_args(argv):
                     help="built-in workloads, comma-separated: names, 'all' (the issue-4 "
                          "targets, the default), 'extra' (ResNet-style shapes), 'sweep' "
                          "(issue 11's shape sweep: 1 to 224x224 pixels, batch 1 to 64), "
+                         "'graphs' (issue 13: ConvNeXt / token MLPs, squeeze-excitation), "
                          "'act' (SiLU and GELU chains) or 'none'")
     ap.add_argument("--engines", default=",".join(ENGINES),
                     help=f"engines to run (default {','.join(ENGINES)})")

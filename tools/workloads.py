@@ -66,6 +66,18 @@ SWEEP_SPECS = {
     "small_p50176_b8": ((8, 16, 224, 224), [(16, "relu6")]),
 }
 SWEEP_NAMES = list(SWEEP_SPECS)
+# what exporters write around the convs (issue 13), as torch exports it: name ->
+# (pattern, input shape, hidden width). convnext: x + T(l2(relu(l1(T(x))))) with
+# Transposes to and from channels-last (ConvNeXt-T stage 1, depthwise conv left out);
+# tokens: x + l2(relu(l1(x))) on [N, L, C] (a ViT-S feed-forward block); se: SE
+# (GlobalAveragePool, conv, relu, conv, HardSigmoid, Mul) then a 1x1 projection conv.
+GRAPH_SPECS = {
+    "convnext_mlp": ("convnext", (1, 96, 56, 56), 384),
+    "token_mlp": ("tokens", (1, 197, 384), 1536),
+    "token_mlp_b8": ("tokens", (8, 197, 384), 1536),
+    "se_project": ("se", (1, 96, 56, 56), 24),
+}
+GRAPH_NAMES = list(GRAPH_SPECS)
 # activations beyond min/max, fused as epilogue programs: a YOLO/EfficientNet-style SiLU
 # pair and a transformer-MLP-style GELU expand/project (written as PyTorch's exporters
 # write them before opset 20: Sigmoid + Mul, and the Div/Erf/Add/Mul/Mul pattern)
@@ -192,8 +204,62 @@ def build_model(name, layers, shape):
     return model
 
 
+def build_graph(name, seed=0):
+    """A GRAPH_SPECS workload: the ONNX graph torch's exporter writes for the pattern."""
+    from onnx import TensorProto, helper, numpy_helper
+    pattern, shape, hidden = GRAPH_SPECS[name]
+    rng = np.random.default_rng(seed)
+    c = shape[1] if pattern != "tokens" else shape[-1]
+    inits = {}
+
+    def const(key, *dims, scale=1.0):
+        inits[key] = (rng.standard_normal(dims) * scale).astype(np.float32)
+        return key
+
+    def node(op, ins, out, **attrs):
+        nodes.append(helper.make_node(op, ins, [out], name=out, **attrs))
+        return out
+
+    nodes = []
+    if pattern in ("convnext", "tokens"):
+        x = "input"
+        if pattern == "convnext":
+            x = node("Transpose", [x], "to_last", perm=[0, 2, 3, 1])
+        h = node("MatMul", [x, const("w1", c, hidden, scale=c ** -0.5)], "l1")
+        h = node("Relu", [node("Add", [h, const("b1", hidden, scale=0.1)], "l1b")], "act")
+        h = node("MatMul", [h, const("w2", hidden, c, scale=hidden ** -0.5)], "l2")
+        h = node("Add", [h, const("b2", c, scale=0.1)], "l2b")
+        if pattern == "convnext":
+            h = node("Transpose", [h], "to_first", perm=[0, 3, 1, 2])
+        node("Add", ["input", h], "output")
+        flops = 2.0 * 2 * np.prod(shape) * hidden
+    else:
+        s = node("GlobalAveragePool", ["input"], "pool")
+        s = node("Conv", [s, const("f1", hidden, c, 1, 1, scale=c ** -0.5),
+                          const("g1", hidden, scale=0.1)], "fc1")
+        s = node("Conv", [node("Relu", [s], "relu"),
+                          const("f2", c, hidden, 1, 1, scale=hidden ** -0.5),
+                          const("g2", c, scale=0.1)], "fc2")
+        s = node("HardSigmoid", [s], "gate", alpha=1.0 / 6, beta=0.5)
+        y = node("Mul", ["input", s], "scaled")
+        node("Conv", [y, const("wp", c, c, 1, 1, scale=c ** -0.5),
+                      const("bp", c, scale=0.1)], "output")
+        flops = 2.0 * np.prod(shape) * c
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="pyconv1x1-tools-workloads")
+    model.ir_version = 8
+    x = np.random.default_rng(seed + 1000).standard_normal(shape).astype(np.float32)
+    return Workload(name=name, model=model, x=x, flops=float(flops))
+
+
 def build(name, seed=0):
-    """The named issue-4 workload (see SPECS)."""
+    """The named issue-4 workload (see SPECS), or a GRAPH_SPECS one."""
+    if name in GRAPH_SPECS:
+        return build_graph(name, seed)
     if name not in SPECS:
         raise KeyError(f"unknown workload {name!r}; known: {NAMES}")
     shape, _ = SPECS[name]

@@ -38,7 +38,8 @@ def _conv_rows(index, step, x, ops_of):
         out = flops = None
         if at is not None:
             n, ho, wo = at[0], at[3], at[4]
-            out, flops = layer.out_shape(n, ho, wo), layer.flops(n, ho, wo)
+            out = step.laid_out(layer.out_shape(n, ho, wo))
+            flops = layer.flops(n, ho, wo)
         pads = (layer.auto_pad if layer.auto_pad not in ("NOTSET", "")
                 else ",".join(str(p) for p in layer.pads))
         residual = "-"

@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import resources
 from ..errors import InputError, UnsupportedError
+from ..program import IDENTITY
 from .packing import block_table, pack_layer, split_rows, unpack_layer  # noqa: F401
 from .policy import (FOLD_LANE_GAIN, MAX_TILE_PIXELS, MIN_TILES_PER_THREAD,  # noqa: F401
                      SERIAL_FLOPS, SPLIT_TASKS_PER_THREAD, THREAD_FLOPS,
@@ -39,16 +40,16 @@ def _chain_kernel(step, kernels):
     return kernels.Chain(specs)
 
 
-def check_conv_input(first, src, x):
+def check_conv_input(first, src, x, last=False):
     """InputError unless shape x has the rank and channels conv layer `first` reads
-    (float and int8 chains alike)."""
+    (float and int8 chains alike; last: channels-last, the channels are x[-1])."""
     rank = first.spatial_rank + 2
     if len(x) != rank:
         raise InputError(f"Conv '{first.name}': input {src!r} has shape {list(x)}; "
                          f"expected rank {rank}")
-    if x[1] != first.cin:
+    if x[-1 if last else 1] != first.cin:
         raise InputError(f"Conv '{first.name}': input {src!r} has shape {list(x)}; "
-                         f"expected {first.cin} channels (dim 1)")
+                         f"expected {first.cin} channels (dim {rank - 1 if last else 1})")
 
 
 KERNEL_BUILDERS = {"chain": _chain_kernel}  # step kinds with per-session kernel objects
@@ -88,7 +89,7 @@ class ShapePlan:
     def _chain(self, step, kset, shapes, nr, threads):
         x = shapes[step.input]
         first = step.layers[0]
-        check_conv_input(first, step.input, x)
+        check_conv_input(first, step.input, x, step.in_last)
         n, h, w, ho, wo, pt, pl = step.geometry(x)
         if ho < 1 or wo < 1:
             if h * w == 0:
@@ -96,13 +97,13 @@ class ShapePlan:
             else:
                 raise InputError(f"Conv '{first.name}': input {list(x)} gives an empty "
                                  f"output {ho}x{wo}")
-        out = step.layers[-1].out_shape(n, ho, wo)
+        out = step.laid_out(step.layers[-1].out_shape(n, ho, wo))
         _check_size(out, first.name, step.input, x)
         residuals = []
         flops = 0
         for layer in step.layers:
             if layer.residual is not None:
-                want = (n, layer.cout) + out[2:]
+                want = step.laid_out((n, layer.cout) + (ho, wo)[2 - first.spatial_rank:])
                 got = shapes[layer.residual]
                 if tuple(got) != want:
                     raise UnsupportedError(
@@ -118,12 +119,25 @@ class ShapePlan:
         nthreads = threads_for(flops, threads)
         tile, folded = choose_tiling(nr, max_c, n, p, min_tiles(nthreads),
                                      kset.kernels.REDUCTION_CHUNK)
+        if (step.in_last or step.out_last) and not folded:
+            # channels-last: the batch's pixels are rows of one matrix [n * p, c]
+            tile, folded = tile_pixels(nr, max_c, n * p, min_tiles(nthreads),
+                                       kset.kernels.REDUCTION_CHUNK), True
         ntiles = -(-n * p // tile) if folded else n * -(-p // tile)
         nblocks = max(-(-l.cout // kset.kernels.MAX_BLOCK_ROWS) for l in step.layers)
         split = choose_split(ntiles, nthreads, nblocks)
         bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
                                            first.strides[1], pt, pl, tile, nthreads,
-                                           folded, split)
+                                           folded, split, step.in_last, step.out_last)
+        if step.in_scale:
+            from ..program.steps import scales
+            s = shapes[step.in_scale]
+            if not scales(s, x):
+                raise InputError(f"Mul before conv '{first.name}': input {step.input!r} "
+                                 f"{list(x)} and scale {step.in_scale!r} {list(s)}: the "
+                                 "scale must be [N or 1, C, 1, ...]")
+            return (_run_chain_scaled, (step.input, step.output, tuple(residuals), bound,
+                                        step.in_scale, (n, x[1])))
         if not any(residuals):
             return (_run_chain_plain, (step.input, step.output, bound))
         return (_run_chain, (step.input, step.output, tuple(residuals), bound))
@@ -133,6 +147,8 @@ class ShapePlan:
         c = x[1] if len(x) >= 2 else 1
         size = int(np.prod(x, dtype=np.int64))
         n = x[0] if len(x) >= 2 else 1
+        if step.last and len(x) >= 2:  # channels-last: rows of c values, one per pixel
+            c, n = x[-1], size // max(1, x[-1])
         p = size // max(1, n * c) if n * c else 0
         scale = _vector(step.scale, c, 1.0, step, x)
         shift = _vector(step.shift, c, 0.0, step, x)
@@ -171,6 +187,46 @@ class ShapePlan:
         shapes[step.output] = shapes[step.input]
         return (_copy, (step.input, step.output))
 
+    def _transpose(self, step, kset, shapes, nr, threads):
+        x = shapes[step.input]
+        if len(x) != len(step.perm):
+            raise InputError(f"Transpose '{step.name}': input {step.input!r} has shape "
+                             f"{list(x)}; expected rank {len(step.perm)}")
+        shapes[step.output] = tuple(x[i] for i in step.perm)
+        return (_run_transpose, (step.input, step.output, step.perm))
+
+    def _mean(self, step, kset, shapes, nr, threads):
+        x = shapes[step.input]
+        if len(x) < 3:
+            raise InputError(f"'{step.name}': input {step.input!r} has shape {list(x)}; "
+                             "expected [N, C, ...] with pixels")
+        n, c = x[0], x[1]
+        p = int(np.prod(x[2:], dtype=np.int64))
+        shapes[step.output] = out = step.out_shape(shapes)
+        return (_run_mean, (step.input, step.output, out, (n * c, p)))
+
+    def _scale(self, step, kset, shapes, nr, threads):
+        x, s = shapes[step.input], shapes[step.gate]
+        from ..program.steps import scales
+        if not scales(s, x):
+            raise InputError(f"Mul '{step.name}': input {step.input!r} {list(x)} and "
+                             f"gate {step.gate!r} {list(s)}: the gate must be "
+                             "[N or 1, C, 1, ...]")
+        shapes[step.output] = x
+        size = int(np.prod(x, dtype=np.int64))
+        if size == 0:
+            return (_run_empty, (step.output, x))
+        rows = x[0] * x[1]
+        args = (step.input, step.gate, step.output, x, (x[0], x[1]),
+                kset.kernels.affine_act,
+                (np.zeros(rows, np.float32), 1, rows, size // rows)
+                + IDENTITY.kernel_args() + (threads,))
+        return (_run_scale, args)
+
+    def _sigmoid(self, step, kset, shapes, nr, threads):
+        shapes[step.output] = shapes[step.input]
+        return (_run_sigmoid, (step.input, step.output))
+
     def execute(self, env, outs=None):
         """Run every step; `outs` (name -> array) receives those outputs in place."""
         outs = outs or _NO_OUTS
@@ -199,6 +255,8 @@ def tensor_byte_limit():
 # step kind -> ShapePlan method binding it for one input shape: (call, args)
 BINDERS = {"chain": ShapePlan._chain, "affine": ShapePlan._affine, "add": ShapePlan._add,
            "copy": ShapePlan._copy}
+BINDERS.update(transpose=ShapePlan._transpose, mean=ShapePlan._mean,
+               scale=ShapePlan._scale, sigmoid=ShapePlan._sigmoid)
 
 
 def _check_size(shape, name, src, src_shape, what="Conv"):
@@ -240,6 +298,19 @@ def _run_chain(env, outs, src, dst, residuals, bound):
     env[dst] = bound(env[src], res) if y is None else bound.into(env[src], y, res)
 
 
+def _run_chain_scaled(env, outs, src, dst, residuals, bound, scale, nc):
+    res = tuple(None if r is None else env[r] for r in residuals)
+    s = _per_image(env[scale], nc)
+    y = outs.get(dst)
+    env[dst] = bound(env[src], res, s) if y is None else bound.into(env[src], y, res, s)
+
+
+def _per_image(s, nc):
+    """A scale [N or 1, C, 1, ...] as a C-contiguous float32 [N * C] vector."""
+    return np.ascontiguousarray(np.broadcast_to(s.reshape(s.shape[0], nc[1]), nc),
+                                np.float32).reshape(-1)
+
+
 def _run_affine(env, outs, src, dst, shape, fn, args):
     y = outs.get(dst)
     if y is None:
@@ -270,6 +341,50 @@ def _copy(env, outs, src, dst):
         np.copyto(y, env[src])
         env[dst] = y
 
+
+
+def _result(outs, dst, shape):
+    y = outs.get(dst)
+    return np.empty(shape, np.float32) if y is None else y
+
+
+def _run_transpose(env, outs, src, dst, perm):
+    """A Transpose no chain absorbed: one copy."""
+    x = env[src].transpose(perm)
+    y = _result(outs, dst, x.shape)
+    np.copyto(y, x)
+    env[dst] = y
+
+
+def _run_mean(env, outs, src, dst, shape, rows):
+    """Row sums in float32 by numpy's pairwise summation over each contiguous row: a
+    fixed order, so the same bits whatever the session's thread count."""
+    x = env[src].reshape(rows)
+    y = _result(outs, dst, shape)
+    if rows[1] == 0:
+        y.fill(np.nan)  # (as onnxruntime: the mean of nothing)
+    else:
+        np.divide(x.sum(axis=1, dtype=np.float32), np.float32(rows[1]),
+                  out=y.reshape(rows[0]))
+    env[dst] = y
+
+
+def _run_scale(env, outs, src, scale, dst, shape, nc, fn, args):
+    """y[n, c, :] = x[n, c, :] * s[n, c]: the affine kernel over n * c rows (one pass)."""
+    s = _per_image(env[scale], nc)
+    y = _result(outs, dst, shape)
+    fn(env[src], y, s, *args)
+    env[dst] = y
+
+
+def _run_sigmoid(env, outs, src, dst):
+    x = env[src]
+    y = _result(outs, dst, x.shape)
+    with np.errstate(over="ignore"):
+        np.exp(np.negative(x, out=y), out=y)
+    np.add(y, np.float32(1), out=y)
+    np.reciprocal(y, out=y)
+    env[dst] = y
 
 
 def _register_quantized():

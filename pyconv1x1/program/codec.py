@@ -20,6 +20,14 @@ def integer(x, what, lo=0, hi=1 << 62):
     return x
 
 
+def flag(obj, key, what):
+    """An optional boolean field: False when absent (older plans lack it)."""
+    x = obj.get(key, False) if isinstance(obj, dict) else field(obj, key, what)
+    if not isinstance(x, bool):
+        raise ModelError(f"{what} field {key!r} is {show(x)}; expected true or false")
+    return x
+
+
 def json_list(x, what):
     if not isinstance(x, list):
         raise ModelError(f"{what} is {show(x)}; expected a JSON list")

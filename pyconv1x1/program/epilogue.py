@@ -66,8 +66,9 @@ OPS = {k.name: k for k in (
     OpKind("prelu", 2, (("slope", 0.01),), lambda x, s: np.where(x < 0, x * s, x),
            per_channel=True),
     OpKind("sigmoid", 3, (), _sigmoid, onnx="Sigmoid"),
-    OpKind("hardsigmoid", 4, (("alpha", 0.2), ("beta", 0.5)), _hardsigmoid,
-           onnx="HardSigmoid"),
+    # (ONNX HardSigmoid binds as an affine step + clip(0, 1), ops.py: it folds into the
+    # conv before it and keeps the min/max fast path; this op serves programs)
+    OpKind("hardsigmoid", 4, (("alpha", 0.2), ("beta", 0.5)), _hardsigmoid),
     OpKind("hardswish", 5, (), lambda x: x * _hardsigmoid(x, 1.0 / 6.0, 0.5),
            onnx="HardSwish"),
     OpKind("tanh", 6, (), np.tanh, onnx="Tanh"),

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ModelError, Problem, UnsupportedError
 from ..ir import model_metadata
-from .codec import (field, integer, json_list, layer_names, name as _name, string,
+from .codec import (field, flag, integer, json_list, layer_names, name as _name, string,
                     vector)
 from .epilogue import IDENTITY, RES_AFTER_ACT, RES_BEFORE_ACT, RES_NONE, Activation
 
@@ -43,7 +43,8 @@ class _Mutable:
     __slots__ = ()
 
     def __repr__(self):
-        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        keys = [k for c in reversed(type(self).__mro__) for k in c.__dict__.get("__slots__", ())]
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys)
         return f"{type(self).__name__}({args})"
 
 
@@ -52,7 +53,8 @@ class ConvLayer(_Mutable):
 
     weight: [cout, cin / group] float32, or None when loaded from a plan file that holds
     only `packed` = (rows per block, packed, blocks) (see plan.pack_layer) and `wshape` =
-    (cout, k). pads: top, left, bottom, right. spatial_rank: 1 for [N, C, L] tensors."""
+    (cout, k). pads: top, left, bottom, right. spatial_rank: 1 for [N, C, L] tensors, 0
+    for [N, C] (a Linear on vectors)."""
     __slots__ = ("names", "weight", "bias", "group", "strides", "pads", "auto_pad", "act",
                  "residual", "res_mode", "spatial_rank", "packed", "wshape")
 
@@ -114,7 +116,7 @@ class ConvLayer(_Mutable):
 
     def out_shape(self, n, ho, wo):
         """This layer's output shape for a batch n and an output map ho x wo."""
-        return (n, self.cout) + ((ho, wo) if self.spatial_rank == 2 else (wo,))
+        return (n, self.cout) + ((ho, wo), (wo,), ())[2 - self.spatial_rank]
 
     def flops(self, n, ho, wo):
         return 2 * n * ho * wo * self.cout * self.k
@@ -165,7 +167,7 @@ class ConvLayer(_Mutable):
                     act=Activation.decode(get("act"), f"{what} act", arr),
                     residual=None if residual is None else _name(residual, f"{what} residual"),
                     res_mode=integer(get("res_mode"), f"{what} res_mode", 0, 2),
-                    spatial_rank=integer(get("spatial_rank"), f"{what} spatial_rank", 1, 2),
+                    spatial_rank=integer(get("spatial_rank"), f"{what} spatial_rank", 0, 2),
                     packed=(mr, packed, np.ascontiguousarray(blocks, dtype=np.intp)),
                     wshape=(cout, k))
         # the kernel trusts block offsets: they must be exactly what packing produces
@@ -182,7 +184,7 @@ class ConvLayer(_Mutable):
             raise ModelError(f"plan layer {self.name}: bad strides/pads")
         if self.auto_pad not in AUTO_PADS:
             raise ModelError(f"plan layer {self.name}: bad auto_pad")
-        if self.spatial_rank not in (1, 2):
+        if self.spatial_rank not in (0, 1, 2):
             raise ModelError(f"plan layer {self.name}: bad spatial rank")
         if self.res_mode not in (RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT) or \
                 (self.res_mode == RES_NONE) != (self.residual is None):
@@ -212,9 +214,16 @@ class Step(_Mutable):
         """How messages name the step."""
         return getattr(self, "name", self.output)
 
+    read_fields = ("input",)  # the attributes that name the tensors a step reads
+
+    @property
+    def reads(self):
+        return [getattr(self, f) for f in self.read_fields]
+
     def rename_read(self, old, new):
-        if self.input == old:
-            self.input = new
+        for f in self.read_fields:
+            if getattr(self, f) == old:
+                setattr(self, f, new)
 
     def out_shape(self, shapes):
         return shapes.get(self.input)
@@ -239,12 +248,21 @@ class Step(_Mutable):
 
 
 class ChainStep(Step):
-    """Conv layers fused depth-first: a tile of pixels passes through all of them."""
-    __slots__ = ("input", "output", "layers")
+    """Conv layers fused depth-first: a tile of pixels passes through all of them.
+    in_last / out_last: the input / the output (and every residual) is channels-last,
+    [N, ..., C] (a Linear applied at every position; spatial_rank 0: [N, C]), else NCHW:
+    the kernels' gather and store read and write either layout, so a Transpose that only
+    moves the channel axis next to a chain is never copied. in_scale: None, or a tensor
+    [N or 1, C, 1, ...] that scales the (NCHW) input per image and channel as it is
+    gathered (a squeeze-excitation Mul taken into the conv that reads its result)."""
+    __slots__ = ("input", "output", "layers", "in_last", "out_last", "in_scale")
     kind = "chain"
 
-    def __init__(self, input, output, layers):
+    def __init__(self, input, output, layers, in_last=False, out_last=False,
+                 in_scale=None):
         self.input, self.output, self.layers = input, output, list(layers)
+        self.in_last, self.out_last = bool(in_last), bool(out_last)
+        self.in_scale = in_scale
 
     @property
     def name(self):
@@ -252,11 +270,14 @@ class ChainStep(Step):
 
     @property
     def reads(self):
-        return [self.input] + [l.residual for l in self.layers if l.residual]
+        return ([self.input] + [l.residual for l in self.layers if l.residual]
+                + ([self.in_scale] if self.in_scale else []))
 
     def rename_read(self, old, new):
         if self.input == old:
             self.input = new
+        if self.in_scale == old:
+            self.in_scale = new
         for layer in self.layers:
             if layer.residual == old:
                 layer.residual = new
@@ -267,7 +288,8 @@ class ChainStep(Step):
         caller). Symbolic dims (names, None) give ho / wo equal to them where the first
         layer keeps pixels, else None; pt / pl are None then."""
         first = self.layers[0]
-        h, w = (1, x[2]) if first.spatial_rank == 1 else (x[2], x[3])
+        spatial = tuple(x[1:-1] if self.in_last else x[2:])
+        h, w = ((1, 1) + spatial)[-2:]  # [N, C]: one pixel; [N, C, L]: 1 x L
         if isinstance(h, int) and isinstance(w, int):
             ho, wo, pt, pl = first.out_hw(h, w)
         else:
@@ -282,57 +304,88 @@ class ChainStep(Step):
         if x is None or len(x) != self.layers[0].spatial_rank + 2:
             return None
         n, _, _, ho, wo, _, _ = self.geometry(x)
-        return [layer.out_shape(n, ho, wo) for layer in self.layers]
+        return [self.laid_out(layer.out_shape(n, ho, wo)) for layer in self.layers]
+
+    def in_channels(self, x):
+        """The channel count of an input of shape x, in this chain's input layout."""
+        return x[-1] if self.in_last else x[1]
+
+    def laid_out(self, nchw):
+        """An [N, C, ...] output shape in this chain's output layout."""
+        return (nchw[0],) + tuple(nchw[2:]) + (nchw[1],) if self.out_last else nchw
 
     def out_shape(self, shapes):
         x = shapes.get(self.input)
         last = self.layers[-1]
         if x is None:
-            return (None, last.cout) + (None,) * last.spatial_rank
+            return self.laid_out((None, last.cout) + (None,) * last.spatial_rank)
         n, h, w, ho, wo, _, _ = self.geometry(x)
         if isinstance(h, int) and isinstance(w, int) and (ho < 1 or wo < 1):
             raise ModelError(f"Conv '{self.layers[0].name}': input {list(x)} gives an "
                              f"empty output ({ho}x{wo})")
-        return last.out_shape(n, ho, wo)
+        return self.laid_out(last.out_shape(n, ho, wo))
 
     def describe(self):
-        return " -> ".join(layer.describe() for layer in self.layers)
+        layout = "".join((" (channels-last in)" if self.in_last else "",
+                          " (channels-last out)" if self.out_last else "",
+                          f" (input scaled by {self.in_scale})" if self.in_scale else ""))
+        return " -> ".join(layer.describe() for layer in self.layers) + layout
 
     # -- plan-file codec --------------------------------------------------------------
     def encode(self, arrays, mr):
-        return {"type": self.kind, "input": self.input, "output": self.output,
-                "layers": [layer.encode(arrays, mr) for layer in self.layers]}
+        out = {"type": self.kind, "input": self.input, "output": self.output,
+               "layers": [layer.encode(arrays, mr) for layer in self.layers]}
+        if self.in_last or self.out_last:  # (plans without them stay as they were)
+            out.update(in_last=self.in_last, out_last=self.out_last)
+        if self.in_scale:
+            out["in_scale"] = self.in_scale
+        return out
 
     @classmethod
     def decode(cls, s, arr, what):
         layers = [ConvLayer.decode(l, arr, f"{what} layer {i}")
                   for i, l in enumerate(json_list(field(s, "layers", what), f"{what} layers"))]
         return cls(_name(field(s, "input", what), f"{what} input"),
-                   _name(field(s, "output", what), f"{what} output"), layers)
+                   _name(field(s, "output", what), f"{what} output"), layers,
+                   flag(s, "in_last", what), flag(s, "out_last", what),
+                   _name(s["in_scale"], f"{what} in_scale") if "in_scale" in s else None)
 
     def validate(self, defined):
         if not self.layers:
             raise ModelError("plan chain without layers")
         for i, layer in enumerate(self.layers):
             layer.validate(defined, self.layers[i - 1] if i else None)
+            if (self.in_last or self.out_last) and not layer.keeps_pixels:
+                raise ModelError(f"plan layer {layer.name}: a channels-last chain with "
+                                 "strides or pads")
+        if self.in_scale and self.in_last:
+            raise ModelError(f"plan chain {self.name}: an input scale on a channels-last "
+                             "input")
 
     # -- rewrite ----------------------------------------------------------------------
     def absorb(self, s, other, notes):
         if len(self.layers) != 1:
             return "the conv is already chained"
+        if getattr(s, "last", self.out_last) != self.out_last \
+                and self.layers[0].spatial_rank and s.per_channel:
+            return (f"its constants vary along the {'last' if s.last else 'channel'} "
+                    f"axis; the conv writes {'channels-last' if self.out_last else 'NCHW'}")
         return s.fold_into_conv(self.layers[0], other, notes)
 
 
 class AffineStep(Step):
     """y[:, c] = act(x[:, c] * scale[c] + shift[c]): BatchNorm, Mul/Add by constants or
-    an activation that no conv could absorb. scale / shift: [C] or None (1 / 0)."""
-    __slots__ = ("name", "input", "output", "scale", "shift", "act")
+    an activation that no conv could absorb. scale / shift: [C] or None (1 / 0).
+    last: the constants vary along the last axis (a channels-last tensor, e.g. the bias
+    Add after a MatMul), not axis 1."""
+    __slots__ = ("name", "input", "output", "scale", "shift", "act", "last")
     kind = "affine"
 
-    def __init__(self, name, input, output, scale, shift, act=None):
+    def __init__(self, name, input, output, scale, shift, act=None, last=False):
         self.name, self.input, self.output = name, input, output
         self.scale, self.shift = scale, shift
         self.act = IDENTITY if act is None else act
+        self.last = bool(last)
 
     @property
     def reads(self):
@@ -342,15 +395,23 @@ class AffineStep(Step):
     def has_constants(self):
         return self.scale is not None or self.shift is not None
 
+    @property
+    def per_channel(self):
+        """Its constants vary (more than one value): their axis matters."""
+        return max(_len(self.scale), _len(self.shift)) > 1
+
     def describe(self):
         parts = [p for p, v in (("scale", self.scale), ("shift", self.shift))
                  if v is not None] + [self.act.describe()]
         return f"affine {self.name} ({', '.join(p for p in parts if p) or 'identity'})"
 
     def encode(self, arrays, mr):
-        return {"type": self.kind, "name": self.name, "input": self.input,
-                "output": self.output, "scale": arrays.add(self.scale),
-                "shift": arrays.add(self.shift), "act": self.act.encode(arrays)}
+        out = {"type": self.kind, "name": self.name, "input": self.input,
+               "output": self.output, "scale": arrays.add(self.scale),
+               "shift": arrays.add(self.shift), "act": self.act.encode(arrays)}
+        if self.last:
+            out["last"] = True
+        return out
 
     @classmethod
     def decode(cls, s, arr, what):
@@ -359,7 +420,8 @@ class AffineStep(Step):
                    _name(field(s, "output", what), f"{what} output"),
                    vector(arr(field(s, "scale", what), f"{what} scale")),
                    vector(arr(field(s, "shift", what), f"{what} shift")),
-                   Activation.decode(field(s, "act", what), f"{what} act", arr))
+                   Activation.decode(field(s, "act", what), f"{what} act", arr),
+                   flag(s, "last", what))
 
     def validate(self, defined):
         for v in (self.scale, self.shift):
@@ -423,6 +485,9 @@ class AffineStep(Step):
             return "an activation sits between the two per-channel steps"
         sizes = [_len(self.scale), _len(self.shift), _len(s.scale), _len(s.shift)]
         c = max(sizes)
+        lasts = {st.last for st in (self, s) if st.per_channel}
+        if len(lasts) > 1:
+            return "one varies along the channel axis, the other along the last axis"
         if any(n not in (0, 1, c) for n in sizes):
             return "their per-channel constants differ in length"
         s1, b1 = _expand(self.scale, c, 1.0), _expand(self.shift, c, 0.0)
@@ -431,6 +496,7 @@ class AffineStep(Step):
             self.scale = (s1 * s2).astype(np.float32)
             self.shift = (b1 * s2 + b2).astype(np.float32)
         self.name = _merged_name(self.name, s.name)
+        self.last = lasts.pop() if lasts else self.last
         return None
 
 
@@ -439,19 +505,11 @@ class AddStep(Step):
     __slots__ = ("name", "a", "b", "output", "act")
     kind = "add"
 
+    read_fields = ("a", "b")
+
     def __init__(self, name, a, b, output, act=None):
         self.name, self.a, self.b, self.output = name, a, b, output
         self.act = IDENTITY if act is None else act
-
-    @property
-    def reads(self):
-        return [self.a, self.b]
-
-    def rename_read(self, old, new):
-        if self.a == old:
-            self.a = new
-        if self.b == old:
-            self.b = new
 
     def out_shape(self, shapes):
         a, b = shapes.get(self.a), shapes.get(self.b)
@@ -494,24 +552,12 @@ class AddStep(Step):
         return None
 
 
-class CopyStep(Step):
-    """A graph output that is another graph value (Identity of an input or output)."""
+class _UnaryStep(Step):
+    """A step of one input, one output and no parameters."""
     __slots__ = ("name", "input", "output")
-    kind = "copy"
 
     def __init__(self, name, input, output):
         self.name, self.input, self.output = name, input, output
-
-    @property
-    def reads(self):
-        return [self.input]
-
-    @property
-    def copy_of(self):
-        return self.input
-
-    def describe(self):
-        return f"copy {self.name} ({self.input} -> {self.output})"
 
     def encode(self, arrays, mr):
         return {"type": self.kind, "name": self.name, "input": self.input,
@@ -523,8 +569,154 @@ class CopyStep(Step):
         return cls(n("name"), n("input"), n("output"))
 
 
+class CopyStep(_UnaryStep):
+    """A graph output that is another graph value (Identity of an input or output)."""
+    __slots__ = ()
+    kind = "copy"
+
+    @property
+    def copy_of(self):
+        return self.input
+
+    def describe(self):
+        return f"copy {self.name} ({self.input} -> {self.output})"
+
+
+def channel_move(perm):
+    """How a Transpose perm moves the channel axis, or None when it moves other axes:
+    "last" (NCHW -> channels-last), "first" (back), "swap" (rank 3: [0, 2, 1] is both)."""
+    perm, r = tuple(perm), len(perm)
+    if r < 3:
+        return None
+    to_last = (0,) + tuple(range(2, r)) + (1,)
+    to_first = (0, r - 1) + tuple(range(1, r - 1))
+    if perm == to_last == to_first:
+        return "swap"
+    return "last" if perm == to_last else "first" if perm == to_first else None
+
+
+class TransposeStep(Step):
+    """A Transpose that only moves the channel axis (NCHW <-> channels-last) and that no
+    chain next to it took into its gather or store (the rewrite tries both): a copy."""
+    __slots__ = ("name", "input", "output", "perm")
+    kind = "transpose"
+
+    def __init__(self, name, input, output, perm):
+        self.name, self.input, self.output, self.perm = name, input, output, tuple(perm)
+
+    def out_shape(self, shapes):
+        x = shapes.get(self.input)
+        if x is None or len(x) != len(self.perm):
+            return (None,) * len(self.perm)
+        return tuple(x[i] for i in self.perm)
+
+    def describe(self):
+        return f"transpose {self.name} {list(self.perm)} (a copy)"
+
+    def encode(self, arrays, mr):
+        return {"type": self.kind, "name": self.name, "input": self.input,
+                "output": self.output, "perm": list(self.perm)}
+
+    @classmethod
+    def decode(cls, s, arr, what):
+        n = lambda key: _name(field(s, key, what), f"{what} {key}")  # noqa: E731
+        perm = tuple(integer(i, f"{what} perm", 0, 7)
+                     for i in json_list(field(s, "perm", what), f"{what} perm"))
+        return cls(n("name"), n("input"), n("output"), perm)
+
+    def validate(self, defined):
+        if channel_move(self.perm) is None:
+            raise ModelError(f"plan step {self.name!r}: perm {list(self.perm)} does not "
+                             "move the channel axis alone")
+
+
+class MeanStep(Step):
+    """GlobalAveragePool / ReduceMean over every spatial axis of an NCHW tensor:
+    y[n, c] = sum of x[n, c, :] / pixels, summed in float32 in a fixed order (the same
+    bits whatever the thread count). keepdims: [N, C, 1, ...], else [N, C]."""
+    __slots__ = ("name", "input", "output", "keepdims")
+    kind = "mean"
+
+    def __init__(self, name, input, output, keepdims=True):
+        self.name, self.input, self.output = name, input, output
+        self.keepdims = bool(keepdims)
+
+    def out_shape(self, shapes):
+        x = shapes.get(self.input)
+        if x is None:
+            return None
+        return tuple(x[:2]) + ((1,) * (len(x) - 2) if self.keepdims else ())
+
+    def describe(self):
+        return f"mean {self.name} (global average over the pixels)"
+
+    def encode(self, arrays, mr):
+        return {"type": self.kind, "name": self.name, "input": self.input,
+                "output": self.output, "keepdims": self.keepdims}
+
+    @classmethod
+    def decode(cls, s, arr, what):
+        n = lambda key: _name(field(s, key, what), f"{what} {key}")  # noqa: E731
+        return cls(n("name"), n("input"), n("output"), flag(s, "keepdims", what))
+
+
+class ScaleStep(Step):
+    """y[n, c, :] = x[n, c, :] * gate[n, c]: the Mul by which squeeze-excitation scales
+    a feature map by its per-image channel weights (the gate, [N or 1, C, 1, ...],
+    computed at run time). One pass over x, unless the rewrite takes it into the gather
+    of the conv that reads y (ChainStep.in_scale)."""
+    __slots__ = ("name", "input", "gate", "output")
+    kind = "scale"
+    read_fields = ("input", "gate")
+
+    def __init__(self, name, input, gate, output):
+        self.name, self.input, self.gate, self.output = name, input, gate, output
+
+    def out_shape(self, shapes):
+        x, s = shapes.get(self.input), shapes.get(self.gate)
+        if x is not None and s is not None and not scales(s, x):
+            problem = Problem("Mul", self.name, f"inputs {list(x)} and {list(s)}: only a "
+                              "per-image, per-channel scale [N, C, 1, ...] of a feature "
+                              "map runs")
+            raise UnsupportedError(str(problem), problems=[problem])
+        return x
+
+    def describe(self):
+        return f"scale {self.name} ({self.input} * {self.gate} per channel)"
+
+    def encode(self, arrays, mr):
+        return {"type": self.kind, "name": self.name, "input": self.input,
+                "gate": self.gate, "output": self.output}
+
+    @classmethod
+    def decode(cls, s, arr, what):
+        n = lambda key: _name(field(s, key, what), f"{what} {key}")  # noqa: E731
+        return cls(n("name"), n("input"), n("gate"), n("output"))
+
+
+def scales(s, x):
+    """Whether a tensor of shape s scales one of shape x per image and channel (dims
+    that are names or None count as matching)."""
+    same = lambda a, b: not (isinstance(a, int) and isinstance(b, int)) or a == b  # noqa
+    return (len(s) == len(x) >= 3 and all(d == 1 for d in s[2:])
+            and (s[0] == 1 or same(s[0], x[0])) and same(s[1], x[1]))
+
+
+class SigmoidStep(_UnaryStep):
+    """y = 1 / (1 + exp(-x)), element-wise (numpy, float32): the Sigmoid of a
+    squeeze-excitation gate, on its small pooled vector. (A stop-gap until Sigmoid is
+    a fused epilogue.)"""
+    __slots__ = ()
+    kind = "sigmoid"
+
+    def describe(self):
+        return f"sigmoid {self.name}"
+
+
 # plan-file "type" -> step class: the one place a kind string is dispatched on
 STEP_KINDS = {cls.kind: cls for cls in (ChainStep, AffineStep, AddStep, CopyStep)}
+STEP_KINDS.update((cls.kind, cls) for cls in (TransposeStep, MeanStep, ScaleStep,
+                                              SigmoidStep))
 
 
 def _merged_name(a, b, limit=200):
