@@ -153,7 +153,12 @@ def test_activation_matches_onnxruntime(kind, layout):
     text = " ".join(s.describe() for s in steps)
     assert _op_names(kind) in text, text
     if layout in ("fused", "chain", "residual"):  # one fused step does it all
-        assert [s.kind for s in steps] == ["chain"], text
+        if kind.startswith("hardsigmoid") and layout == "residual":
+            # (its affine step's scale and shift do not fold into a conv that adds a
+            # residual: it runs after the chain)
+            assert [s.kind for s in steps] == ["chain", "affine"], text
+        else:
+            assert [s.kind for s in steps] == ["chain"], text
     if layout == "after":
         assert [s.kind for s in steps] == ["chain"], text
         assert steps[0].layers[0].res_mode == 2
