@@ -23,7 +23,7 @@
    a small buffer; the epilogue (shared C) requantizes them into the next layer's tile
    layout, into u8 NCHW or into float32 NCHW.
 
-   Arithmetic (pyconv1x1/quant_reference.py is the same in numpy):
+   Arithmetic (pyconv1x1/quant/reference.py is the same in numpy):
      acc   = bias[o] + sum_k w[o,k] * x[k,p]                        exact int32
      u8:   v = (float)acc * scale[o];  v = v > lo-zp ? v : lo-zp;  v = v < hi-zp ? v : hi-zp
            y = rne(v) + zp                   (clamping before rounding = clamping after)

@@ -116,6 +116,16 @@ def test_installed_package_ships_no_sources():
     assert any(p.name.startswith("_kernels_generic") for p in folder.iterdir())
 
 
+def test_installed_package_has_every_subpackage():
+    """Each package folder of the source tree is installed (CI tests the installed copy)."""
+    folder = Path(pyconv1x1.__file__).resolve().parent
+    source = ROOT / "pyconv1x1"
+    expected = sorted(str(p.parent.relative_to(source)) for p in source.rglob("__init__.py"))
+    assert "quant" in expected and "program" in expected
+    installed = sorted(str(p.parent.relative_to(folder)) for p in folder.rglob("__init__.py"))
+    assert installed == expected
+
+
 def test_exclude_package_data_covers_the_sources():
     text = (ROOT / "pyproject.toml").read_text()
     section = text.split("[tool.setuptools.exclude-package-data]", 1)[1]

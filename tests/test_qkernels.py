@@ -1,5 +1,5 @@
 """The int8 kernels (pyconv1x1/_qkernels.pyx.tp, _qkernels.h) against the integer numpy
-reference (pyconv1x1/quant_reference.py): bitwise, on every int8 path this CPU runs and in
+reference (pyconv1x1/quant/reference.py): bitwise, on every int8 path this CPU runs and in
 every kernel variant built here, at thread counts 1..8."""
 import os
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 
 from conftest import native_only
 from pyconv1x1 import _backend
-from pyconv1x1 import quant_reference as ref
+from pyconv1x1.quant import reference as ref
 
 VARIANTS = _backend.runnable_variants()
 QK = {v: _backend.qkernels(v) for v in VARIANTS}
@@ -327,3 +327,28 @@ def test_bad_chains_and_runs_raise():
         with pytest.raises(ValueError, match=msg):
             fn()
     ch.run_u8(np.zeros((0, 6, 9), np.uint8), np.zeros((0, 4, 9), np.uint8), 2)  # empty
+
+
+@pytest.mark.parametrize("variant,path", CASES, ids=IDS)
+def test_rebias_shares_packed_weights(variant, path):
+    """QLayer.rebias (ConvInteger's per-run scale): the same results as a layer built
+    from scratch with those vectors, the packed weights shared; its vectors checked."""
+    qk = QK[variant]
+    rng = np.random.default_rng(9)
+    w, bias, scale, zp, lo, hi, fbias = rand_layer(rng, 70, 37)
+    base = qk.QLayer(w, np.zeros(37, np.int32), np.ones(37, np.float32), zp, lo, hi)
+    x = rng.integers(0, 256, (2, 70, 45), dtype=np.uint8)
+    for out_float in (False, True):
+        again = base.rebias(bias, scale, fbias)
+        assert again.w8 is base.w8 and again.w16 is base.w16
+        want = ref.chain(x, [(w, bias, scale, zp, lo, hi, fbias)], out_float)
+        got = run_u8(qk.QChain([again], out_float, path=path), x, out_float, 3)
+        np.testing.assert_array_equal(got, want)
+        bias = bias // 2
+        scale = scale * np.float32(3)
+    with pytest.raises(ValueError, match="overflow"):
+        base.rebias(np.full(37, 2 ** 31 - 1000, np.int32), scale)
+    with pytest.raises(ValueError, match="scale"):
+        base.rebias(bias, np.zeros(37, np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        base.rebias(bias[:5], scale)

@@ -503,3 +503,144 @@ def test_runtime_scale_and_unsupported_patterns_are_refused():
     model.graph.node[0].input[1] = "s"
     with pytest.raises(pyconv1x1.UnsupportedError, match=r"'s' is computed at run time"):
         pyconv1x1.InferenceSession(model.SerializeToString())
+
+
+# -- the exact float32 fallback (quant.floatpath) ---------------------------------------
+def _sessions_both_ways(monkeypatch, model, threads, isa=None):
+    out = {}
+    for mode in ("int", "float"):
+        monkeypatch.setenv("PYCONV1X1_INT8_FALLBACK", mode)
+        out[mode] = pyconv1x1.InferenceSession(model.SerializeToString(), threads=threads,
+                                               isa=isa)
+    monkeypatch.delenv("PYCONV1X1_INT8_FALLBACK")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if CASES[n][2]))
+def test_float_fallback_is_bitwise_the_int8_path(quantized, monkeypatch, name):
+    """Every int8 chain run on the float32 kernels (forced here; by default only where
+    the int8 path is avx2 / c) gives bitwise the int8 path's results, at every thread
+    count and in every kernel variant this CPU runs, and `info`'s int8 path line says
+    so."""
+    from pyconv1x1.quant import int8_path
+    from pyconv1x1.quant.floatpath import PATH
+    from pyconv1x1.quant.steps import QChainStep
+    from pyconv1x1 import _backend
+    model = quantized(name)
+    variants = _backend.runnable_variants()  # (each has its own float and int8 kernels)
+    for threads, isa in [(1, None), (2, None), (3, None)] + [(2, v) for v in variants]:
+        sess = _sessions_both_ways(monkeypatch, model, threads, isa)
+        chains = [s for s in sess["float"].program.steps if isinstance(s, QChainStep)]
+        on_float = [sess["float"]._kset.chains[id(s)].path == PATH for s in chains]
+        assert all(on_float) and not any(
+            sess["int"]._kset.chains[id(s)].path == PATH
+            for s in sess["int"].program.steps if isinstance(s, QChainStep))
+        if chains:
+            line = int8_path(sess["float"].program, None, sess["float"]._kset.chains)
+            assert f"{len(chains)} of {len(chains)} int8 chains on {PATH}" in line
+        for feed in feeds(11, 2):
+            a = sess["int"].run(None, feed)
+            b = sess["float"].run(None, feed)
+            for u, v in zip(a, b):
+                assert u.dtype == v.dtype and np.array_equal(u, v), (name, threads)
+
+
+def test_float_fallback_policy(monkeypatch):
+    """auto: the float kernels only where the int8 path is slower (c, the numpy
+    reference) and exact; float: wherever exact; int: never; a bad value is an Error."""
+    from types import SimpleNamespace
+    from pyconv1x1.quant import floatpath
+    from pyconv1x1.quant.steps import QConvLayer
+    rng = np.random.default_rng(3)
+    small = QConvLayer(["a"], rng.integers(-128, 128, (4, 8)), np.zeros(4), np.ones(4))
+    # 255 * 128 * 520 > 2^24: a partial sum could be inexact in float32
+    big = QConvLayer(["b"], np.full((2, 520), -128), np.zeros(2), np.ones(2))
+    # |bias| + 255 * sum|w| = 2^24 - 1 (exact) and 2^24 (not)
+    assert 255 * 127 * 518 + 1785 == 2 ** 24 - 1
+    edge = QConvLayer(["c"], np.full((1, 518), 127), np.full(1, -1785), np.ones(1))
+    over = QConvLayer(["d"], np.full((1, 518), 127), np.full(1, -1786), np.ones(1))
+    api = {p: SimpleNamespace(INT8_PATH=p) for p in floatpath.FAST_PATHS + ("avx2", "c")}
+    api["reference"] = SimpleNamespace(INT8_PATH="numpy reference")
+    for mode, want in (("auto", {"c", "reference"}), ("float", set(api)), ("int", set())):
+        monkeypatch.setenv("PYCONV1X1_INT8_FALLBACK", mode)
+        for p, a in api.items():
+            assert floatpath.use_float([small], a) == (p in want), (mode, p)
+            assert floatpath.use_float([edge], a) == (p in want), (mode, p)
+            assert not floatpath.use_float([small, big], a)
+            assert not floatpath.use_float([over], a)
+    monkeypatch.setenv("PYCONV1X1_INT8_FALLBACK", "fast")
+    with pytest.raises(pyconv1x1.Error, match="PYCONV1X1_INT8_FALLBACK"):
+        floatpath.mode()
+
+
+@pytest.mark.parametrize("mode", ["int", "auto"])
+def test_numpy_reference_api_runs_models_bitwise(quantized, monkeypatch, mode):
+    """Where the int8 kernels are not built, quant.reference runs the same kernel API
+    (int) or the chains go to the float kernels (auto): bitwise the compiled results."""
+    from pyconv1x1.quant import reference, steps
+    for name in ("qdq_s8_per_channel", "qop_u8", "dynamic"):
+        model = quantized(name).SerializeToString()
+        feed = feeds(5, 1)[0]
+        want = pyconv1x1.InferenceSession(model, threads=2).run(None, feed)
+        with monkeypatch.context() as m:
+            m.setattr(steps, "_kernels_for", lambda kernels: reference)
+            m.setenv("PYCONV1X1_INT8_FALLBACK", mode)
+            got = pyconv1x1.InferenceSession(model, threads=2).run(None, feed)
+        for a, b in zip(want, got):
+            assert a.dtype == b.dtype and np.array_equal(a, b), (name, mode)
+
+
+def test_float_fallback_leaves_small_runs_to_the_int8_path():
+    """A FloatQChain given the int8 chain runs runs below FLOAT_MIN_MACS on it, larger
+    ones on the float kernels: bitwise the same either way."""
+    from pyconv1x1 import _backend
+    from pyconv1x1.quant import floatpath, kernels
+    from pyconv1x1.quant.steps import QConvLayer
+    rng = np.random.default_rng(4)
+    w = lambda *shape: rng.integers(-128, 128, shape)  # noqa: E731
+    layers = [QConvLayer(["a"], w(24, 16), rng.integers(-999, 999, 24),
+                         rng.uniform(1e-4, 1e-3, 24), 7, 3, 250),
+              QConvLayer(["b"], w(16, 24), rng.integers(-999, 999, 16),
+                         rng.uniform(1e-4, 1e-3, 16), 100, 0, 255)]
+    api = kernels()
+    ints = api.QChain([l.kernel(api) for l in layers], False)
+    both = floatpath.FloatQChain(layers, False, api, _backend.kernels(), small=ints)
+    alone = floatpath.FloatQChain(layers, False, api, _backend.kernels())
+    calls = []
+    both.chains = [_Spy(c, calls) for c in both.chains]
+    for pixels, on_float in ((5, False), (floatpath.FLOAT_MIN_MACS // (2 * 768) + 1, True)):
+        x = rng.integers(0, 256, (2, 16, pixels), dtype=np.uint8)
+        want, got, ref = (np.empty((2, 16, pixels), np.uint8) for _ in range(3))
+        ints.run_u8(x, want, 2)
+        both.run_u8(x, got, 2)
+        alone.run_u8(x, ref, 2)
+        assert np.array_equal(got, want) and np.array_equal(ref, want)
+        assert bool(calls) == on_float
+        calls.clear()
+
+
+class _Spy:
+    def __init__(self, chain, calls):
+        self.chain, self.calls, self.cout = chain, calls, chain.cout
+
+    def bind(self, *args):
+        self.calls.append(args)
+        return self.chain.bind(*args)
+
+
+def test_info_names_the_paths_chains_take(monkeypatch, tmp_path):
+    """A chain whose k < AMX_MIN_K leaves AMX for the next path: the info line says so."""
+    from pyconv1x1.quant import int8_path, kernels
+    from pyconv1x1.quant.steps import QChainStep
+    model = float_model(chans=(8, 16, 12), residual=False)
+    q = quantize(tmp_path, "paths", model)
+    monkeypatch.setenv("PYCONV1X1_INT8_FALLBACK", "int")
+    sess = pyconv1x1.InferenceSession(q.SerializeToString())
+    chains = [sess._kset.chains[id(s)] for s in sess.program.steps
+              if isinstance(s, QChainStep)]
+    line = int8_path(sess.program, None, sess._kset.chains)
+    assert line.startswith(kernels().INT8_PATH)
+    other = sorted({c.path for c in chains} - {kernels().INT8_PATH})
+    assert (f"(chains on {', '.join(other)})" in line) == bool(other), line
+    if kernels().INT8_PATH == "amx":
+        assert other, line  # k = 8, 16 < 64

@@ -5,6 +5,7 @@ Usage::
 
     python tools/bench.py [MODEL.onnx ...] [--threads 1,2] [--quick] [--markdown]
                           [--plot FILE.png] [--workloads big256,tiny|extra|sweep] [--peak GF/s]
+    python tools/bench.py --int8 [--fallback] [--threads 1,2] [--workloads ...]  (issue 12)
 
 Every thread count runs in a fresh subprocess whose OMP_NUM_THREADS, OPENBLAS_NUM_THREADS
 and MKL_NUM_THREADS are set before numpy is imported, so numpy's BLAS (and torch) use that
@@ -720,6 +721,12 @@ def parse_args(argv):
     ap.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     ap.add_argument("--plot", metavar="FILE.png", help="bar chart of speed-ups (matplotlib)")
     ap.add_argument("--json", metavar="FILE", help="also save the raw results as JSON")
+    ap.add_argument("--int8", action="store_true",
+                    help="the workloads quantized (QDQ s8, QOperator u8): pyconv1x1 vs "
+                         "onnxruntime int8 and vs our float32 (tools/bench_int8.py)")
+    ap.add_argument("--fallback", action="store_true",
+                    help="with --int8: also time the chains on the float kernels and on "
+                         "the int8 path, forced")
     ap.add_argument("--_worker", dest="worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--_json", dest="json_out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -740,6 +747,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.int8:
+        sys.path.insert(0, HERE)
+        import bench_int8
+        return bench_int8.main(args)
     try:
         threads = [int(t) for t in args.threads.split(",") if t.strip()]
         assert threads and all(t >= 1 for t in threads)

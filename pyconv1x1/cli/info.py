@@ -107,8 +107,10 @@ def cmd_info(args):
     print(f"model: {args.model}")
     print(f"producer: {program.producer or '?'}, opset {program.opset}")
     print(kernels_line(session))
-    if session.int8_path:
-        print(f"int8 kernels: {session.int8_path}")
+    if session.int8_path:  # (and which int8 chains run exactly on the float kernels)
+        from ..quant import int8_path
+        print("int8 kernels: " + int8_path(program, session.kernel_variant,
+                                           session._kset.chains))
     print("inputs:")
     print_table([(a.name, shape_text(a.shape), a.type) for a in session.get_inputs()])
     print("outputs:")

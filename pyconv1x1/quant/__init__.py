@@ -36,9 +36,21 @@ def kernels(variant=None):
     return reference
 
 
-def int8_path(program, variant=None):
-    """Which int8 path runs the program's quantized steps, or None when it has none."""
-    from .steps import QUANT_STEPS
+def int8_path(program, variant=None, chains=None):
+    """Which int8 path runs the program's quantized steps, or None when it has none.
+    chains (a KernelSet's id(step) -> kernel object): also names the other paths chains
+    take (AMX only where every k >= 64) and how many int8 chains run exactly on the
+    float32 kernels instead (floatpath: where the int8 path is slower)."""
+    from .floatpath import PATH
+    from .steps import QChainStep, QUANT_STEPS
     if not any(isinstance(s, QUANT_STEPS) for s in program.steps):
         return None
-    return kernels(variant).INT8_PATH
+    path = kernels(variant).INT8_PATH
+    used = [getattr(chains.get(id(s)), "path", None) for s in program.steps
+            if isinstance(s, QChainStep)] if chains else []
+    on_float = sum(p == PATH for p in used)
+    others = sorted({p for p in used if p not in (PATH, path, None)})
+    text = path + (f" (chains on {', '.join(others)})" if others else "")
+    if on_float:
+        text += f"; {on_float} of {len(used)} int8 chains on {PATH}"
+    return text

@@ -243,9 +243,16 @@ class QChainStep(Step):
         n, p = shape[0], int(np.prod(shape[2:], dtype=np.int64))
         return sum(2 * n * p * l.cout * l.cin for l in self.qlayers)
 
-    def build(self, api):
-        return api.QChain([l.kernel(api) for l in self.qlayers],
-                          self.qlayers[-1].out_float)
+    def build(self, api, fkernels=None):
+        """The chain's kernel object: an int8 QChain, or (floatpath.use_float: exact,
+        and the int8 path here is slower than float32) a FloatQChain on `fkernels`."""
+        from . import floatpath
+        out_float = self.qlayers[-1].out_float
+        chain = api.QChain([l.kernel(api) for l in self.qlayers], out_float)
+        if fkernels is not None and floatpath.use_float(self.qlayers, api):
+            small = None if floatpath.mode() == "float" else chain
+            return floatpath.FloatQChain(self.qlayers, out_float, api, fkernels, small)
+        return chain
 
     def bind(self, kobj, api, shapes, threads):
         first = self.qlayers[0]
@@ -264,22 +271,18 @@ def _run_qchain(env, outs, src, dst, kobj, api, in_q, out_dq, first, out, dtype,
     if y.size == 0:
         env[dst] = y
         return
-    if in_q is not None and first.keeps_pixels and out_dq is None:
+    t = y if out_dq is None else np.empty(out, np.uint8)
+    if in_q is not None and first.keeps_pixels:  # quantized in the chain's gather
         kobj.run_f32(x.reshape(n, x.shape[1], -1), in_q[0], in_q[1],
-                     y.reshape(n, cout, -1), threads)
-        env[dst] = y
-        return
-    if in_q is not None:
-        q = np.empty(x.shape, np.uint8)
-        api.quantize_f32(_flat(x), in_q[0], in_q[1], _flat(q), threads)
-        x = q
-    x = _geometry(x, first, first.in_zp)
-    x3 = x.reshape(n, x.shape[1], -1)
-    if out_dq is None:
-        kobj.run_u8(x3, y.reshape(n, cout, -1), threads)
+                     t.reshape(n, cout, -1), threads)
     else:
-        t = np.empty(out, np.uint8)
-        kobj.run_u8(x3, t.reshape(n, cout, -1), threads)
+        if in_q is not None:
+            q = np.empty(x.shape, np.uint8)
+            api.quantize_f32(_flat(x), in_q[0], in_q[1], _flat(q), threads)
+            x = q
+        x = _geometry(x, first, first.in_zp)
+        kobj.run_u8(x.reshape(n, x.shape[1], -1), t.reshape(n, cout, -1), threads)
+    if out_dq is not None:
         api.dequantize_u8(_flat(t), out_dq[0], out_dq[1], _flat(y), threads)
     env[dst] = y
 
@@ -544,13 +547,19 @@ class DynQConvStep(Step):
         return cls(layer, *_names(s, what, "input", "output"), wscale, wide)
 
     def build(self, api):
-        return None
+        """The weights packed once (QLayer); each run gives it that run's bias and scale
+        (QLayer.rebias). None for wide weights (numpy integers)."""
+        if self.wide is not None:
+            return None
+        cout = self.layer.cout
+        return api.QLayer(self.layer.w, np.zeros(cout, np.int32), np.ones(cout, np.float32),
+                          0, 0, 255)
 
     def bind(self, kobj, api, shapes, threads):
         out = _check_conv_input(self.layer, self.input, shapes[self.input])
         shapes[self.output] = out
         flops = 2 * out[0] * int(np.prod(out[2:])) * self.layer.cout * self.layer.cin
-        return (_run_dynconv, (self, api, out, threads)), flops
+        return (_run_dynconv, (self, kobj, api, out, threads)), flops
 
 
 def dynamic_quantize_params(x):
@@ -566,7 +575,7 @@ def dynamic_quantize_params(x):
     return np.float32(scale), int(zp)
 
 
-def _run_dynconv(env, outs, step, api, out, threads):
+def _run_dynconv(env, outs, step, kobj, api, out, threads):
     x = env[step.input]
     y = _out(outs, step.output, out, np.float32)
     if y.size == 0:
@@ -592,8 +601,7 @@ def _run_dynconv(env, outs, step, api, out, threads):
         y.reshape(n, layer.cout, -1)[...] = y3 + fbias[None, :, None]
         env[step.output] = y
         return
-    chain = api.QChain([api.QLayer(layer.w, bias.astype(np.int32), scale, 0, 0, 255,
-                                   fbias)], True)
+    chain = api.QChain([kobj.rebias(bias.astype(np.int32), scale, fbias)], True)
     chain.run_u8(q.reshape(n, q.shape[1], -1), y.reshape(n, layer.cout, -1), threads)
     env[step.output] = y
 
@@ -622,4 +630,5 @@ def _bind(planner, step, kset, shapes, nr, threads):
 
 BINDERS = {cls.kind: _bind for cls in QUANT_STEPS}
 KERNEL_BUILDERS = {
-    QChainStep.kind: lambda step, kernels: step.build(_kernels_for(kernels))}
+    QChainStep.kind: lambda step, kernels: step.build(_kernels_for(kernels), kernels),
+    DynQConvStep.kind: lambda step, kernels: step.build(_kernels_for(kernels))}
