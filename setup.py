@@ -169,6 +169,7 @@ def extensions():
             f"pyconv1x1._kernels_{name}",
             [src],
             include_dirs=[numpy.get_include()],
+            depends=[os.path.join("pyconv1x1", h) for h in ("_pool.h", "_epilogue.h")],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=base + flags + threads,
             extra_link_args=threads,

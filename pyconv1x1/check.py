@@ -6,7 +6,8 @@ from collections import deque
 
 from .errors import ONNX_EXTRA_HINT, ModelError, Problem, UnsupportedError
 from .normalize import edge_type_problems
-from .ops import REGISTRY, Context, Refused
+from .ops import PATTERN_DOMAIN, REGISTRY, Context, Refused
+from .patterns import fuse_patterns
 from .quant import DOMAIN as QUANT_DOMAIN, lower_quantized, quantized_edges
 
 MIN_OPSET = 7
@@ -103,6 +104,8 @@ def lower(graph):
         problems.append(Problem("", "", problem))
     problems.extend(edge_type_problems(graph, quantized_edges(graph)))
     order = topological_order(graph)
+    graph = fuse_patterns(graph)  # (after the checks of the graph as the model has it)
+    order = topological_order(graph)
     shapes = {v.name: v.shape for v in graph.inputs}
     for name, arr in graph.constants.items():
         shapes[name] = tuple(arr.shape)
@@ -116,14 +119,15 @@ def lower(graph):
             Problem(node.op_type, node.name, reason))
         if node.domain == QUANT_DOMAIN:  # made by quant.lower_quantized: the step
             binder = _bind_quantized     # is built already
-        elif node.domain not in ("", "ai.onnx"):
+        elif node.domain not in ("", "ai.onnx", PATTERN_DOMAIN):
             refuse(f"domain {node.domain!r} is not supported")
             continue
-        else:
-            binder = REGISTRY.get(node.op_type)
+        else:  # (a pattern node, made by patterns.fuse_patterns: its own registry key)
+            binder = REGISTRY.get(node.op_type if node.domain != PATTERN_DOMAIN
+                                  else f"{PATTERN_DOMAIN}:{node.op_type}")
         if binder is None:
-            refuse(f"op {node.op_type} is not supported "
-                   f"(supported: {', '.join(sorted(REGISTRY))})")
+            refuse(f"op {node.op_type} is not supported (supported: "
+                   f"{', '.join(sorted(k for k in REGISTRY if ':' not in k))})")
             continue
         try:
             step = binder(node, ctx)

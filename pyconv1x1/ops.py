@@ -8,9 +8,14 @@ import numpy as np
 from .errors import ModelError
 from .onnx_reader import _Unsupported
 from .program import (IDENTITY, RELU, Activation, AddStep, AffineStep, ChainStep,
-                      ConvLayer, CopyStep, MeanStep, ScaleStep, SigmoidStep, TransposeStep,
+                      ConvLayer, CopyStep, MeanStep, ScaleStep, TransposeStep,
                       channel_move)
 from .program.steps import scales
+from .program.epilogue import OPS as EPILOGUE_OPS
+from .program.epilogue import Op
+
+# ops the pattern pass (patterns.py) makes of several nodes, in their own domain
+PATTERN_DOMAIN = "pyconv1x1"
 
 REGISTRY = {}
 FLOAT_MAX = float(np.finfo(np.float32).max)
@@ -73,7 +78,7 @@ _ATTR_KINDS = {"auto_pad": "string", "dilations": "ints", "group": "int",
                "consumed_inputs": "ints", "broadcast": "int", "axis": "int",
                "ratio": "float", "seed": "int", "beta": "float", "transA": "int",
                "transB": "int", "perm": "ints", "axes": "ints", "keepdims": "int",
-               "noop_with_empty_axes": "int"}
+               "noop_with_empty_axes": "int", "approximate": "string"}
 
 
 def _attr_kind(node, key, value):
@@ -244,6 +249,62 @@ def clip(node, ctx):
         lo = hi
     kind = "relu" if (lo == 0.0 and hi == math.inf) else "clip"
     return _act_step(node, Activation(kind, lo, hi, 1.0), max_inputs=3)
+
+
+def _epilogue_binder(kind):
+    """Binder of an ONNX op that is one epilogue op whose parameters are its attributes
+    (the table's defaults are the ONNX spec's)."""
+    spec = EPILOGUE_OPS[kind]
+
+    def bind(node, ctx):
+        a = _attrs(node, dict(spec.params))
+        params = tuple(float(a[name]) for name, _ in spec.params)
+        if not all(math.isfinite(v) for v in params):
+            raise ModelError(f"{node.label()}: attributes {a} must be finite")
+        return _act_step(node, Activation.program([Op(kind, params)]))
+    return bind
+
+
+for _kind in EPILOGUE_OPS.values():  # Sigmoid, HardSwish, Tanh
+    if _kind.onnx:
+        op(_kind.onnx)(_epilogue_binder(_kind.name))
+
+
+@op("PRelu")
+def prelu(node, ctx):
+    """slope: a constant [C], [C, 1, 1], [1, C, 1, 1] or a scalar (one per channel)."""
+    _attrs(node, {})
+    _inputs(node, 2, 2)
+    _single_output(node)
+    slope = _per_channel(node, ctx, ctx.const(node, 1, "slope"), node.inputs[0])
+    param = float(slope[0]) if slope.size == 1 else slope
+    if not np.isfinite(slope).all():
+        raise ModelError(f"{node.label()}: slope holds a value that is not finite")
+    return AffineStep(node.name, node.inputs[0], node.outputs[0], None, None,
+                      Activation.program([Op("prelu", (param,))]))
+
+
+@op("Gelu")
+def gelu(node, ctx):
+    """opset 20; also what patterns.py makes of the x/2 * (1 + Erf(x/sqrt 2)) nodes."""
+    a = _attrs(node, {"approximate": "none"})
+    kinds = {"none": "gelu", "tanh": "gelu_tanh"}
+    if a["approximate"] not in kinds:
+        raise ModelError(f"{node.label()}: approximate={a['approximate']!r}; ONNX "
+                         "defines 'none' and 'tanh'")
+    return _act_step(node, Activation.program([Op(kinds[a["approximate"]])]))
+
+
+@op(f"{PATTERN_DOMAIN}:Silu")
+def silu(node, ctx):
+    """Mul(x, Sigmoid(x)), as exporters write nn.SiLU (see patterns.py)."""
+    return _act_step(node, Activation.program([Op("silu")]))
+
+
+@op("Erf")
+def erf(node, ctx):
+    raise Refused("Erf runs only inside the GELU pattern x * 0.5 * (1 + Erf(x / sqrt 2)) "
+                  "(Div or Mul by the constant, Add 1, two Muls), which this one is not")
 
 
 @op("BatchNormalization")
@@ -551,9 +612,8 @@ def reduce_mean(node, ctx):
     return _mean_step(node, ctx, axes, bool(a["keepdims"]))
 
 
-@op("Sigmoid")
-def sigmoid(node, ctx):
-    return _unary(node, SigmoidStep)
+# Sigmoid binds from the epilogue table (above): an epilogue program, fused into the
+# producing conv (the squeeze-excitation gate's too); SigmoidStep only reads older plans
 
 
 @op("HardSigmoid")

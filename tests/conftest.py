@@ -125,9 +125,10 @@ def conv1x1_ref(x, w, b=None, strides=(1, 1), pads=(0, 0, 0, 0), group=1):
 
 
 def act_ref(v, lo=-np.inf, hi=np.inf, alpha=1.0):
-    """The kernels' epilogue in float64: leaky slope, then clamp."""
-    v = np.where(v < 0, v * alpha, v)
-    return np.minimum(np.maximum(v, lo), hi)
+    """The kernels' min/max epilogue in float64: leaky slope, then clamp (the epilogue
+    table's reference, pyconv1x1/program/epilogue.py)."""
+    from pyconv1x1.program.epilogue import Activation
+    return Activation("clip", lo, hi, alpha).ref(v)
 
 
 def rnd(rng, *shape, scale=1.0):

@@ -2,8 +2,8 @@
 # Build pyconv1x1 for aarch64 and run its tests under qemu-user emulation, on an x86-64
 # Debian/Ubuntu machine (CI runs it on every run; a developer gets the same environment).
 #
-#   tools/aarch64.sh                     the default suite (kernel, op, API, bad-input
-#                                        and recorded-model tests)
+#   tools/aarch64.sh                     the default suite (kernel, epilogue, op,
+#                                        activation, API, bad-input and recorded-model tests)
 #   tools/aarch64.sh tests/test_ops.py -k Clip    any pytest arguments instead
 #   tools/aarch64.sh --shell             a shell with $PY set to the emulated Python
 #
@@ -39,7 +39,8 @@ ML_DTYPES_VERSION=0.5.1
 ORT_VERSION=${PYCONV1X1_AARCH64_ORT:-1.24.4}
 ARM_PACKAGES="python3 libpython3-dev python3-numpy python3-pytest libc6-dev libstdc++6"
 DEFAULT_TESTS=(tests/test_kernels.py tests/test_ops.py tests/test_api.py
-               tests/test_bad_input.py tests/test_models_recorded.py)
+               tests/test_bad_input.py tests/test_models_recorded.py
+               tests/test_epilogue.py tests/test_activations.py)
 
 say() { echo "[aarch64] $*" >&2; }
 die() { echo "[aarch64] FAILED: $*" >&2; exit 1; }
@@ -135,8 +136,8 @@ say "cross-building into ${BUILD#"$REPO"/}"
     || die "cross-build"
 # the tests and models next to the built package: run from there, the source tree's
 # pyconv1x1 (with x86-64 modules, if built in place) is not on the path
-rm -rf "$BUILD/tests" "$BUILD/models"
-cp -r tests models "$BUILD/"
+rm -rf "$BUILD/tests" "$BUILD/models" "$BUILD/tools"
+cp -r tests models tools "$BUILD/"
 
 # ---- 6. run -------------------------------------------------------------------------
 export PYCONV1X1_EMULATED=1 PYTHONPATH="$BUILD:$SITE" PYTHONNOUSERSITE=1

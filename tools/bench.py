@@ -106,6 +106,8 @@ class Numpy(Engine):
         self.x = wl.x.reshape(n, c, h * w)
         self.out_shape = (n, wl.layers[-1].weight.shape[0], h, w)
         self.layers = [(l.weight, l.bias[:, None], l.act) for l in wl.layers]
+        if any(act == "gelu" for _, _, act in self.layers):
+            raise NotImplementedError("numpy has no vectorized erf")
 
     def __call__(self):
         np = self.np
@@ -117,6 +119,8 @@ class Numpy(Engine):
                 np.maximum(y, 0.0, out=y)
             elif act == "relu6":
                 np.clip(y, 0.0, 6.0, out=y)
+            elif act == "silu":
+                y = y / (1.0 + np.exp(-y))
         return y.reshape(self.out_shape)
 
 
@@ -144,6 +148,10 @@ class Torch(Engine):
                     y = torch.relu(y)
                 elif act == "relu6":
                     y = torch.clamp(y, 0.0, 6.0)
+                elif act == "silu":
+                    y = F.silu(y)
+                elif act == "gelu":
+                    y = F.gelu(y)
             return y.numpy()
 
 
@@ -407,10 +415,11 @@ def selected_workloads(args):
     if names == ["none"]:
         return []
     expand = {"all": workloads.NAMES, "extra": workloads.EXTRA_NAMES,
-              "sweep": workloads.SWEEP_NAMES, "graphs": workloads.GRAPH_NAMES}
+              "sweep": workloads.SWEEP_NAMES, "graphs": workloads.GRAPH_NAMES,
+              "act": workloads.ACT_NAMES}
     names = [m for n in names for m in expand.get(n, [n])]
     known = (workloads.NAMES + workloads.EXTRA_NAMES + workloads.SWEEP_NAMES
-             + workloads.GRAPH_NAMES)
+             + workloads.GRAPH_NAMES + workloads.ACT_NAMES)
     bad = [n for n in names if n not in known]
     if bad:
         raise SystemExit(f"bench.py: unknown workload(s) {bad}; known: {known} "
@@ -699,8 +708,8 @@ def parse_args(argv):
                     help="built-in workloads, comma-separated: names, 'all' (the issue-4 "
                          "targets, the default), 'extra' (ResNet-style shapes), 'sweep' "
                          "(issue 11's shape sweep: 1 to 224x224 pixels, batch 1 to 64), "
-                         "'graphs' (issue 13: ConvNeXt / token MLPs, squeeze-excitation) "
-                         "or 'none'")
+                         "'graphs' (issue 13: ConvNeXt / token MLPs, squeeze-excitation), "
+                         "'act' (SiLU and GELU chains) or 'none'")
     ap.add_argument("--engines", default=",".join(ENGINES),
                     help=f"engines to run (default {','.join(ENGINES)})")
     ap.add_argument("--quick", action="store_true", help="a short run (fewer, shorter rounds)")

@@ -78,7 +78,16 @@ GRAPH_SPECS = {
     "se_project": ("se", (1, 96, 56, 56), 24),
 }
 GRAPH_NAMES = list(GRAPH_SPECS)
+# activations beyond min/max, fused as epilogue programs: a YOLO/EfficientNet-style SiLU
+# pair and a transformer-MLP-style GELU expand/project (written as PyTorch's exporters
+# write them before opset 20: Sigmoid + Mul, and the Div/Erf/Add/Mul/Mul pattern)
+ACT_SPECS = {
+    "silu_chain": ((1, 64, 56, 56), [(128, "silu"), (64, "silu")]),
+    "gelu_mlp": ((1, 96, 28, 28), [(384, "gelu"), (96, None)]),
+}
+ACT_NAMES = list(ACT_SPECS)
 SPECS.update(EXTRA_SPECS)
+SPECS.update(ACT_SPECS)
 SPECS.update(SWEEP_SPECS)
 
 
@@ -86,7 +95,7 @@ SPECS.update(SWEEP_SPECS)
 class Layer:
     weight: np.ndarray          # [cout, cin] float32
     bias: np.ndarray            # [cout] float32
-    act: str | None             # "relu", "relu6" or None
+    act: str | None             # "relu", "relu6", "silu", "gelu" or None
 
 
 @dataclasses.dataclass
@@ -162,6 +171,22 @@ def build_model(name, layers, shape):
                 inits.append(numpy_helper.from_array(np.array(6.0, np.float32), hi))
                 nodes.append(helper.make_node("Clip", [cur, lo, hi], [act_out],
                                               name=f"clip{i}"))
+            elif layer.act == "silu":  # Mul(x, Sigmoid(x))
+                nodes.append(helper.make_node("Sigmoid", [cur], [f"sig{i}"], name=f"sig{i}"))
+                nodes.append(helper.make_node("Mul", [cur, f"sig{i}"], [act_out],
+                                              name=f"silu{i}"))
+            elif layer.act == "gelu":  # x * (1 + erf(x / sqrt 2)) * 0.5
+                for cname, v in (("sqrt2", 2 ** 0.5), ("one", 1.0), ("half", 0.5)):
+                    inits.append(numpy_helper.from_array(np.array(v, np.float32),
+                                                         f"gelu{i}.{cname}"))
+                g = f"gelu{i}"
+                nodes += [helper.make_node("Div", [cur, f"{g}.sqrt2"], [f"{g}.d"], name=f"{g}.div"),
+                          helper.make_node("Erf", [f"{g}.d"], [f"{g}.e"], name=f"{g}.erf"),
+                          helper.make_node("Add", [f"{g}.e", f"{g}.one"], [f"{g}.a"],
+                                           name=f"{g}.add"),
+                          helper.make_node("Mul", [cur, f"{g}.a"], [f"{g}.m"], name=f"{g}.mul"),
+                          helper.make_node("Mul", [f"{g}.m", f"{g}.half"], [act_out],
+                                           name=f"{g}.half")]
             else:
                 raise ValueError(f"unknown activation {layer.act!r}")
             cur = act_out

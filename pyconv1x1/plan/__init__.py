@@ -50,7 +50,7 @@ def _chain_kernel(step, kernels):
         packed, blocks = pack_layer(layer, kernels.MAX_BLOCK_ROWS)
         specs.append((packed, np.ascontiguousarray(layer.bias, np.float32),
                       blocks, layer.cin, layer.cout, layer.k)
-                     + layer.act.kernel_args() + (int(layer.res_mode),))
+                     + layer.act.kernel_args() + (int(layer.res_mode), layer.act.kernel_ops()))
     return kernels.Chain(specs)
 
 
@@ -176,8 +176,10 @@ class ShapePlan:
         shapes[step.output] = x
         if size == 0:  # (the kernel walks every image x channel row, even empty ones)
             return (_run_empty, (step.output, x))
+        _check_channels(step, c, x)
         args = (step.input, step.output, x, kset.kernels.affine_act,
-                (scale, shift, n, c, p) + step.act.kernel_args() + (threads,))
+                (scale, shift, n, c, p) + step.act.kernel_args()
+                + (threads, step.act.kernel_ops()))
         return (_run_affine, args)
 
     def _add(self, step, kset, shapes, nr, threads):
@@ -191,8 +193,12 @@ class ShapePlan:
         size = int(np.prod(a, dtype=np.int64))
         if size == 0:
             return (_run_empty, (step.output, a))
+        n = a[0] if len(a) >= 2 else 1
+        c = a[1] if len(a) >= 2 else 1
+        _check_channels(step, c, a)
         args = (step.a, step.b, step.output, a, kset.kernels.add_act,
-                (size,) + step.act.kernel_args() + (threads,))
+                (size,) + step.act.kernel_args()
+                + (threads, step.act.kernel_ops(), c, size // max(1, n * c)))
         return (_run_add, args)
 
     def _copy(self, step, kset, shapes, nr, threads):
@@ -281,6 +287,13 @@ def _check_size(shape, name, src, src_shape, what="Conv"):
             f"{what} '{name}': input {src!r} {list(src_shape)} gives an output "
             f"{list(shape)} of {nbytes} bytes; the limit is {limit} bytes, the memory of "
             "this machine (physical or cgroup; pyconv1x1.plan.MAX_TENSOR_BYTES overrides)")
+
+
+def _check_channels(step, c, shape):
+    """A per-channel epilogue parameter (PRelu slope) must match the tensor's channels."""
+    why = step.act.why_not_for(c, f"the input of shape {list(shape)}")
+    if why is not None:
+        raise InputError(f"'{step.name}': {why}")
 
 
 def _vector(v, c, default, step, shape):

@@ -133,7 +133,7 @@ class ConvLayer(_Mutable):
         return {"names": list(self.names), "cout": self.cout, "k": self.k,
                 "bias": arrays.add(self.bias), "group": self.group,
                 "strides": list(self.strides), "pads": list(self.pads),
-                "auto_pad": self.auto_pad, "act": self.act.encode(),
+                "auto_pad": self.auto_pad, "act": self.act.encode(arrays),
                 "residual": self.residual, "res_mode": self.res_mode,
                 "spatial_rank": self.spatial_rank, "mr": mr,
                 "packed": arrays.add(packed), "blocks": arrays.add(blocks)}
@@ -164,7 +164,7 @@ class ConvLayer(_Mutable):
         layer = cls(names=names, weight=None, bias=bias, group=group,
                     strides=ints("strides"), pads=ints("pads"),
                     auto_pad=string(get("auto_pad"), f"{what} auto_pad"),
-                    act=Activation.decode(get("act"), f"{what} act"),
+                    act=Activation.decode(get("act"), f"{what} act", arr),
                     residual=None if residual is None else _name(residual, f"{what} residual"),
                     res_mode=integer(get("res_mode"), f"{what} res_mode", 0, 2),
                     spatial_rank=integer(get("spatial_rank"), f"{what} spatial_rank", 0, 2),
@@ -193,6 +193,9 @@ class ConvLayer(_Mutable):
             raise ModelError(f"plan layer {self.name}: residual undefined")
         if previous is not None and (not self.keeps_pixels or self.cin != previous.cout):
             raise ModelError(f"plan layer {self.name}: does not chain")
+        why = self.act.why_not_for(self.cout, "the layer")
+        if why is not None:
+            raise ModelError(f"plan layer {self.name}: {why}")
 
 
 class Step(_Mutable):
@@ -405,7 +408,7 @@ class AffineStep(Step):
     def encode(self, arrays, mr):
         out = {"type": self.kind, "name": self.name, "input": self.input,
                "output": self.output, "scale": arrays.add(self.scale),
-               "shift": arrays.add(self.shift), "act": self.act.encode()}
+               "shift": arrays.add(self.shift), "act": self.act.encode(arrays)}
         if self.last:
             out["last"] = True
         return out
@@ -417,7 +420,7 @@ class AffineStep(Step):
                    _name(field(s, "output", what), f"{what} output"),
                    vector(arr(field(s, "scale", what), f"{what} scale")),
                    vector(arr(field(s, "shift", what), f"{what} shift")),
-                   Activation.decode(field(s, "act", what), f"{what} act"),
+                   Activation.decode(field(s, "act", what), f"{what} act", arr),
                    flag(s, "last", what))
 
     def validate(self, defined):
@@ -449,6 +452,9 @@ class AffineStep(Step):
             act = layer.act.then(self.act)
             if act is None:
                 return layer.act.why_not_then(self.act)
+            why = act.why_not_for(layer.cout, f"conv {layer.names[0]}")
+            if why is not None:
+                return why
         if self.has_constants:  # (checked above: nothing is changed on a decline)
             with np.errstate(over="ignore", invalid="ignore"):  # inf, as in float32
                 w = layer.weight.astype(np.float64) * scale[:, None]
@@ -522,13 +528,13 @@ class AddStep(Step):
 
     def encode(self, arrays, mr):
         return {"type": self.kind, "name": self.name, "a": self.a, "b": self.b,
-                "output": self.output, "act": self.act.encode()}
+                "output": self.output, "act": self.act.encode(arrays)}
 
     @classmethod
     def decode(cls, s, arr, what):
         n = lambda key: _name(field(s, key, what), f"{what} {key}")  # noqa: E731
         return cls(n("name"), n("a"), n("b"), n("output"),
-                   Activation.decode(field(s, "act", what), f"{what} act"))
+                   Activation.decode(field(s, "act", what), f"{what} act", arr))
 
     def fuse_candidates(self):
         return ((self.a, self.b), (self.b, self.a))

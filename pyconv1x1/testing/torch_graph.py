@@ -111,7 +111,8 @@ def _ref_constant(torch, node):
 
 
 REFERENCE_OPS = ("Add", "BatchNormalization", "Clip", "Constant", "Conv", "Div",
-                 "Dropout", "Identity", "LeakyRelu", "Mul", "Neg", "Relu", "Sub")
+                 "Dropout", "Erf", "Gelu", "HardSigmoid", "HardSwish", "Identity",
+                 "LeakyRelu", "Mul", "Neg", "PRelu", "Relu", "Sigmoid", "Sub", "Tanh")
 
 
 def run_torch_reference(model, feeds, base_dir=None):
@@ -196,6 +197,28 @@ def run_torch_reference(model, feeds, base_dir=None):
             for v in graph.outputs}
 
 
+def _ref_activation(torch, F, node, args):
+    """The element-wise activations as torch ops (None: not one of them)."""
+    op, x = node.op_type, args[0]
+    if op == "Sigmoid":
+        return torch.sigmoid(x)
+    if op == "Tanh":
+        return torch.tanh(x)
+    if op == "Erf":
+        return torch.erf(x)
+    if op == "HardSwish":
+        return F.hardswish(x)
+    if op == "HardSigmoid":
+        alpha = float(node.attrs.get("alpha", 0.2))
+        beta = float(node.attrs.get("beta", 0.5))
+        return torch.clamp(x * alpha + beta, 0.0, 1.0)
+    if op == "PRelu":
+        return torch.where(x < 0, x * args[1], x)
+    if op == "Gelu":
+        return F.gelu(x, approximate=str(node.attrs.get("approximate", "none")))
+    return None
+
+
 def _run_reference_node(torch, F, node, args, opset):
     """One ONNX node as torch ops -> the list of its outputs."""
     op = node.op_type
@@ -207,6 +230,9 @@ def _run_reference_node(torch, F, node, args, opset):
         return [F.leaky_relu(args[0], float(node.attrs.get("alpha", 0.01)))]
     if op == "Clip":
         return _ref_clip(torch, F, node, args, opset)
+    unary = _ref_activation(torch, F, node, args)
+    if unary is not None:
+        return [unary]
     if op == "BatchNormalization":
         return _ref_batch_norm(torch, F, node, args)
     if op == "Add":
