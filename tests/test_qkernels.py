@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import native_only
+from conftest import NEUTRAL_CWD, native_only
 from pyconv1x1 import _backend
 from pyconv1x1.quant import reference as ref
 
@@ -246,7 +246,7 @@ def test_forced_path_by_environment():
     env = dict(os.environ, PYCONV1X1_INT8_PATH="c")
     code = "from pyconv1x1 import _backend; print(_backend.int8_path())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True)
+                         text=True, check=True, cwd=NEUTRAL_CWD)
     assert out.stdout.strip() == "c"
 
 
