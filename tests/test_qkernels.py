@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import NEUTRAL_CWD, native_only
+import pyconv1x1
 from pyconv1x1 import _backend
 from pyconv1x1.quant import reference as ref
 
@@ -243,7 +244,9 @@ def test_default_path_of_a_chain():
 
 @native_only
 def test_forced_path_by_environment():
-    env = dict(os.environ, PYCONV1X1_INT8_PATH="c")
+    # the package this test imports, from outside the source tree (see NEUTRAL_CWD)
+    env = dict(os.environ, PYCONV1X1_INT8_PATH="c",
+               PYTHONPATH=os.path.dirname(os.path.dirname(pyconv1x1.__file__)))
     code = "from pyconv1x1 import _backend; print(_backend.int8_path())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True, cwd=NEUTRAL_CWD)
