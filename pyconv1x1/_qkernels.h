@@ -29,6 +29,8 @@
            y = rne(v) + zp                   (clamping before rounding = clamping after)
      f32:  y = (float)acc * scale[o] + fbias[o]     two roundings, never fused (the module
            is compiled with -ffp-contract=off)
+     dq:   y = (float)((int32_t)u8 - dq_zp) * dq_scale   (u8 as above: the chain's uint8
+           result dequantized in the epilogue, as pc1q_dequantize_task would)
    rne(v) + zp is one float addition (pc1q_rq) in round-to-nearest-even, which the
    thread pool's fp hook sets (and turns flush-to-zero off) around every task.
    QLayer checks |bias| + 255 * sum|w| < 2^31 per channel: no accumulator wraps. */
@@ -398,9 +400,13 @@ static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
     }
 }
 
+/* out_float of a run whose uint8 result is dequantized in the epilogue (y float32) */
+#define PC1Q_OUT_DQ 2
+
 /* into u8 or f32 NCHW rows (y: the image's output, pixel p0 of the panel) */
 static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, void *y,
-                         int out_float, Py_ssize_t P, Py_ssize_t p0, Py_ssize_t n) {
+                         int out_float, Py_ssize_t P, Py_ssize_t p0, Py_ssize_t n,
+                         float dqs, int32_t dqz) {
     int r;
     Py_ssize_t p;
     float flo = (float)(L->lo - L->zp), fhi = (float)(L->hi - L->zp);
@@ -409,7 +415,11 @@ static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, 
         Py_ssize_t o = 8 * b + r;
         const int32_t *a = acc + r * PC1Q_NR;
         float s = L->scale[o];
-        if (out_float) {
+        if (out_float == PC1Q_OUT_DQ) {
+            float *yr = (float *)y + o * P + p0;
+            for (p = 0; p < n; p++)
+                yr[p] = (float)((int32_t)pc1q_rq((float)a[p] * s, flo, fhi, uzp) - dqz) * dqs;
+        } else if (out_float) {
             float *yr = (float *)y + o * P + p0, fb = L->fbias[o];
             for (p = 0; p < n; p++) yr[p] = (float)a[p] * s + fb;
         } else {
@@ -422,7 +432,7 @@ static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, 
 /* ---- a chain run ------------------------------------------------------------------- */
 typedef struct {
     const pc1q_layer *layers;
-    int nlayers, out_float, in_float;
+    int nlayers, out_float, in_float;  /* out_float: 0 u8, 1 f32, PC1Q_OUT_DQ */
     pc1q_mk_fn mk;
     Py_ssize_t n, c, P, cout;
     Py_ssize_t tile, tiles_per_image, nsplit;  /* nsplit > 1: single layer, blocks split */
@@ -430,6 +440,8 @@ typedef struct {
     void *y;
     float in_scale;
     int32_t in_zp;
+    float dq_scale;         /* out_float == PC1Q_OUT_DQ: y = (u8 - dq_zp) * dq_scale */
+    int32_t dq_zp;
     uint8_t *scratch;
     Py_ssize_t per_thread;  /* bytes */
     Py_ssize_t max_c4;
@@ -455,7 +467,8 @@ static void pc1q_layer_tile(const pc1q_run *R, const pc1q_layer *L, const uint8_
                 Py_ssize_t m = valid - pan * PC1Q_NR;
                 char *y = (char *)R->y + img * R->cout * R->P * (R->out_float ? 4 : 1);
                 if (m > PC1Q_NR) m = PC1Q_NR;
-                pc1q_epi_out(L, blk, acc, y, R->out_float, R->P, p0 + pan * PC1Q_NR, m);
+                pc1q_epi_out(L, blk, acc, y, R->out_float, R->P, p0 + pan * PC1Q_NR, m,
+                             R->dq_scale, R->dq_zp);
             }
         }
     }
@@ -655,7 +668,12 @@ static void pc1q_amx_epi(const pc1q_run *R, const pc1q_layer *L, Py_ssize_t blk,
             const int32_t *a = at + 32 * j;
             int32_t bj = bias[j];
             float sj = scale[j];
-            if (R->out_float) {
+            if (R->out_float == PC1Q_OUT_DQ) {
+                float *y = (float *)R->y + first + j * R->P;
+                for (p = 0; p < m; p++)
+                    y[p] = (float)((int32_t)pc1q_rq((float)(a[p] + bj) * sj, flo, fhi, uzp)
+                                   - R->dq_zp) * R->dq_scale;
+            } else if (R->out_float) {
                 float *y = (float *)R->y + first + j * R->P, fb = L->fbias[32 * blk + j];
                 for (p = 0; p < m; p++) y[p] = (float)(a[p] + bj) * sj + fb;
             } else {

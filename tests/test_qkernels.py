@@ -355,3 +355,65 @@ def test_rebias_shares_packed_weights(variant, path):
         base.rebias(bias, np.zeros(37, np.float32))
     with pytest.raises(ValueError, match="bias"):
         base.rebias(bias[:5], scale)
+
+
+@pytest.mark.parametrize("variant,path", CASES, ids=IDS)
+def test_bound_chain_dequantizes_in_the_epilogue_bitwise(variant, path):
+    """BoundQChain (run()'s fast path): float32 in, quantized in the gather; float32 out,
+    the last layer's uint8 dequantized in its epilogue: bitwise run_f32 + dequantize_u8
+    and the numpy reference, at 1..8 threads (fused, channel-split and layer-by-layer
+    runs); out_float chains as run_f32. Feeds it cannot run directly give None."""
+    rng = np.random.default_rng(11)
+    qk = QK[variant]
+    for n, c, p, couts in [(1, 1, 1, [1]), (2, 5, 33, [3, 17]), (1, 64, 129, [33, 64, 16]),
+                           (1, 100, 1, [130]), (2, 40, 1, [64, 17, 50]),
+                           (1, 19, 3, [40, 30])]:
+        specs, k = [], c
+        for cout in couts:
+            specs.append(rand_layer(rng, k, cout))
+            k = cout
+        xf = (rng.standard_normal((n, c, 1, p)) * 2).astype(np.float32)
+        q = ref.chain(xf.reshape(n, c, p), specs, False, in_scale=0.03, in_zp=100)
+        want = (q.astype(np.int32) - 77).astype(np.float32) * np.float32(0.0125)
+        wantf = ref.chain(xf.reshape(n, c, p), specs, True, in_scale=0.03, in_zp=100)
+        ch = make_chain(qk, specs, False, path)
+        chf = make_chain(qk, specs, True, path)
+        for threads in range(1, 9):
+            b = qk.BoundQChain(ch, xf.shape, (n, k, 1, p), (0.03, 100), (0.0125, 77),
+                               threads)
+            y = b.try_call(xf)
+            assert y.dtype == np.float32 and y.shape == (n, k, 1, p)
+            np.testing.assert_array_equal(y.reshape(n, k, p), want)
+            t = np.empty((n, k, p), np.uint8)
+            ch.run_f32(xf.reshape(n, c, p), 0.03, 100, t, threads)
+            y2 = np.empty(t.shape, np.float32)
+            qk.dequantize_u8(t, 0.0125, 77, y2, threads)
+            np.testing.assert_array_equal(y.reshape(n, k, p), y2)
+            bf = qk.BoundQChain(chf, xf.shape, (n, k, 1, p), (0.03, 100), None, threads)
+            np.testing.assert_array_equal(bf.try_call(xf).reshape(n, k, p), wantf)
+        assert b.try_call(xf.astype(np.float64)) is None
+        assert b.try_call(xf.reshape(n, c, p)) is None
+        assert b.try_call(np.zeros((n + 1, c, 1, p), np.float32)) is None
+        strided = np.repeat(xf, 2, axis=3)[..., ::2]  # (p = 1: still contiguous)
+        assert (b.try_call(strided) is None) == (not strided.flags.c_contiguous)
+        assert b.try_call(list(xf)) is None
+
+
+def test_bound_chain_arguments_are_checked():
+    qk = QDEFAULT
+    rng = np.random.default_rng(1)
+    ch = make_chain(qk, [rand_layer(rng, 4, 6)], False, None)
+    chf = make_chain(qk, [rand_layer(rng, 4, 6)], True, None)
+    ok = ((1, 4, 2, 3), (1, 6, 2, 3), (0.5, 3), (0.25, 128), 1)
+    qk.BoundQChain(ch, *ok)
+    for i, bad, msg in [(0, (1, 5, 2, 3), "do not fit"), (1, (1, 6, 3, 3), "do not fit"),
+                        (0, (0, 4, 2, 3), "do not fit"), (1, (1, 6, 6), "one rank"),
+                        (2, (0.0, 3), "in_q scale"), (2, (0.5, 256), "in_q zero point"),
+                        (3, (float("nan"), 0), "out_dq scale"), (3, None, "out_dq"),
+                        (4, 0, "threads")]:
+        args = list(ok)
+        args[i] = bad
+        with pytest.raises(ValueError, match=msg):
+            qk.BoundQChain(ch, *args)
+    with pytest.raises(ValueError, match="out_dq"):
+        qk.BoundQChain(chf, *ok)

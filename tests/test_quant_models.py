@@ -644,3 +644,41 @@ def test_info_names_the_paths_chains_take(monkeypatch, tmp_path):
     assert (f"(chains on {', '.join(other)})" in line) == bool(other), line
     if kernels().INT8_PATH == "amx":
         assert other, line  # k = 8, 16 < 64
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_fast_path_of_a_float_edged_int8_chain(threads):
+    """A model that is one int8 chain with float32 in and out runs, once a feed of its
+    shape was validated, through the kernel's BoundQChain (run()'s C fast path): bitwise
+    the checked path's results, a fresh output each run the caller still holds, and every
+    unusual feed still goes through the checked path and its errors."""
+    sess = pyconv1x1.InferenceSession(qop_model().SerializeToString(), threads=threads)
+    rng = np.random.default_rng(9)
+    xs = [(rng.standard_normal((1, 4, 3, 4)) * 3).astype(np.float32) for _ in range(4)]
+    first = sess.run(None, {"x": xs[0]})[0]
+    assert type(sess._fast_chain).__name__ == "BoundQChain"
+    kept = []
+    for x in xs:
+        want = sess._run(None, {"x": x})[0]
+        got = sess.run(None, {"x": x})[0]
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+        assert all(got is not k for k in kept)
+        kept.append(got)
+    assert np.array_equal(kept[0], first)
+    got = sess.run(None, {"x": xs[1]})[0]
+    got[...] = 7  # a caller's edit of a dropped output never leaks into the next one
+    del got
+    assert np.array_equal(sess.run(None, {"x": xs[2]})[0], kept[2])
+    strided = np.empty((1, 4, 3, 8), np.float32)[..., ::2]
+    strided[...] = xs[3]
+    assert np.array_equal(sess.run(None, {"x": strided})[0], kept[3])
+    x64 = xs[0].astype(np.float64)
+    with pytest.raises(InputError, match="'x'.*float64"):
+        sess.run(None, {"x": x64})
+    with pytest.raises(InputError, match="'x'.*int8"):
+        sess.run(None, {"x": xs[0].astype(np.int8)})
+    with pytest.raises(InputError, match="'x'"):
+        sess.run(None, {"x": xs[0][:, :3]})
+    with pytest.raises(InputError):
+        sess.run(None, {"x": xs[0], "z": xs[0]})
+    assert np.array_equal(sess.run(None, {"x": xs[0]})[0], kept[0])

@@ -67,6 +67,9 @@ def check_conv_input(first, src, x, last=False):
 
 
 KERNEL_BUILDERS = {"chain": _chain_kernel}  # step kinds with per-session kernel objects
+# bound call function -> f(args, input shape): the DirectChain run()'s fast path calls
+# for a plan that is only that call, or None (the float chain's is its BoundChain)
+DIRECT_BINDERS = {}
 
 
 class ShapePlan:
@@ -92,12 +95,17 @@ class ShapePlan:
         # one fused chain from the only input to the only output: run() may call the
         # bound kernel directly once a feed of this shape has been validated
         self.direct = None
-        if (len(self.calls) == 1 and self.calls[0][0] is _run_chain_plain
-                and len(program.inputs) == 1 and len(program.outputs) == 1
+        if (len(self.calls) == 1 and len(program.inputs) == 1
+                and len(program.outputs) == 1
                 and self.calls[0][1][0] == program.inputs[0].name
                 and self.calls[0][1][1] == program.outputs[0].name):
-            self.direct = self.calls[0][1][2]
-            self.direct.set_input_shape(tuple(input_shapes[program.inputs[0].name]))
+            fn, args = self.calls[0][:2]
+            in_shape = tuple(input_shapes[program.inputs[0].name])
+            if fn is _run_chain_plain:
+                self.direct = args[2]
+                self.direct.set_input_shape(in_shape)
+            elif fn in DIRECT_BINDERS:
+                self.direct = DIRECT_BINDERS[fn](args, in_shape)
 
     # ----------------------------------------------------------------------------
     def _chain(self, step, kset, shapes, nr, threads):
@@ -409,9 +417,11 @@ def _run_sigmoid(env, outs, src, dst):
 
 def _register_quantized():
     """The int8 step kinds (quant.steps) bind and build their own kernels."""
-    from ..quant.steps import BINDERS as quant_binders, KERNEL_BUILDERS as quant_builders
+    from ..quant.steps import (BINDERS as quant_binders, DIRECT_BINDERS as quant_direct,
+                               KERNEL_BUILDERS as quant_builders)
     BINDERS.update(quant_binders)
     KERNEL_BUILDERS.update(quant_builders)
+    DIRECT_BINDERS.update(quant_direct)
 
 
 _register_quantized()

@@ -287,6 +287,17 @@ def _run_qchain(env, outs, src, dst, kobj, api, in_q, out_dq, first, out, dtype,
     env[dst] = y
 
 
+def _direct_qchain(args, in_shape):
+    """plan.DIRECT_BINDERS entry of _run_qchain: the chain bound at this input shape for
+    run()'s fast path when it reads float32 (quantized in its gather) and writes float32,
+    else None. Same kernel calls as _run_qchain, so the same bits."""
+    src, dst, kobj, api, in_q, out_dq, first, out, dtype, threads = args
+    if (not isinstance(kobj, api.QChain) or in_q is None or not first.keeps_pixels
+            or dtype != np.float32 or 0 in out or 0 in in_shape):
+        return None
+    return api.BoundQChain(kobj, tuple(in_shape), tuple(out), in_q, out_dq, threads)
+
+
 class _Elementwise(_Mutable):
     __slots__ = ()
 class _Elementwise(Step):
@@ -629,6 +640,7 @@ def _bind(planner, step, kset, shapes, nr, threads):
 
 
 BINDERS = {cls.kind: _bind for cls in QUANT_STEPS}
+DIRECT_BINDERS = {_run_qchain: _direct_qchain}
 KERNEL_BUILDERS = {
     QChainStep.kind: lambda step, kernels: step.build(_kernels_for(kernels), kernels),
     DynQConvStep.kind: lambda step, kernels: step.build(_kernels_for(kernels))}
