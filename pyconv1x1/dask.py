@@ -33,7 +33,8 @@ def predict(model, x, *, output=None, threads=None):
     """Run `model` over the dask array `x`, chunk by chunk along axis 0.
 
     model: an InferenceSession, or what InferenceSession takes (a path, bytes...).
-    x: a float32 dask.array (or a numpy array, or anything da.asarray takes) shaped like
+    x: a dask.array of the input's type (float32; float16 or uint8/int8 where the
+       model declares it) (or a numpy array, or anything da.asarray takes) shaped like
        the model's only input; its batch axis may be chunked as you like, the other axes
        are merged into one chunk each.
     output: the output name (default: the model's only output), or a list of names for
@@ -41,7 +42,7 @@ def predict(model, x, *, output=None, threads=None):
     threads: kernel threads per task; None: the task's share of its worker's cores,
        see task_threads().
 
-    Returns a lazy dask.array (or a list of them) of float32 with the batch chunks of
+    Returns a lazy dask.array (or a list of them) of each output's type with the batch chunks of
     `x`. The model travels as one graph key: a session made from a model file as its
     path and digest (each worker process loads the file once), any other as its compiled
     plan; Dask names it by the session's token, never by hashing its weights.
@@ -55,27 +56,30 @@ def predict(model, x, *, output=None, threads=None):
                          f"has {[i.name for i in inputs]}")
     in_name = inputs[0].name
     names = _output_names(sess, output)
-    x = _as_batches(x, inputs[0])
+    x = _as_batches(x, inputs[0], sess._dtype_of(in_name))
     shapes = _output_shapes(sess, in_name, names, x)
     # the model as one graph key: (source, isa, digest, token), source a path or plan
     # bytes; named by the session's token so that Dask hashes no weights
     _, (source, _, isa, digest, token) = sess.__reduce__()
     spec = dask.delayed((source, isa, digest, token), name=f"pyconv1x1-model-{token}",
                         traverse=False)
-    meta = np.empty((0,) * len(shapes[names[0]][0]), np.float32)
     if isinstance(output, str) or output is None:
         name = names[0]
+        dtype = sess._dtype_of(name)
+        meta = np.empty((0,) * len(shapes[name][0]), dtype)
         out_shapes = shapes[name]
         chunks = (x.chunks[0],) + tuple((d,) for d in out_shapes[0][1:])
         key = dask.base.tokenize(x.name, token, name, threads)
         return da.map_blocks(_run_block, x, spec, in_name, name, threads, chunks=chunks,
-                             dtype=np.float32, meta=meta, name=f"pyconv1x1-predict-{key}")
+                             dtype=dtype, meta=meta, name=f"pyconv1x1-predict-{key}")
     blocks = x.to_delayed().reshape(-1)
     runs = [dask.delayed(_run_block_all, pure=True)(spec, block, in_name, names, threads)
             for block in blocks]
     result = []
     for k, name in enumerate(names):
-        parts = [da.from_delayed(run[k], shape, np.float32, meta=meta)
+        dtype = sess._dtype_of(name)
+        meta = np.empty((0,) * len(shapes[name][0]), dtype)
+        parts = [da.from_delayed(run[k], shape, dtype, meta=meta)
                  for run, shape in zip(runs, shapes[name])]
         result.append(da.concatenate(parts, axis=0))
     return result
@@ -150,16 +154,18 @@ def _output_names(sess, output):
     return names
 
 
-def _as_batches(x, info):
-    """x as a float32 dask array of the input's rank, one chunk along every axis but 0."""
+def _as_batches(x, info, dtype):
+    """x as a dask array of the input's rank and dtype, one chunk along every axis but
+    0."""
     if not isinstance(x, da.Array):
         x = da.asarray(x)
     if x.ndim < 1 or any(np.isnan(d) for d in x.shape):
         raise InputError(f"input {info.name!r} needs a known shape with a batch axis, got "
                          f"{x.shape}")
-    if x.dtype != np.float32:
-        raise InputError(f"input {info.name!r} has dtype {x.dtype}; expected float32 "
-                         f"(no silent casting: use x.astype(np.float32))")
+    if x.dtype != dtype:
+        raise InputError(f"input {info.name!r} has dtype {x.dtype}; expected {dtype.name} "
+                         f"(the model's {info.type}; no silent casting: use "
+                         f"x.astype(np.{dtype.name}))")
     decl = info.shape
     if decl is not None:
         if x.ndim != len(decl):

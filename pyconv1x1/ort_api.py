@@ -403,6 +403,7 @@ class Profiler:
 # OrtValue and IOBinding
 # --------------------------------------------------------------------------------------
 _F32 = np.dtype(np.float32)
+_BINDABLE = tuple(np.dtype(t) for t in ("float32", "float16", "uint8", "int8"))
 
 
 def _check_device(device_type, device_id, what):
@@ -417,8 +418,9 @@ def _array_at(address, element_type, shape, what):
     """A numpy array over memory at `address` (onnxruntime's buffer_ptr: the caller
     keeps that memory alive and large enough, as with onnxruntime)."""
     dtype = np.dtype(element_type) if element_type is not None else None
-    if dtype != _F32:
-        raise InputError(f"{what}: element_type {element_type!r}; expected numpy.float32")
+    if dtype not in _BINDABLE:
+        raise InputError(f"{what}: element_type {element_type!r}; expected one of "
+                         f"{[d.name for d in _BINDABLE]} (the output's type)")
     if shape is None:
         raise InputError(f"{what}: a buffer_ptr needs its shape")
     shape = tuple(int(d) for d in shape)
@@ -432,8 +434,8 @@ def _array_at(address, element_type, shape, what):
     count = 1
     for d in shape:
         count *= d
-    raw = (ctypes.c_float * count).from_address(int(address))
-    return np.frombuffer(raw, dtype=_F32, count=count).reshape(shape)
+    raw = (ctypes.c_uint8 * (count * dtype.itemsize)).from_address(int(address))
+    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
 
 class OrtValue:
@@ -555,12 +557,13 @@ class IOBinding:
                                  f"{list(arr.shape)}")
         else:
             arr = _array_at(buffer_ptr, element_type, shape, what)
-        self._outputs[name] = _output_buffer(arr, what)
+        self._outputs[name] = _output_buffer(arr, what, self._session._dtype_of(name))
 
     def bind_ortvalue_output(self, name, ortvalue):
         self._output_name(name, "bind_ortvalue_output")
         what = f"bind_ortvalue_output({name!r})"
-        self._outputs[name] = _output_buffer(_unwrap(ortvalue, what), what)
+        self._outputs[name] = _output_buffer(_unwrap(ortvalue, what), what,
+                                             self._session._dtype_of(name))
 
     def clear_binding_inputs(self):
         self._inputs.clear()
@@ -607,10 +610,10 @@ class IOBinding:
             for i, name in enumerate(names):
                 if name in given:
                     out = given[name]
-                    if out.shape != results[i].shape:
-                        raise InputError(f"output buffer {name!r} has shape "
+                    if out.shape != results[i].shape or out.dtype != results[i].dtype:
+                        raise InputError(f"output buffer {name!r} is {out.dtype} "
                                          f"{list(out.shape)}; expected "
-                                         f"{list(results[i].shape)}")
+                                         f"{results[i].dtype} {list(results[i].shape)}")
                     np.copyto(out, results[i])
                     results[i] = out
         self._results = results
@@ -624,10 +627,11 @@ def _unwrap(value, what):
     raise InputError(f"{what}: expected an OrtValue, got {type(value).__name__}")
 
 
-def _output_buffer(arr, what):
-    if arr.dtype != _F32 or not arr.flags.c_contiguous or not arr.flags.writeable:
+def _output_buffer(arr, what, dtype):
+    """arr when it can take the output (of numpy dtype `dtype`) in place."""
+    if arr.dtype != dtype or not arr.flags.c_contiguous or not arr.flags.writeable:
         raise InputError(f"{what}: the output buffer must be a writable C-contiguous "
-                         f"float32 array, got {arr.dtype} "
+                         f"{dtype.name} array (the output's type), got {arr.dtype} "
                          f"{'C-contiguous' if arr.flags.c_contiguous else 'non-contiguous'}"
                          f"{'' if arr.flags.writeable else ' read-only'}")
     return arr

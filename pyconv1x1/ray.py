@@ -52,7 +52,9 @@ class Predictor:
     keep: batch columns copied to the result as they are (ids, file names...).
     threads: kernel threads per actor; None: the actor's num_cpus (actor_threads()).
 
-    Each call returns {output name: float32 array [batch, ...]} (+ the kept columns).
+    Each call returns {output name: array [batch, ...]} (+ the kept columns), of the
+    output's type (float32; float16 or uint8/int8 as the model declares); the columns
+    must hold the input's type (float16 for a model.half() export: no silent casting).
     """
 
     def __init__(self, model, *, columns=None, outputs=None, keep=(), threads=None):
@@ -103,7 +105,8 @@ class Predictor:
             column = others[0]
         arr = batch[column]
         if not isinstance(arr, np.ndarray) or arr.dtype == object:
-            raise InputError(f"column {column!r} must hold float32 tensors of one shape "
+            raise InputError(f"column {column!r} must hold float32 tensors (or the "
+                             f"input's float16 / uint8 / int8 type) of one shape "
                              f"(got {getattr(arr, 'dtype', type(arr).__name__)}): rows of "
                              f"different shapes need batch_size=1 or resizing")
         return arr

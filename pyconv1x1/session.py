@@ -253,20 +253,19 @@ class InferenceSession(SessionBase):
 
     def run_into(self, input_feed, outputs):
         """Run writing the results into caller-provided arrays, with no allocation for
-        them: `outputs` maps output name -> C-contiguous, writable float32 array of the
-        exact output shape (for tight loops; onnxruntime's io_binding serves this need).
+        them: `outputs` maps output name -> C-contiguous, writable array (the output's
+        dtype) of the exact output shape (for tight loops; onnxruntime's io_binding
+        serves this need); a float16 output takes a float16 array (computed in float32 into a scratch array,
+        then rounded into it), a quantized model's uint8/int8 output an array of that type.
         Outputs not in the dict are not returned. Returns `outputs`."""
         if not isinstance(outputs, dict) or not outputs:
             raise InputError("outputs must be a non-empty dict of output name -> array")
-        if self._edge_dtypes:
-            raise InputError(f"run_into writes float32 outputs; this model's "
-                             f"{sorted(self._edge_dtypes)} are float16: use run()")
         self._check_output_names(list(outputs))
         feeds = self._check_feed(input_feed)
         plan = self._plan({k: v.shape for k, v in feeds.items()})
         for name, arr in outputs.items():
             want = plan.shapes[name]
-            dtype = self._quant_dtypes.get(name, _F32)
+            dtype = self._dtype_of(name)
             if not isinstance(arr, np.ndarray) or arr.dtype != dtype \
                     or not arr.flags.c_contiguous or not arr.flags.writeable:
                 raise InputError(f"output buffer {name!r} must be a writable C-contiguous "
@@ -278,11 +277,16 @@ class InferenceSession(SessionBase):
             for fname, x in feeds.items():
                 if np.shares_memory(arr, x):
                     raise InputError(f"output buffer {name!r} overlaps input {fname!r}")
+        # float16 outputs are computed in float32, then rounded into the caller's array
+        half = {n: np.empty(a.shape, _F32) for n, a in outputs.items()
+                if n in self._edge_dtypes}
         start = time.perf_counter_ns() if self._profiler is not None else 0
         try:
-            plan.execute(dict(feeds), outputs)
+            plan.execute(dict(feeds), {**outputs, **half} if half else outputs)
         except MemoryError:
             raise _out_of_memory(feeds) from None
+        for name, arr in half.items():
+            np.copyto(outputs[name], arr, casting="unsafe")
         if start:
             self._record_run(start, feeds)
         return outputs
@@ -390,6 +394,11 @@ class InferenceSession(SessionBase):
             if name in self._edge_dtypes:  # float16: computed in float32
                 feeds[name] = feeds[name].astype(_F32)
         return feeds
+
+    def _dtype_of(self, name):
+        """The numpy dtype an input or output takes or returns (float32, or float16 /
+        uint8 / int8 as the model declares)."""
+        return self._edge_dtypes.get(name) or self._quant_dtypes.get(name, _F32)
 
     def _plan(self, shapes):
         key = tuple(sorted(shapes.items()))

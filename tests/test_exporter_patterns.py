@@ -419,8 +419,25 @@ def test_float16_model_types_and_values(rng, edges, tmp_path):
     assert [a.type for a in again.get_inputs()] == [typ]
     np.testing.assert_array_equal(again.run(None, {"x": x})[0], got)
     if edges == "float16":
-        with pytest.raises(InputError, match="float16: use run"):
+        with pytest.raises(InputError, match="'y' must be a writable C-contiguous float16"):
             sess.run_into({"x": x}, {"y": np.empty_like(got, F)})
+        buf = np.full_like(got, np.nan)
+        assert sess.run_into({"x": x}, {"y": buf})["y"] is buf
+        np.testing.assert_array_equal(buf, got)
+    # io_binding with a bound output buffer, the same code against both runtimes
+    import onnxruntime
+    for s in (sess, onnxruntime.InferenceSession(model.SerializeToString(),
+                                                 providers=["CPUExecutionProvider"])):
+        out = np.full_like(got, np.nan)
+        binding = s.io_binding()
+        binding.bind_cpu_input("x", x)
+        binding.bind_output("y", "cpu", 0, dtype, list(out.shape), out.ctypes.data)
+        s.run_with_iobinding(binding)
+        assert compare_outputs([out], [ref.astype(dtype)], rtol=1e-2).ok, type(s)
+        assert binding.copy_outputs_to_cpu()[0].dtype == dtype
+        binding.bind_output("y")  # a new array per run
+        s.run_with_iobinding(binding)
+        assert binding.copy_outputs_to_cpu()[0].dtype == dtype
 
 
 # --------------------------------------------------------------------------------------

@@ -101,7 +101,13 @@ CASES = {
     "se_project_sigmoid": (lambda: SEThenProject(37, 9, 8), (1, 37, 3, 17)),
     "convnext": (lambda: ConvNeXtMLP(13, 52), (2, 13, 5, 7)),
     "convnext_c1": (lambda: ConvNeXtMLP(1, 4), (1, 1, 3, 3)),
+    "convnext_gelu": (lambda: ConvNeXtMLP(13, 52, nn.GELU), (2, 13, 5, 7)),
+    "convnext_gelu_tanh": (lambda: ConvNeXtMLP(13, 52, lambda: nn.GELU(approximate="tanh")),
+                           (2, 13, 5, 7)),
     "tokens": (lambda: TokenMLP(37, 148), (3, 11, 37)),
+    "tokens_gelu": (lambda: TokenMLP(37, 148, nn.GELU), (3, 11, 37)),
+    "tokens_gelu_tanh": (lambda: TokenMLP(37, 148, lambda: nn.GELU(approximate="tanh")),
+                         (3, 11, 37)),
     "tokens_l1": (lambda: TokenMLP(8, 32), (2, 1, 8)),
     "tokens_c1": (lambda: TokenMLP(1, 3), (2, 5, 1)),
     "linear_nc": (lambda: nn.Linear(37, 13), (5, 37)),
@@ -146,6 +152,10 @@ def test_pattern_matches_torch_and_onnxruntime(name, exporter, tmp_path):
                                             for s in program.steps), program.steps
     if name.startswith(("convnext", "tokens", "pointnet", "linear")):
         assert kinds == ["chain"], program.steps  # one fused chain, nothing else
+    if "gelu" in name:  # the exporters' GELU nodes are one epilogue op in the chain
+        want = "gelu_tanh" if name.endswith("tanh") else "gelu"
+        assert [s.layers[0].act.describe() for s in program.steps] == [want], \
+            program.steps
     if name.startswith("convnext"):  # both Transposes gone: an NCHW chain
         assert not program.steps[0].in_last and not program.steps[0].out_last
 
@@ -153,7 +163,8 @@ def test_pattern_matches_torch_and_onnxruntime(name, exporter, tmp_path):
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("name, shape", [  # each large enough to run on several threads
     ("se_project", (3, 16, 60, 50)), ("convnext", (2, 13, 48, 50)),
-    ("tokens", (4, 130, 37)), ("pointnet", (3, 700, 3)), ("linear_nc", (20000, 37))])
+    ("tokens", (4, 130, 37)), ("pointnet", (3, 700, 3)), ("linear_nc", (20000, 37)),
+    ("convnext_gelu", (2, 13, 48, 50)), ("tokens_gelu_tanh", (4, 130, 37))])
 def test_threads_give_the_same_bits(name, shape, tmp_path):
     torch.manual_seed(1)
     module = CASES[name][0]().eval()

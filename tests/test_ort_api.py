@@ -378,3 +378,124 @@ def test_api_objects_load_lazily():
     root = os.path.dirname(os.path.dirname(os.path.abspath(pyconv1x1.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=NEUTRAL_CWD)
+
+
+# ---- drop-in: a script written for onnxruntime, run with `import pyconv1x1 as ort` ----
+DROP_IN_SCRIPT = '''\
+import onnxruntime as ort
+import sys
+import numpy as np
+
+model, data, out = sys.argv[1:4]
+x = np.load(data)
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = 2
+opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+assert sess.get_providers() == ["CPUExecutionProvider"]
+name = sess.get_inputs()[0].name
+out_name = sess.get_outputs()[0].name
+(y,) = sess.run([out_name], {name: x})
+binding = sess.io_binding()
+binding.bind_cpu_input(name, x)
+buf = np.empty(y.shape, dtype=np.float32)
+binding.bind_output(out_name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+sess.run_with_iobinding(binding)
+(copied,) = binding.copy_outputs_to_cpu()
+binding.clear_binding_outputs()
+binding.bind_output(out_name)
+binding.bind_cpu_input(name, x[:1].copy())
+sess.run_with_iobinding(binding)
+(first,) = binding.copy_outputs_to_cpu()
+np.savez(out, run=y, bound=buf, copied=copied, first=first)
+'''
+
+
+def _mobilenet_v3_block(torch):
+    """torchvision's MobileNetV3 InvertedResidual made of 1x1 convs (its depthwise conv
+    left out): Conv2dNormActivation(1x1, BN, Hardswish) -> SqueezeExcitation(avgpool,
+    fc1, ReLU, fc2, Hardsigmoid) * x -> projection Conv2dNormActivation(1x1, BN) -> + x"""
+    nn = torch.nn
+
+    class SE(nn.Module):
+        def __init__(self, c, squeeze):
+            super().__init__()
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+            self.activation, self.scale_activation = nn.ReLU(), nn.Hardsigmoid()
+
+        def forward(self, x):
+            s = self.avgpool(x)
+            return self.scale_activation(self.fc2(self.activation(self.fc1(s)))) * x
+
+    class Block(nn.Module):
+        def __init__(self, c=24, expanded=72):
+            super().__init__()
+            self.block = nn.Sequential(
+                nn.Sequential(nn.Conv2d(c, expanded, 1, bias=False),
+                              nn.BatchNorm2d(expanded), nn.Hardswish()),
+                SE(expanded, 24),
+                nn.Sequential(nn.Conv2d(expanded, c, 1, bias=False), nn.BatchNorm2d(c)))
+
+        def forward(self, x):
+            return x + self.block(x)
+
+    torch.manual_seed(5)
+    block = Block()
+    for m in block.modules():  # trained-looking BatchNorm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return block.eval()
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_drop_in_script_on_an_exported_mobilenet_v3_block(exporter, tmp_path):
+    """The script above, unchanged but for its import line, gives what onnxruntime and
+    PyTorch give on a MobileNetV3-like block (HardSwish, SE with Hardsigmoid, BN,
+    residual) exported by either exporter."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
+    block = _mobilenet_v3_block(torch)
+    x = np.random.default_rng(7).standard_normal((2, 24, 9, 11), dtype=F)
+    path = str(tmp_path / f"mbv3_{exporter}.onnx")
+    kw = {"dynamo": exporter == "dynamo"}
+    if exporter == "dynamo":
+        kw["external_data"] = False
+    torch.onnx.export(block, (torch.from_numpy(x),), path, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "batch"}}
+                      if exporter == "torchscript" else None,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},)
+                      if exporter == "dynamo" else None, **kw)
+    with torch.no_grad():
+        want = block(torch.from_numpy(x)).numpy()
+    np.save(tmp_path / "x.npy", x)
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyconv1x1.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    results = {}
+    for runtime in ("onnxruntime", "pyconv1x1"):
+        script = tmp_path / f"script_{runtime}.py"
+        text = DROP_IN_SCRIPT.replace("import onnxruntime as ort",
+                                      f"import {runtime} as ort", 1)
+        assert text.count("\n") == DROP_IN_SCRIPT.count("\n")
+        script.write_text(text)
+        out = tmp_path / f"{runtime}.npz"
+        subprocess.run([sys.executable, str(script), path, str(tmp_path / "x.npy"),
+                        str(out)], check=True, env=env, cwd=NEUTRAL_CWD)
+        results[runtime] = dict(np.load(out))
+    ours, theirs = results["pyconv1x1"], results["onnxruntime"]
+    tol = dict(rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+    for key in ("run", "bound", "copied"):
+        np.testing.assert_allclose(ours[key], want, **tol)
+        np.testing.assert_allclose(ours[key], theirs[key], **tol)
+    np.testing.assert_allclose(ours["first"], theirs["first"], **tol)
+    np.testing.assert_allclose(ours["first"], want[:1], **tol)
+    # and it ran on pyconv1x1's fused path: no separate activation or scale pass
+    kinds = [s.kind for s in pyconv1x1.InferenceSession(path).program.steps]
+    assert kinds.count("chain") >= 1 and "scale" not in kinds, kinds

@@ -448,3 +448,37 @@ def test_ray_actor_threads_follow_num_cpus(ray_data, shared_model, inputs):
     assert np.array_equal(np.stack([row["y"] for row in rows]),
                           sess.run(["y"], {"x": inputs[:40]})[0])
     assert sess.threads == 1  # the caller's session is untouched
+
+
+def _half_model():
+    """float16 input and output, float16 weights (a model.half() export)."""
+    from onnx import TensorProto
+    rng = np.random.default_rng(16)
+    inits = {"W1": rnd(rng, 6, 8, 1, 1).astype(np.float16),
+             "B1": rnd(rng, 6).astype(np.float16)}
+    return make_model([conv_node("x", "W1", "B1", "y")], [("x", ["N", 8, 5, 6],
+                                                           TensorProto.FLOAT16)],
+                      [("y", None, TensorProto.FLOAT16)], inits, check=False)
+
+
+def test_dask_and_ray_take_and_return_float16_where_the_model_does(inputs):
+    da, pdask = _dask()
+    from pyconv1x1.errors import InputError
+    from pyconv1x1.ray import Predictor
+    sess = InferenceSession(_half_model().SerializeToString(), threads=1)
+    x16 = inputs[:20].astype(np.float16)
+    want = sess.run(None, {"x": x16})[0]
+    assert want.dtype == np.float16
+    for output in ("y", ["y"]):
+        y = pdask.predict(sess, da.from_array(x16, chunks=(7, 8, 5, 6)), output=output)
+        y = y if output == "y" else y[0]
+        assert y.dtype == np.float16 and y._meta.dtype == np.float16
+        got = y.compute(scheduler="sync")
+        assert got.dtype == np.float16 and np.array_equal(got, want)
+    with pytest.raises(InputError, match=r"'x' has dtype float32; expected float16 "
+                                         r"\(the model's tensor\(float16\)"):
+        pdask.predict(sess, da.from_array(inputs[:20]), output="y")
+    got = Predictor(sess, threads=1)({"x": x16})["y"]
+    assert got.dtype == np.float16 and np.array_equal(got, want)
+    with pytest.raises(InputError, match=r"'x' has dtype float32; expected float16"):
+        Predictor(sess, threads=1)({"x": inputs[:20]})

@@ -71,10 +71,18 @@ SWEEP_NAMES = list(SWEEP_SPECS)
 # Transposes to and from channels-last (ConvNeXt-T stage 1, depthwise conv left out);
 # tokens: x + l2(relu(l1(x))) on [N, L, C] (a ViT-S feed-forward block); se: SE
 # (GlobalAveragePool, conv, relu, conv, HardSigmoid, Mul) then a 1x1 projection conv.
+# An optional 4th entry is the MLP's activation: "gelu" (the Div/Erf/Add/Mul/Mul nodes
+# of the TorchScript exporter) or "gelu_tanh" (nn.GELU(approximate="tanh") as the dynamo
+# exporter writes it before opset 20: Pow, Mul, Add, Mul, Tanh, Add, Mul, Mul).
 GRAPH_SPECS = {
     "convnext_mlp": ("convnext", (1, 96, 56, 56), 384),
+    "convnext_mlp_gelu": ("convnext", (1, 96, 56, 56), 384, "gelu"),
+    "convnext_mlp_gelu_tanh": ("convnext", (1, 96, 56, 56), 384, "gelu_tanh"),
     "token_mlp": ("tokens", (1, 197, 384), 1536),
+    "token_mlp_gelu": ("tokens", (1, 197, 384), 1536, "gelu"),
+    "token_mlp_gelu_tanh": ("tokens", (1, 197, 384), 1536, "gelu_tanh"),
     "token_mlp_b8": ("tokens", (8, 197, 384), 1536),
+    "token_mlp_b8_gelu": ("tokens", (8, 197, 384), 1536, "gelu"),
     "se_project": ("se", (1, 96, 56, 56), 24),
 }
 GRAPH_NAMES = list(GRAPH_SPECS)
@@ -145,6 +153,34 @@ def chain_flops(shape, layers):
     return float(sum(2 * n * h * w * l.weight.shape[0] * l.weight.shape[1] for l in layers))
 
 
+def gelu_nodes(x, out, g, tanh=False):
+    """The nodes PyTorch's exporters write for nn.GELU before opset 20 (x -> out, node
+    and tensor names prefixed g) and their constants {name: float32 scalar}: the erf
+    form in the TorchScript exporter's order, or (tanh) the tanh form in the dynamo
+    exporter's."""
+    from onnx import helper
+    mk = helper.make_node
+    if tanh:
+        consts = {"three": 3.0, "c": 0.044715, "k": (2 / np.pi) ** 0.5, "one": 1.0,
+                  "half": 0.5}
+        nodes = [mk("Pow", [x, f"{g}.three"], [f"{g}.cube"], name=f"{g}.pow"),
+                 mk("Mul", [f"{g}.c", f"{g}.cube"], [f"{g}.cc"], name=f"{g}.mulc"),
+                 mk("Add", [x, f"{g}.cc"], [f"{g}.in"], name=f"{g}.inner"),
+                 mk("Mul", [f"{g}.k", f"{g}.in"], [f"{g}.ki"], name=f"{g}.mulk"),
+                 mk("Tanh", [f"{g}.ki"], [f"{g}.t"], name=f"{g}.tanh"),
+                 mk("Add", [f"{g}.t", f"{g}.one"], [f"{g}.a"], name=f"{g}.add"),
+                 mk("Mul", [f"{g}.half", f"{g}.a"], [f"{g}.m"], name=f"{g}.mul"),
+                 mk("Mul", [x, f"{g}.m"], [out], name=f"{g}.x")]
+    else:  # x * (1 + erf(x / sqrt 2)) * 0.5
+        consts = {"sqrt2": 2 ** 0.5, "one": 1.0, "half": 0.5}
+        nodes = [mk("Div", [x, f"{g}.sqrt2"], [f"{g}.d"], name=f"{g}.div"),
+                 mk("Erf", [f"{g}.d"], [f"{g}.e"], name=f"{g}.erf"),
+                 mk("Add", [f"{g}.e", f"{g}.one"], [f"{g}.a"], name=f"{g}.add"),
+                 mk("Mul", [x, f"{g}.a"], [f"{g}.m"], name=f"{g}.mul"),
+                 mk("Mul", [f"{g}.m", f"{g}.half"], [out], name=f"{g}.half")]
+    return nodes, {f"{g}.{k}": np.array(v, np.float32) for k, v in consts.items()}
+
+
 def build_model(name, layers, shape):
     """A ModelProto of the chain: Conv (1x1, bias) then Relu / Clip(0, 6) per layer."""
     import onnx
@@ -175,18 +211,10 @@ def build_model(name, layers, shape):
                 nodes.append(helper.make_node("Sigmoid", [cur], [f"sig{i}"], name=f"sig{i}"))
                 nodes.append(helper.make_node("Mul", [cur, f"sig{i}"], [act_out],
                                               name=f"silu{i}"))
-            elif layer.act == "gelu":  # x * (1 + erf(x / sqrt 2)) * 0.5
-                for cname, v in (("sqrt2", 2 ** 0.5), ("one", 1.0), ("half", 0.5)):
-                    inits.append(numpy_helper.from_array(np.array(v, np.float32),
-                                                         f"gelu{i}.{cname}"))
-                g = f"gelu{i}"
-                nodes += [helper.make_node("Div", [cur, f"{g}.sqrt2"], [f"{g}.d"], name=f"{g}.div"),
-                          helper.make_node("Erf", [f"{g}.d"], [f"{g}.e"], name=f"{g}.erf"),
-                          helper.make_node("Add", [f"{g}.e", f"{g}.one"], [f"{g}.a"],
-                                           name=f"{g}.add"),
-                          helper.make_node("Mul", [cur, f"{g}.a"], [f"{g}.m"], name=f"{g}.mul"),
-                          helper.make_node("Mul", [f"{g}.m", f"{g}.half"], [act_out],
-                                           name=f"{g}.half")]
+            elif layer.act == "gelu":
+                more, consts = gelu_nodes(cur, act_out, f"gelu{i}")
+                nodes += more
+                inits += [numpy_helper.from_array(v, k) for k, v in consts.items()]
             else:
                 raise ValueError(f"unknown activation {layer.act!r}")
             cur = act_out
@@ -207,7 +235,8 @@ def build_model(name, layers, shape):
 def build_graph(name, seed=0):
     """A GRAPH_SPECS workload: the ONNX graph torch's exporter writes for the pattern."""
     from onnx import TensorProto, helper, numpy_helper
-    pattern, shape, hidden = GRAPH_SPECS[name]
+    pattern, shape, hidden, *act = GRAPH_SPECS[name]
+    act = act[0] if act else "relu"
     rng = np.random.default_rng(seed)
     c = shape[1] if pattern != "tokens" else shape[-1]
     inits = {}
@@ -226,7 +255,14 @@ def build_graph(name, seed=0):
         if pattern == "convnext":
             x = node("Transpose", [x], "to_last", perm=[0, 2, 3, 1])
         h = node("MatMul", [x, const("w1", c, hidden, scale=c ** -0.5)], "l1")
-        h = node("Relu", [node("Add", [h, const("b1", hidden, scale=0.1)], "l1b")], "act")
+        h = node("Add", [h, const("b1", hidden, scale=0.1)], "l1b")
+        if act == "relu":
+            h = node("Relu", [h], "act")
+        else:
+            more, consts = gelu_nodes(h, "act", "gelu", tanh=act == "gelu_tanh")
+            nodes += more
+            inits.update(consts)
+            h = "act"
         h = node("MatMul", [h, const("w2", hidden, c, scale=hidden ** -0.5)], "l2")
         h = node("Add", [h, const("b2", c, scale=0.1)], "l2b")
         if pattern == "convnext":

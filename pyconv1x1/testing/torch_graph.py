@@ -112,7 +112,8 @@ def _ref_constant(torch, node):
 
 REFERENCE_OPS = ("Add", "BatchNormalization", "Clip", "Constant", "Conv", "Div",
                  "Dropout", "Erf", "Gelu", "HardSigmoid", "HardSwish", "Identity",
-                 "LeakyRelu", "Mul", "Neg", "PRelu", "Relu", "Sigmoid", "Sub", "Tanh")
+                 "LeakyRelu", "Mul", "Neg", "PRelu", "Pow", "Relu", "Sigmoid", "Sub",
+                 "Tanh")
 
 
 def run_torch_reference(model, feeds, base_dir=None):
@@ -246,6 +247,8 @@ def _run_reference_node(torch, F, node, args, opset):
         return [torch.div(args[0], args[1], rounding_mode="trunc" if trunc else None)]
     if op == "Neg":
         return [-args[0]]
+    if op == "Pow":  # (the tanh GELU's x^3, as the dynamo exporter writes it)
+        return [torch.pow(args[0], args[1])]
     if op == "Constant":
         return _ref_constant(torch, node)
     if op == "Dropout":
