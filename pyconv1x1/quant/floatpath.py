@@ -9,11 +9,12 @@ zero point folded into this one's bias: bias' = bias + zp * sum_k w). Every prod
 every partial sum, in whatever order the float kernels add them (tiles, reduction
 chunks, fused multiply-adds), is then an integer of magnitude <= |bias'| + 255 * sum|w|,
 and float32 holds every integer below 2^24 exactly: the float accumulator equals the
-int32 one. The requantization is then the int path's float32 steps, in two passes between
-layers: float32(acc) * scale and the clamp to [lo - zp, hi - zp] (the float kernels'
-affine_act), round half to even (numpy; + zp at the chain's end); or float32(acc) *
-scale + fbias for a float output. (A REQUANT op in the float kernels' epilogue program
-could fuse these passes into the kernel's store.)
+int32 one. The requantization is then the int path's float32 steps, fused into the
+float kernels' store by the epilogue program's `requant` op (program/epilogue.py,
+_epilogue.h): float32(acc) * scale, clamp to [lo - zp, hi - zp], round half to even (+ zp
+after the chain's last layer), so one fused float chain runs every layer depth-first over
+tiles with no pass and no tensor between layers. A float output: float32(acc) * scale
+(affine_act with a zero shift) then + fbias, two passes over the output only.
 
 Used only where it is exact (that bound below 2^24 in every channel of every layer) and
 where the int8 path is a slow one (FAST_PATHS) and the run is not small
@@ -30,8 +31,8 @@ from ..plan.policy import choose_split, choose_tiling, min_tiles, threads_for
 
 EXACT_LIMIT = 1 << 24  # float32 holds every integer of smaller magnitude
 # the int8 paths the float kernels do not beat: with VNNI faster than float32; 'avx2'
-# (no VNNI) at 0.87-0.94x of float32 still beat this path's 0.47-0.72x (measured with
-# tools/bench.py --int8 --fallback: the requantization passes cost more than it saves).
+# (no VNNI) at 0.82-0.96x of float32 still beats this path's 0.65-0.79x, fused (0.47-0.72x
+# with the requantization as numpy passes; tools/bench.py --int8 --fallback, 1 thread).
 # 'c' (0.14-0.27x of float32) and the numpy reference lose to it.
 FAST_PATHS = ("amx", "avx512vnni", "avxvnni", "avx2")
 # runs of fewer multiply-adds stay on the int8 path even so: there the per-call
