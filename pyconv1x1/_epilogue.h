@@ -26,7 +26,23 @@
      erf(x) = x P6(x^2) / Q4(x^2) on [-4, 4] (clamped: erf(4) is 1 in float32)
      erfc(x) = exp(-x^2) P3(x) / Q4(x) on [0.5, 10], for GELU's negative side
    NaN propagates through every op (x86 max/min keep a NaN second operand; the selects
-   are arranged so a NaN takes the NaN branch). */
+   are arranged so a NaN takes the NaN branch), except REQUANT, whose output is a
+   quantized value: NaN becomes its lower bound, as in quant/reference.py.
+
+   REQUANT is the int8 kernels' requantization on an integer-valued float32 accumulator
+   (quant/floatpath.py runs int8 chains on these kernels with it):
+     v = x * scale[c]   (a float32 product: x * a is followed by a compare, never by an
+                         add, so no FMA contraction can absorb its rounding)
+     v = clamp(v, lo - zp, hi - zp)   (selects: NaN -> lo - zp, +-inf -> the bounds)
+     v = rne(v) + zp    (round half to even by the 1.5 * 2^23 magic number: for
+                         |v| < 2^22, v + 1.5 * 2^23 lies in [2^23, 2^24), where the float32
+                         spacing is 1, so the add rounds v to an integer in the current
+                         rounding mode (nearest even: the kernels never change it) and
+                         the subtraction is exact. Op.__init__ requires |lo - zp| and
+                         |hi - zp| < 2^22, so the clamped v always is; the compiler
+                         flags (no -ffast-math / -fassociative-math) keep (v + M) - M.)
+   which is clamp(rne(v) + zp, lo, hi) of quant/reference.py bit for bit, the result an
+   integer-valued float. */
 #ifndef PC1_EPILOGUE_H
 #define PC1_EPILOGUE_H
 
@@ -47,14 +63,15 @@ enum {
     PC1_OP_GELU = 8,     /* x / 2 * (1 + erf(x / sqrt 2)) */
     PC1_OP_GELU_TANH = 9,    /* x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))),
                                 computed as x * sigmoid(2 sqrt(2 / pi) (x + 0.044715 x^3)) */
-    PC1_OP_LAST = 9
+    PC1_OP_REQUANT = 10,     /* scale: vec[c] or s0; s1 = zp; s2 = lo, s3 = hi (see top) */
+    PC1_OP_LAST = 10
 };
 
 typedef struct {
     int n;                          /* ops, 0: none (the layer's epilogue is min/max) */
     int op[PC1_MAX_OPS];
     const float* vec[PC1_MAX_OPS];  /* per-channel first parameter [channels], or NULL */
-    float s[PC1_MAX_OPS][2];        /* scalar parameters */
+    float s[PC1_MAX_OPS][4];        /* scalar parameters (s0 unused with vec) */
 } pc1_post_ops;
 
 typedef unsigned int pc1_vecu __attribute__((vector_size(sizeof(pc1_vecf))));
@@ -188,8 +205,21 @@ static inline pc1_vecf pc1_hardsigmoid(pc1_vecf x, pc1_vecf alpha, pc1_vecf beta
     return pc1_min(pc1_splat(1.0f), pc1_max(pc1_splat(0.0f), pc1_fma(beta, alpha, x)));
 }
 
-/* one op on one vector; a, b: the op's parameters (per lane) */
-static inline pc1_vecf pc1_post_op(int op, pc1_vecf x, pc1_vecf a, pc1_vecf b) {
+/* requantization (see top): a = scale, b = zp, c = lo, d = hi */
+static inline pc1_vecf pc1_requant(pc1_vecf x, pc1_vecf a, pc1_vecf b, pc1_vecf c,
+                                   pc1_vecf d) {
+    const pc1_vecf magic = pc1_splat(12582912.0f);  /* 1.5 * 2^23 */
+    pc1_vecf v = x * a;
+    pc1_vecf flo = c - b, fhi = d - b;  /* integers below 2^22: exact */
+    v = pc1_select(v > flo, v, flo);   /* NaN compares false: lo - zp */
+    v = pc1_select(v < fhi, v, fhi);
+    v = (v + magic) - magic;
+    return v + b;
+}
+
+/* one op on one vector; a, b, c, d: the op's parameters (per lane) */
+static inline pc1_vecf pc1_post_op(int op, pc1_vecf x, pc1_vecf a, pc1_vecf b,
+                                   pc1_vecf c, pc1_vecf d) {
     switch (op) {
     case PC1_OP_CLAMP:
         return pc1_min(b, pc1_max(a, x));
@@ -212,6 +242,8 @@ static inline pc1_vecf pc1_post_op(int op, pc1_vecf x, pc1_vecf a, pc1_vecf b) {
         pc1_vecf u = pc1_fma(pc1_splat(1.5957691216f), pc1_splat(0.0713548163f), x * x);
         return x * pc1_sigmoid(x * u);
     }
+    case PC1_OP_REQUANT:
+        return pc1_requant(x, a, b, c, d);
     default:
         return x;
     }
@@ -220,13 +252,14 @@ static inline pc1_vecf pc1_post_op(int op, pc1_vecf x, pc1_vecf a, pc1_vecf b) {
 /* op on nvec whole vectors at y (a, b per lane). Not inlined: the one copy of each op's
    arithmetic, for rows of pixels and for output channels in lanes alike (see top). */
 __attribute__((noinline))
-static void pc1_post_run(int op, float* y, Py_ssize_t nvec, pc1_vecf a, pc1_vecf b) {
+static void pc1_post_run(int op, float* y, Py_ssize_t nvec, pc1_vecf a, pc1_vecf b,
+                         pc1_vecf c, pc1_vecf d) {
     Py_ssize_t j;
     switch (op) {
 #define PC1_POST_CASE(OP) \
     case OP: \
         for (j = 0; j < nvec; j++) \
-            pc1_store(y + j * PC1_LANES, pc1_post_op(OP, pc1_load(y + j * PC1_LANES), a, b)); \
+            pc1_store(y + j * PC1_LANES, pc1_post_op(OP, pc1_load(y + j * PC1_LANES), a, b, c, d)); \
         break;
     PC1_POST_CASE(PC1_OP_CLAMP)
     PC1_POST_CASE(PC1_OP_PRELU)
@@ -237,6 +270,7 @@ static void pc1_post_run(int op, float* y, Py_ssize_t nvec, pc1_vecf a, pc1_vecf
     PC1_POST_CASE(PC1_OP_SILU)
     PC1_POST_CASE(PC1_OP_GELU)
     PC1_POST_CASE(PC1_OP_GELU_TANH)
+    PC1_POST_CASE(PC1_OP_REQUANT)
 #undef PC1_POST_CASE
     default:
         break;
@@ -259,10 +293,11 @@ static void pc1_post_rows(const pc1_post_ops* P, Py_ssize_t c0, Py_ssize_t rows,
         }
         for (k = 0; k < P->n; k++) {
             pc1_vecf a = pc1_splat(P->vec[k] ? P->vec[k][c] : P->s[k][0]);
-            pc1_vecf b = pc1_splat(P->s[k][1]);
-            pc1_post_run(P->op[k], row, full, a, b);
+            pc1_vecf b = pc1_splat(P->s[k][1]), cc = pc1_splat(P->s[k][2]);
+            pc1_vecf d = pc1_splat(P->s[k][3]);
+            pc1_post_run(P->op[k], row, full, a, b, cc, d);
             if (tail)
-                pc1_post_run(P->op[k], buf, 1, a, b);
+                pc1_post_run(P->op[k], buf, 1, a, b, cc, d);
         }
         if (tail)
             memcpy(row + full * PC1_LANES, buf, tail * sizeof(float));
@@ -280,7 +315,8 @@ static inline pc1_vecf pc1_post_lanes(const pc1_post_ops* P, Py_ssize_t c0,
     for (k = 0; k < P->n; k++) {
         for (i = 0; i < PC1_LANES; i++)
             pa[i] = P->vec[k] ? (i < rows ? P->vec[k][c0 + i] : 0.0f) : P->s[k][0];
-        pc1_post_run(P->op[k], buf, 1, pc1_load(pa), pc1_splat(P->s[k][1]));
+        pc1_post_run(P->op[k], buf, 1, pc1_load(pa), pc1_splat(P->s[k][1]),
+                     pc1_splat(P->s[k][2]), pc1_splat(P->s[k][3]));
     }
     return pc1_load(buf);
 }

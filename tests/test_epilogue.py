@@ -70,7 +70,7 @@ def ops_of(program):
 
 
 def kernel_ops(program, channels=None):
-    """The kernels' (opcode, s0, s1, vec) tuples of a program."""
+    """The kernels' (opcode, s0, s1[, s2, s3], vec) tuples of a program."""
     return tuple(op.kernel() for op in ops_of(program))
 
 
@@ -282,3 +282,71 @@ def test_bad_programs_are_refused(kern):
             kern.Chain([base + (post,)])
     with pytest.raises(ValueError, match="min/max"):
         kern.Chain([base[:6] + (0.0, math.inf, 1.0, RES_NONE, ((3, 0.0, 0.0, None),))])
+
+
+# ----------------------------------------------------------------------------------
+# requant: the int8 requantization (quant/floatpath.py's fused float chains)
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("zp", [0, 17, 250])
+def test_requant_is_the_int8_requantization_bitwise(kern, zp):
+    """The requant op on integer-valued float32 accumulators equals quant/reference.py's
+    requantize bit for bit: per-channel scales, exact halfway values (x.5, both signs),
+    saturation at both ends, zero points 0 / 17 / 250, several clamp ranges, odd shapes
+    (row tails of every length), 1 .. 8 threads; NaN and infinities as round_clamp."""
+    from pyconv1x1.quant import reference
+    rng = np.random.default_rng(zp)
+    nr = kern.PANEL_WIDTH
+    for (n, c, p), (lo, hi), threads in zip(
+            [(1, 1, 1), (2, 3, nr + 3), (3, 7, 2 * nr - 1), (1, 5, 3 * nr + 5)],
+            [(0, 255), (zp, 255), (3, 200), (0, 255)], [1, 3, 8, 2]):
+        acc = rng.integers(-(1 << 16), 1 << 16, (n, c, p))
+        acc[..., ::3] = rng.integers(-600, 600, acc[..., ::3].shape)  # near the range
+        mid = 2 * ((lo + hi) // 2 - zp)  # odd values near it: x.5 inside [lo, hi]
+        acc[..., 1::7] = mid + 2 * rng.integers(-3, 3, acc[..., 1::7].shape) + 1
+        acc[..., 0] = (1 << 24) - 1  # saturates hi (or lo with a negative scale)
+        acc[..., -1] = -(1 << 24) + 1
+        scale = rng.uniform(1e-3, 0.3, c).astype(np.float32)
+        scale[::2] = 0.5  # odd accumulators land on x.5 exactly: ties to even
+        y = acc.astype(np.float32)
+        kern.affine_act(y, y, np.ones(c, np.float32), np.zeros(c, np.float32), n, c, p,
+                        -np.inf, np.inf, 1.0, threads,
+                        (Op("requant", (scale, zp, lo, hi)).kernel(),))
+        want = reference.requantize(acc.astype(np.int32), scale, zp, lo, hi)
+        assert np.array_equal(y, want.astype(np.float32)), (n, c, p, lo, hi, threads)
+        assert p == 1 or ((y == lo).any() and (y == hi).any())  # both ends
+        ties = (acc % 2 == 1) & (scale[None, :, None] == 0.5) & (y > lo) & (y < hi)
+        assert (p < 2 or ties.any()) and np.all((y[ties] - zp) % 2 == 0)  # to even
+        # the numpy table reference says the same
+        ref = Op("requant", (scale, zp, lo, hi)).ref(acc.astype(np.float32))
+        assert np.array_equal(ref, want.astype(np.float64))
+    x = np.array([np.nan, np.inf, -np.inf, 0.5, 1.5, -0.5, -2.5], np.float32)
+    y = run_unary(kern, x, [("requant", (1.0, zp, 0, 255))])
+    assert np.array_equal(y, reference.round_clamp(x, zp).astype(np.float32))
+
+
+def test_requant_parameters_are_checked_and_round_trip():
+    """requant's zp / lo / hi are integers within 2^22 of each other (the rounding's
+    range); a program with it survives the plan codec bit for bit."""
+    import json
+    from pyconv1x1.errors import ModelError
+    from pyconv1x1.program.epilogue import Activation
+    for bad in ((1.0, 0.5, 0, 255), (1.0, 0, 10, 5), (1.0, 0, -(1 << 22), 0),
+                (1.0, 0, 0, math.inf)):
+        with pytest.raises(ValueError, match="requant"):
+            Op("requant", bad)
+    scale = np.array([0.25, 1e-3, 3.0], np.float32)
+    act = Activation.program([Op("prelu", (0.5,)), Op("requant", (scale, 17, 3, 200))])
+    table = []
+
+    class Arrays:
+        def add(self, a):
+            table.append(np.array(a))
+            return len(table) - 1
+
+    enc = json.loads(json.dumps(act.encode(Arrays())))
+    back = Activation.decode(enc, "act", lambda i, what, dtype="float32": table[i])
+    assert back == act and back.ops[1].params[0].dtype == np.float32
+    assert back.describe() == "prelu(0.5)+requant([3],17,3,200)"
+    enc["ops"][1]["params"][1] = 0.5
+    with pytest.raises(ModelError, match="act op 1: epilogue op requant"):
+        Activation.decode(enc, "act", lambda i, what, dtype="float32": table[i])

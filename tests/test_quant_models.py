@@ -528,7 +528,8 @@ def test_float_fallback_is_bitwise_the_int8_path(quantized, monkeypatch, name):
     from pyconv1x1 import _backend
     model = quantized(name)
     variants = _backend.runnable_variants()  # (each has its own float and int8 kernels)
-    for threads, isa in [(1, None), (2, None), (3, None)] + [(2, v) for v in variants]:
+    for threads, isa in [(t, None) for t in range(1, 9)] + [
+            (t, v) for v in variants for t in (1, 3, 8)]:
         sess = _sessions_both_ways(monkeypatch, model, threads, isa)
         chains = [s for s in sess["float"].program.steps if isinstance(s, QChainStep)]
         on_float = [sess["float"]._kset.chains[id(s)].path == PATH for s in chains]
@@ -607,7 +608,7 @@ def test_float_fallback_leaves_small_runs_to_the_int8_path():
     both = floatpath.FloatQChain(layers, False, api, _backend.kernels(), small=ints)
     alone = floatpath.FloatQChain(layers, False, api, _backend.kernels())
     calls = []
-    both.chains = [_Spy(c, calls) for c in both.chains]
+    both.chain = _Spy(both.chain, calls)
     for pixels, on_float in ((5, False), (floatpath.FLOAT_MIN_MACS // (2 * 768) + 1, True)):
         x = rng.integers(0, 256, (2, 16, pixels), dtype=np.uint8)
         want, got, ref = (np.empty((2, 16, pixels), np.uint8) for _ in range(3))

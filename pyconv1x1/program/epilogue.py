@@ -47,6 +47,19 @@ def _gelu_tanh(x):
         return x * _sigmoid(2.0 * math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))
 
 
+def _requant(x, scale, zp, lo, hi):
+    """quant/reference.py's requantization of an integer-valued accumulator x, as a
+    float: clamp(rne(float32(x) * float32(scale)) + zp, lo, hi), NaN -> lo"""
+    v = np.asarray(x, np.float32) * np.asarray(scale, np.float32)
+    flo, fhi = np.float32(lo - zp), np.float32(hi - zp)
+    v = np.where(v > flo, v, flo)  # NaN -> flo
+    v = np.where(v < fhi, v, fhi)
+    return np.rint(v).astype(np.float64) + zp
+
+
+REQUANT_LIMIT = 1 << 22  # |lo - zp|, |hi - zp| below it: _epilogue.h's rounding
+
+
 class OpKind:
     """One epilogue op. name: as plan files and descriptions spell it; opcode:
     _epilogue.h's PC1_OP_*; params: ((name, default), ...) scalars, except that with
@@ -75,6 +88,10 @@ OPS = {k.name: k for k in (
     OpKind("silu", 7, (), lambda x: x * _sigmoid(x)),
     OpKind("gelu", 8, (), _gelu),
     OpKind("gelu_tanh", 9, (), _gelu_tanh),
+    # the int8 requantization on float32 accumulators (quant/floatpath.py): integer zp,
+    # lo <= hi with |lo - zp|, |hi - zp| < 2^22
+    OpKind("requant", 10, (("scale", 1.0), ("zp", 0.0), ("lo", 0.0), ("hi", 255.0)),
+           _requant, per_channel=True),
 )}
 
 
@@ -90,6 +107,12 @@ class Op(_Record):
         params = tuple(p if isinstance(p, np.ndarray) else float(p) for p in params)
         if len(params) != len(spec.params):
             raise ValueError(f"epilogue op {kind} takes {len(spec.params)} parameters")
+        if kind == "requant":
+            zp, lo, hi = params[1:]
+            if not all(float(v).is_integer() for v in (zp, lo, hi)) or not lo <= hi or \
+                    max(abs(lo - zp), abs(hi - zp)) >= REQUANT_LIMIT:
+                raise ValueError(f"epilogue op requant: zp {zp:g}, lo {lo:g}, hi {hi:g} "
+                                 "must be integers, lo <= hi, within 2^22 of zp")
         self._init(kind=kind, params=params)
 
     def __eq__(self, other):
@@ -112,15 +135,15 @@ class Op(_Record):
         return self.kind + (f"({','.join(shown)})" if shown else "")
 
     def kernel(self):
-        """(opcode, s0, s1, vector or None) as the kernels take it."""
-        s = [0.0, 0.0]
+        """(opcode, s0, s1[, s2, s3], vector or None) as the kernels take it."""
+        s = [0.0] * max(2, len(self.params))
         vec = None
         for i, p in enumerate(self.params):
             if isinstance(p, np.ndarray):
                 vec = np.ascontiguousarray(p, np.float32)
             else:
                 s[i] = p
-        return (OPS[self.kind].opcode, s[0], s[1], vec)
+        return (OPS[self.kind].opcode, *s, vec)
 
     def ref(self, v, channel_axis=1):
         args = []
@@ -160,7 +183,10 @@ class Op(_Record):
                 params.append(v)
             else:
                 params.append(number(p, f"{what} {pname}"))
-        return Op(kind, params)
+        try:
+            return Op(kind, params)
+        except ValueError as e:
+            raise ModelError(f"{what}: {e}") from None
 
 
 class Activation(_Record):
@@ -250,7 +276,7 @@ class Activation(_Record):
 
     def kernel_ops(self):
         """The program as the kernels take it (see _kernels set_post_ops): a tuple of
-        (opcode, s0, s1, vector or None); () for the min/max form."""
+        (opcode, s0, s1[, s2, s3], vector or None); () for the min/max form."""
         return tuple(op.kernel() for op in self.ops)
 
     def ref(self, v, channel_axis=1):

@@ -9,11 +9,12 @@ zero point folded into this one's bias: bias' = bias + zp * sum_k w). Every prod
 every partial sum, in whatever order the float kernels add them (tiles, reduction
 chunks, fused multiply-adds), is then an integer of magnitude <= |bias'| + 255 * sum|w|,
 and float32 holds every integer below 2^24 exactly: the float accumulator equals the
-int32 one. The requantization is then the int path's float32 steps, in two passes between
-layers: float32(acc) * scale and the clamp to [lo - zp, hi - zp] (the float kernels'
-affine_act), round half to even (numpy; + zp at the chain's end); or float32(acc) *
-scale + fbias for a float output. (A REQUANT op in the float kernels' epilogue program
-could fuse these passes into the kernel's store.)
+int32 one. The requantization is then the int path's float32 steps, fused into the
+float kernels' store by the epilogue program's `requant` op (program/epilogue.py,
+_epilogue.h): float32(acc) * scale, clamp to [lo - zp, hi - zp], round half to even (+ zp
+after the chain's last layer), so one fused float chain runs every layer depth-first over
+tiles with no pass and no tensor between layers. A float output: float32(acc) * scale
+(affine_act with a zero shift) then + fbias, two passes over the output only.
 
 Used only where it is exact (that bound below 2^24 in every channel of every layer) and
 where the int8 path is a slow one (FAST_PATHS) and the run is not small
@@ -25,12 +26,13 @@ import numpy as np
 
 from ..errors import Error
 from ..plan.packing import block_table
+from ..program.epilogue import Op
 from ..plan.policy import choose_split, choose_tiling, min_tiles, threads_for
 
 EXACT_LIMIT = 1 << 24  # float32 holds every integer of smaller magnitude
 # the int8 paths the float kernels do not beat: with VNNI faster than float32; 'avx2'
-# (no VNNI) at 0.87-0.94x of float32 still beat this path's 0.47-0.72x (measured with
-# tools/bench.py --int8 --fallback: the requantization passes cost more than it saves).
+# (no VNNI) at 0.82-0.96x of float32 still beats this path's 0.65-0.79x, fused (0.47-0.72x
+# with the requantization as numpy passes; tools/bench.py --int8 --fallback, 1 thread).
 # 'c' (0.14-0.27x of float32) and the numpy reference lose to it.
 FAST_PATHS = ("amx", "avx512vnni", "avxvnni", "avx2")
 # runs of fewer multiply-adds stay on the int8 path even so: there the per-call
@@ -83,7 +85,9 @@ def _pack(w, mr):
 
 
 class FloatQChain:
-    """QChain's run_u8 / run_f32 on the float kernels `fk`, bitwise equal to it. layers:
+    """QChain's run_u8 / run_f32 on the float kernels `fk`, bitwise equal to it: ONE
+    fused float chain (depth-first over tiles, like a float ChainStep) whose layers
+    requantize in their epilogue program (program/epilogue.py's `requant` op). layers:
     the step's QConvLayer records (w, bias, scale, zp_out, lo, hi, fbias)."""
     path = PATH
 
@@ -94,19 +98,25 @@ class FloatQChain:
         self.api, self.fk, self.out_float = api, fk, bool(out_float)
         self.small = small  # the int8 QChain that runs runs of < FLOAT_MIN_MACS
         self.cin, self.cout = qlayers[0].cin, qlayers[-1].cout
-        self.chains, self.steps = [], []
-        none = (float("-inf"), float("inf"), 1.0, 0)  # no activation, no residual
-        for layer, bias in zip(qlayers, biases):
-            w = layer.w.astype(np.float32)
-            packed, blocks = _pack(w, fk.MAX_BLOCK_ROWS)
-            self.chains.append(fk.Chain([(packed, bias.astype(np.float32), blocks,
-                                          layer.cin, layer.cout, layer.cin) + none]))
-            fb = None if layer.fbias is None else layer.fbias[None, :, None]
-            self.steps.append((np.ascontiguousarray(layer.scale, np.float32),
-                               np.zeros(layer.cout, np.float32),
-                               float(layer.lo - layer.zp_out),
-                               float(layer.hi - layer.zp_out), fb))
-        self.zp_out = qlayers[-1].zp_out
+        last = qlayers[-1]
+        specs = []
+        for i, (layer, bias) in enumerate(zip(qlayers, biases)):
+            scale = np.ascontiguousarray(layer.scale, np.float32)
+            if layer is last and self.out_float:
+                post = ()  # float32(acc): scale and fbias after (see run_u8)
+            else:
+                # inner layers hand on q - zp (the zero point is in the next one's
+                # bias); the last adds it
+                zp = layer.zp_out if layer is last else 0
+                post = (Op("requant", (scale, zp, layer.lo - layer.zp_out + zp,
+                                       layer.hi - layer.zp_out + zp)).kernel(),)
+            packed, blocks = _pack(layer.w.astype(np.float32), fk.MAX_BLOCK_ROWS)
+            specs.append((packed, bias.astype(np.float32), blocks, layer.cin, layer.cout,
+                          layer.cin, -np.inf, np.inf, 1.0, 0, post))
+        self.chain = fk.Chain(specs)
+        self.last_scale = np.ascontiguousarray(last.scale, np.float32)
+        self.fbias = None if last.fbias is None else last.fbias[None, :, None]
+        self.nblocks = max(-(-l.cout // fk.MAX_BLOCK_ROWS) for l in qlayers)
         self.max_c = max(max(l.cin, l.cout) for l in qlayers)
         self.macs = sum(l.cin * l.cout for l in qlayers)  # per pixel
         self._bound = {}
@@ -120,41 +130,32 @@ class FloatQChain:
             tile, folded = choose_tiling(fk.PANEL_WIDTH, self.max_c, n, p,
                                          min_tiles(nthreads), fk.REDUCTION_CHUNK)
             ntiles = -(-n * p // tile) if folded else n * -(-p // tile)
-            bound = []
-            for ch in self.chains:
-                split = choose_split(ntiles, nthreads, -(-ch.cout // fk.MAX_BLOCK_ROWS))
-                bound.append(ch.bind((n, ch.cout, p), n, 1, p, 1, p, 1, 1, 0, 0, tile,
-                                     nthreads, folded, split))
+            split = choose_split(ntiles, nthreads, self.nblocks)
+            bound = self.chain.bind((n, self.cout, p), n, 1, p, 1, p, 1, 1, 0, 0, tile,
+                                    nthreads, folded, split)
             if len(self._bound) > 8:
                 self._bound.clear()
-            bound = self._bound[key] = bound
+            self._bound[key] = bound
         return bound
 
     def run_u8(self, x, y, threads=1):
         """x uint8 [n, cin, p] -> y [n, cout, p] (float32 when out_float, else uint8).
-        The scale and clamp run in the float kernels' affine_act with a zero shift (a
-        fused multiply-add of 0 rounds as the plain product does), the rounding in
-        numpy."""
+        A float output: float32(acc) * scale in the float kernels' affine_act with a zero
+        shift (a fused multiply-add of 0 rounds as the plain product does), + fbias in
+        numpy (a separate add, as the int path)."""
         n, _, p = x.shape
         if self.small is not None and n * p * self.macs < FLOAT_MIN_MACS:
             return self.small.run_u8(x, y, threads)
+        bound = self._bind(n, p, threads)
         h = x.astype(np.float32)
-        last = len(self.chains) - 1
-        affine = self.fk.affine_act
-        for i, (bound, (scale, zero, flo, fhi, fbias)) in enumerate(
-                zip(self._bind(n, p, threads), self.steps)):
-            c = scale.shape[0]
-            if i == last and self.out_float:
-                bound.into(h, y)
-                affine(y, y, scale, zero, n, c, p, -np.inf, np.inf, 1.0, threads)
-                if fbias is not None:
-                    np.add(y, fbias, out=y)
-                return y
-            acc = bound(h)
-            affine(acc, acc, scale, zero, n, c, p, flo, fhi, 1.0, threads)
-            np.rint(acc, out=acc)
-            h = acc
-        np.add(h, float(self.zp_out), out=y, casting="unsafe")
+        if self.out_float:
+            bound.into(h, y)
+            self.fk.affine_act(y, y, self.last_scale, np.zeros_like(self.last_scale), n,
+                               self.cout, p, -np.inf, np.inf, 1.0, threads)
+            if self.fbias is not None:
+                np.add(y, self.fbias, out=y)
+            return y
+        np.copyto(y, bound(h), casting="unsafe")  # integers in [lo, hi]
         return y
 
     def run_f32(self, x, in_scale, in_zp, y, threads=1):
