@@ -502,12 +502,15 @@ class IOBinding:
         self._results = None
 
     # -- inputs ----------------------------------------------------------------------
-    def _input_name(self, name, what):
-        names = [a.name for a in self._session.get_inputs()]
+    def _known_name(self, name, args, kind, what):
+        names = [a.name for a in args]
         if name not in names:
-            raise InputError(f"{what}: unknown input name {name!r}; the model's inputs "
+            raise InputError(f"{what}: unknown {kind} name {name!r}; the model's {kind}s "
                              f"are {names}")
         return name
+
+    def _input_name(self, name, what):
+        return self._known_name(name, self._session.get_inputs(), "input", what)
 
     def bind_cpu_input(self, name, arr_on_cpu):
         self._input_name(name, "bind_cpu_input")
@@ -531,11 +534,7 @@ class IOBinding:
 
     # -- outputs ---------------------------------------------------------------------
     def _output_name(self, name, what):
-        names = [a.name for a in self._session.get_outputs()]
-        if name not in names:
-            raise InputError(f"{what}: unknown output name {name!r}; the model's "
-                             f"outputs are {names}")
-        return name
+        return self._known_name(name, self._session.get_outputs(), "output", what)
 
     def bind_output(self, name, device_type="cpu", device_id=0, element_type=None,
                     shape=None, buffer_ptr=None):

@@ -69,7 +69,7 @@ def check_conv_input(first, src, x, last=False):
 KERNEL_BUILDERS = {"chain": _chain_kernel}  # step kinds with per-session kernel objects
 # bound call function -> f(args, input shape): the DirectChain run()'s fast path calls
 # for a plan that is only that call, or None (the float chain's is its BoundChain)
-DIRECT_BINDERS = {}
+DIRECT_BINDERS = {}  # step call -> (args, input shape) -> the object run() calls directly
 
 
 class ShapePlan:
@@ -101,10 +101,7 @@ class ShapePlan:
                 and self.calls[0][1][1] == program.outputs[0].name):
             fn, args = self.calls[0][:2]
             in_shape = tuple(input_shapes[program.inputs[0].name])
-            if fn is _run_chain_plain:
-                self.direct = args[2]
-                self.direct.set_input_shape(in_shape)
-            elif fn in DIRECT_BINDERS:
+            if fn in DIRECT_BINDERS:
                 self.direct = DIRECT_BINDERS[fn](args, in_shape)
 
     # ----------------------------------------------------------------------------
@@ -318,6 +315,16 @@ def _vector(v, c, default, step, shape):
 def _run_chain_plain(env, outs, src, dst, bound):
     y = outs.get(dst)
     env[dst] = bound(env[src]) if y is None else bound.into(env[src], y)
+
+
+def _direct_chain(args, in_shape):
+    """The float chain's bound kernel, for run()'s direct call (see ShapePlan.direct)."""
+    bound = args[2]
+    bound.set_input_shape(in_shape)
+    return bound
+
+
+DIRECT_BINDERS[_run_chain_plain] = _direct_chain
 
 
 def _run_chain(env, outs, src, dst, residuals, bound):
