@@ -613,7 +613,7 @@ def reduce_mean(node, ctx):
 
 
 # Sigmoid binds from the epilogue table (above): an epilogue program, fused into the
-# producing conv (the squeeze-excitation gate's too); SigmoidStep only reads older plans
+# producing conv (the squeeze-excitation gate's too)
 
 
 @op("HardSigmoid")

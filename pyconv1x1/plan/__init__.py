@@ -248,10 +248,6 @@ class ShapePlan:
                 + IDENTITY.kernel_args() + (threads,))
         return (_run_scale, args)
 
-    def _sigmoid(self, step, kset, shapes, nr, threads):
-        shapes[step.output] = shapes[step.input]
-        return (_run_sigmoid, (step.input, step.output))
-
     def execute(self, env, outs=None):
         """Run every step; `outs` (name -> array) receives those outputs in place."""
         outs = outs or _NO_OUTS
@@ -281,7 +277,7 @@ def tensor_byte_limit():
 BINDERS = {"chain": ShapePlan._chain, "affine": ShapePlan._affine, "add": ShapePlan._add,
            "copy": ShapePlan._copy}
 BINDERS.update(transpose=ShapePlan._transpose, mean=ShapePlan._mean,
-               scale=ShapePlan._scale, sigmoid=ShapePlan._sigmoid)
+               scale=ShapePlan._scale)
 
 
 def _check_size(shape, name, src, src_shape, what="Conv"):
@@ -409,16 +405,6 @@ def _run_scale(env, outs, src, scale, dst, shape, nc, fn, args):
     s = _per_image(env[scale], nc)
     y = _result(outs, dst, shape)
     fn(env[src], y, s, *args)
-    env[dst] = y
-
-
-def _run_sigmoid(env, outs, src, dst):
-    x = env[src]
-    y = _result(outs, dst, x.shape)
-    with np.errstate(over="ignore"):
-        np.exp(np.negative(x, out=y), out=y)
-    np.add(y, np.float32(1), out=y)
-    np.reciprocal(y, out=y)
     env[dst] = y
 
 

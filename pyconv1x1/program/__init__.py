@@ -9,12 +9,12 @@ from .epilogue import (IDENTITY, RELU, RES_AFTER_ACT, RES_BEFORE_ACT, RES_NONE,
                        Activation)
 from .steps import (STEP_KINDS, AddStep, AffineStep, ChainStep, ConvLayer, CopyStep,
                     Program, Step, _Mutable)
-from .steps import MeanStep, ScaleStep, SigmoidStep, TransposeStep, channel_move
+from .steps import MeanStep, ScaleStep, TransposeStep, channel_move
 
 __all__ = ["Activation", "IDENTITY", "RELU", "RES_NONE", "RES_BEFORE_ACT", "RES_AFTER_ACT",
            "Step", "ChainStep", "AffineStep", "AddStep", "CopyStep", "ConvLayer",
            "Program", "STEP_KINDS", "TransposeStep", "MeanStep", "ScaleStep",
-           "SigmoidStep", "channel_move"]
+           "channel_move"]
 
 
 from ..quant import steps as _quant_steps  # noqa: E402,F401  (registers the int8 kinds)

@@ -702,21 +702,9 @@ def scales(s, x):
             and (s[0] == 1 or same(s[0], x[0])) and same(s[1], x[1]))
 
 
-class SigmoidStep(_UnaryStep):
-    """y = 1 / (1 + exp(-x)), element-wise (numpy, float32): the Sigmoid of a
-    squeeze-excitation gate, on its small pooled vector. (A stop-gap until Sigmoid is
-    a fused epilogue.)"""
-    __slots__ = ()
-    kind = "sigmoid"
-
-    def describe(self):
-        return f"sigmoid {self.name}"
-
-
 # plan-file "type" -> step class: the one place a kind string is dispatched on
 STEP_KINDS = {cls.kind: cls for cls in (ChainStep, AffineStep, AddStep, CopyStep)}
-STEP_KINDS.update((cls.kind, cls) for cls in (TransposeStep, MeanStep, ScaleStep,
-                                              SigmoidStep))
+STEP_KINDS.update((cls.kind, cls) for cls in (TransposeStep, MeanStep, ScaleStep))
 
 
 def _merged_name(a, b, limit=200):
