@@ -32,6 +32,14 @@
      run pays for one wake-up. pc1_pool_wake() starts that wake-up early, before the
      caller prepares its first job. The last job of a run (more == 0) or pc1_pool_rest()
      ends the spinning: after run() returns every worker sleeps.
+   - a VM's scheduler may place a woken worker on the busy vCPU of its caller (this
+     2-vCPU KVM guest packs woken threads so), where it waits for the caller: the
+     second core went unused in most runs of few-pixel layers (joins on the caller's CPU
+     in 70-100% of the jobs; onnxruntime's workers, spinning, are never woken). A worker
+     that finds itself on its caller's CPU moves off it (pc1_pool_move): its affinity
+     becomes the CPUs it started with less the caller's current one. No fixed pinning:
+     only one CPU is ever left out, the one the caller last ran on, and a worker moves
+     again if the caller comes to it; with one CPU allowed nothing changes.
 
    Generated per kernel variant (each module has its own pool); no Python API is used. */
 #ifndef PC1_POOL_H
@@ -46,6 +54,10 @@ typedef void (*pc1_task_fn)(void *ctx, Py_ssize_t task, int worker);
                                       job (the run's own gaps are microseconds) */
 #define PC1_POOL_WAIT_SPIN_NS 2000000  /* the caller spins this long at most for joined
                                           workers' last tasks before it sleeps */
+/* counters (pc1_pool_stat): jobs posted, tasks in them, worker joins, tasks workers ran,
+   joins on the caller's CPU, moves off it */
+enum { PC1_STAT_JOBS, PC1_STAT_TASKS, PC1_STAT_JOINS, PC1_STAT_WORKER_TASKS,
+       PC1_STAT_JOINS_ON_CALLER, PC1_STAT_MOVES, PC1_POOL_NSTATS };
 
 #if defined(_WIN32)
 /* no pthreads: every job runs on the caller's thread */
@@ -65,9 +77,14 @@ static inline void pc1_pool_wake(int nthreads) { (void)nthreads; }
 static inline void pc1_pool_rest(void) {}
 static int pc1_pool_workers(void) { return 0; }
 static inline int pc1_pool_spinning(void) { return 0; }
+static inline long long pc1_pool_stat(int i) { (void)i; return 0; }
+static inline void pc1_pool_set_moves(int on) { (void)on; }
 #else
 #define PC1_POOL_THREADED 1
 #include <pthread.h>
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -99,12 +116,23 @@ typedef struct {
     Py_ssize_t next;           /* next task to hand out (atomic) */
     int wanted;                /* pool threads that may join: ids 1 .. wanted */
     unsigned int (*ftz_on)(void);
+    int caller_cpu;            /* atomic: the CPU the caller last posted or woke from */
+    int moves;                 /* workers move off the caller's CPU (pc1_pool_move) */
+    long long stats[PC1_POOL_NSTATS];  /* atomic counters, see PC1_STAT_* */
 } pc1_pool_t;
 
 static pc1_pool_t pc1_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
                               PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, PC1_GATE_CLOSED, 0,
-                              0, 0, NULL, NULL, 0, 0, 0, NULL};
+                              0, 0, NULL, NULL, 0, 0, 0, NULL, -1, 1, {0}};
 static pthread_once_t pc1_pool_once = PTHREAD_ONCE_INIT;
+
+static inline int pc1_pool_cpu(void) {
+#if defined(__linux__) && defined(__GLIBC__)
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+}
 
 static inline void pc1_pool_pause(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -135,17 +163,45 @@ static inline int pc1_pool_spin_step(unsigned long *i, uint64_t *t0, uint64_t li
 }
 
 static void pc1_pool_tasks(pc1_task_fn fn, void *ctx, Py_ssize_t ntasks, int worker) {
-    Py_ssize_t t;
+    Py_ssize_t t, n = 0;
     for (;;) {
         t = __atomic_fetch_add(&pc1_pool.next, 1, __ATOMIC_RELAXED);
         if (t >= ntasks) break;
         fn(ctx, t, worker);
+        n++;
     }
+    if (worker) __atomic_add_fetch(&pc1_pool.stats[PC1_STAT_WORKER_TASKS], n,
+                                   __ATOMIC_RELAXED);
+}
+
+/* A worker woken onto the CPU its caller runs on (a VM's scheduler may pack woken
+   threads onto busy vCPUs) only runs when the caller stops: it moves itself off that CPU
+   (its affinity: the CPUs it started with, less the caller's), and moves back the same
+   way should the caller come to its CPU. Never a fixed pinning: only the caller's
+   current CPU is left out, and only while there are others. */
+typedef struct { cpu_set_t base; int ok; } pc1_move_t;
+
+static void pc1_pool_move(pc1_move_t *n) {
+#if defined(__linux__) && defined(__GLIBC__)
+    int caller = __atomic_load_n(&pc1_pool.caller_cpu, __ATOMIC_RELAXED);
+    cpu_set_t set;
+    if (!n->ok || caller < 0 || caller >= CPU_SETSIZE
+        || !__atomic_load_n(&pc1_pool.moves, __ATOMIC_RELAXED) || pc1_pool_cpu() != caller
+        || !CPU_ISSET(caller, &n->base))
+        return;
+    set = n->base;
+    CPU_CLR(caller, &set);
+    if (CPU_COUNT(&set) == 0) return;
+    if (pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0)
+        __atomic_add_fetch(&pc1_pool.stats[PC1_STAT_MOVES], 1, __ATOMIC_RELAXED);
+#else
+    (void)n;
+#endif
 }
 
 /* a worker: the gate of the first generation after `seen`; spins for it while a run is
    in flight (hot), bounded, else sleeps */
-static uint64_t pc1_pool_await(uint32_t seen) {
+static uint64_t pc1_pool_await(uint32_t seen, pc1_move_t *move) {
     uint64_t s = __atomic_load_n(&pc1_pool.gate, __ATOMIC_ACQUIRE);
     unsigned long i = 0;
     uint64_t t0 = 0;
@@ -165,6 +221,7 @@ static uint64_t pc1_pool_await(uint32_t seen) {
         pthread_cond_wait(&pc1_pool.work, &pc1_pool.mu);
     pc1_pool.sleepers--;
     pthread_mutex_unlock(&pc1_pool.mu);
+    pc1_pool_move(move);  /* woken: onto the caller's CPU? */
     return s;
 }
 
@@ -193,7 +250,13 @@ static void *pc1_pool_worker(void *arg) {
     pc1_task_fn fn;
     void *ctx;
     Py_ssize_t ntasks;
+    pc1_move_t move;
     free(arg);
+#if defined(__linux__) && defined(__GLIBC__)
+    move.ok = pthread_getaffinity_np(pthread_self(), sizeof move.base, &move.base) == 0;
+#else
+    move.ok = 0;
+#endif
 #if defined(__linux__) && defined(__GLIBC__)
     pthread_setname_np(pthread_self(), "pyconv1x1-pool");  /* for top -H, perf, gdb */
 #endif
@@ -201,9 +264,15 @@ static void *pc1_pool_worker(void *arg) {
     if (pc1_pool.ftz_on) pc1_pool.ftz_on();
     pthread_mutex_unlock(&pc1_pool.mu);
     for (;;) {
-        s = pc1_pool_await(seen);
+        s = pc1_pool_await(seen, &move);
         seen = PC1_GATE_GEN(s);
         if (!pc1_pool_join(id, s)) continue;  /* closed, or a smaller job: not ours */
+        __atomic_add_fetch(&pc1_pool.stats[PC1_STAT_JOINS], 1, __ATOMIC_RELAXED);
+        if (pc1_pool_cpu() == __atomic_load_n(&pc1_pool.caller_cpu, __ATOMIC_RELAXED)) {
+            __atomic_add_fetch(&pc1_pool.stats[PC1_STAT_JOINS_ON_CALLER], 1,
+                               __ATOMIC_RELAXED);
+            pc1_pool_move(&move);
+        }
         /* joined: the job cannot end before this worker counts itself out below */
         fn = pc1_pool.fn;
         ctx = pc1_pool.ctx;
@@ -233,6 +302,7 @@ static void pc1_pool_child(void) {
     pc1_pool.hot = 0;
     pc1_pool.spinning = 0;
     pc1_pool.finished = 0;
+    pc1_pool.caller_cpu = -1;
     pc1_pool.wanted = 0;
     pc1_pool.fn = NULL;
     pc1_pool.ctx = NULL;
@@ -285,6 +355,7 @@ static inline void pc1_pool_wake(int nthreads) {
     pthread_once(&pc1_pool_once, pc1_pool_init);
     pthread_mutex_lock(&pc1_pool.mu);
     if (!pc1_pool.busy && pc1_pool.nworkers > 0) {
+        __atomic_store_n(&pc1_pool.caller_cpu, pc1_pool_cpu(), __ATOMIC_RELAXED);
         __atomic_store_n(&pc1_pool.hot, 1, __ATOMIC_RELAXED);
         if (pc1_pool.sleepers > 0) pc1_pool_post(0);
     }
@@ -329,6 +400,9 @@ static int pc1_pool_run_more(int nthreads, Py_ssize_t ntasks, pc1_task_fn fn, vo
                 __atomic_store_n(&pc1_pool.wanted, wanted, __ATOMIC_RELAXED);
                 __atomic_store_n(&pc1_pool.finished, 0, __ATOMIC_RELAXED);
                 __atomic_store_n(&pc1_pool.hot, more ? 1 : 0, __ATOMIC_RELAXED);
+                __atomic_add_fetch(&pc1_pool.stats[PC1_STAT_JOBS], 1, __ATOMIC_RELAXED);
+                __atomic_add_fetch(&pc1_pool.stats[PC1_STAT_TASKS], ntasks, __ATOMIC_RELAXED);
+                __atomic_store_n(&pc1_pool.caller_cpu, pc1_pool_cpu(), __ATOMIC_RELAXED);
                 pc1_pool_post(1);
                 pthread_mutex_unlock(&pc1_pool.mu);
                 old = ftz_on();
@@ -369,6 +443,17 @@ static int pc1_pool_workers(void) {
     n = pc1_pool.nworkers;
     pthread_mutex_unlock(&pc1_pool.mu);
     return n;
+}
+
+/* counter i (PC1_STAT_*) since the process started (or forked) */
+static inline long long pc1_pool_stat(int i) {
+    return i >= 0 && i < PC1_POOL_NSTATS
+               ? __atomic_load_n(&pc1_pool.stats[i], __ATOMIC_RELAXED) : 0;
+}
+
+/* whether woken workers move off their caller's CPU (on by default; benchmarks) */
+static inline void pc1_pool_set_moves(int on) {
+    __atomic_store_n(&pc1_pool.moves, on ? 1 : 0, __ATOMIC_RELAXED);
 }
 
 /* pool threads spinning for a job right now (0 whenever no run is in flight) */

@@ -254,6 +254,45 @@ def test_spinning_between_jobs_ends_with_the_run(tmp_path, mode):
     assert quiet <= 500_000 and spinning == 0
 
 
+AFFINITY_SCRIPT = r"""
+import os, sys
+import numpy as np, pyconv1x1
+from pyconv1x1 import _backend
+cpus = sorted(os.sched_getaffinity(0))
+if sys.argv[2] == "one":
+    os.sched_setaffinity(0, {cpus[0]})  # the pool threads inherit this
+allowed = os.sched_getaffinity(0)
+s = pyconv1x1.InferenceSession(open(sys.argv[1], "rb").read(), threads=2)
+x = np.random.default_rng(1).standard_normal((1, 384, 7, 7)).astype(np.float32)
+ref = pyconv1x1.InferenceSession(open(sys.argv[1], "rb").read(), threads=1).run(
+    None, {"x": x})[0]
+for _ in range(50):
+    assert np.array_equal(s.run(None, {"x": x})[0], ref)
+assert _backend.kernels(s.kernel_variant).pool_workers() >= 1
+for tid in os.listdir("/proc/self/task"):
+    if open(f"/proc/self/task/{tid}/comm").read().strip() == "pyconv1x1-pool":
+        mask = os.sched_getaffinity(int(tid))
+        assert mask and mask <= allowed, (mask, allowed)
+        assert len(mask) >= len(allowed) - 1, (mask, allowed)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux affinity")
+@pytest.mark.parametrize("mask", ["all", "one"])
+def test_workers_leave_only_the_callers_cpu(tmp_path, mask):
+    """A worker woken onto its caller's CPU moves off it (a VM's scheduler may pack
+    woken threads onto busy vCPUs): its affinity is the CPUs it started with less at most
+    one, never empty, never wider than the process allowed (one CPU allowed: it stays)."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(SPLIT_MODEL)
+    script = tmp_path / "aff.py"
+    script.write_text(AFFINITY_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(model), mask], env=ENV,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
 def test_split_runs_identical_at_every_thread_count():
     """A split run (one job per layer, late workers skipping a closed job, workers
     spinning between jobs) gives the serial run's bits at every thread count, again and
@@ -261,9 +300,19 @@ def test_split_runs_identical_at_every_thread_count():
     ref = pyconv1x1.InferenceSession(SPLIT_MODEL, threads=1).run(None, {"x": SPLIT_X})[0]
     for threads in (2, 3, 5, 8):
         sess = pyconv1x1.InferenceSession(SPLIT_MODEL, threads=threads)
+        kern = kernels_module(sess)
+        before = kern.pool_stats()
         for _ in range(20):
             assert np.array_equal(sess.run(None, {"x": SPLIT_X})[0], ref), threads
-        assert kernels_module(sess).pool_workers() >= 1
+        assert kern.pool_workers() >= 1
+        d = {k: v - before[k] for k, v in kern.pool_stats().items()}
+        # a job per layer (the gather of a single tile runs on the caller); workers join
+        # at most once per job each, and run at most the tasks there were
+        assert d["jobs"] == 2 * 20 and d["tasks"] >= d["jobs"] * min(threads, 2)
+        assert 0 <= d["joins"] <= d["jobs"] * (threads - 1)
+        assert 0 <= d["worker_tasks"] <= d["tasks"]
+        assert 0 <= d["joins_on_callers_cpu"] <= d["joins"]
+        assert 0 <= d["moves"]
 
 
 def test_kernels_do_not_use_openmp():
