@@ -360,7 +360,7 @@ static inline void pc1q_quantize_run(const float *x, uint8_t *q, Py_ssize_t m,
 }
 
 /* the same from float32 NCHW, quantized on the way (q goes through `row`, 4 x width) */
-static void pc1q_gather_f32(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize_t p0,
+static void pc1q_gather_f32_c(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize_t p0,
                             Py_ssize_t valid, Py_ssize_t width, float scale, int32_t zp,
                             uint8_t *row, uint8_t *t) {
     Py_ssize_t g, p, j, c4 = (c + 3) / 4;
@@ -380,7 +380,7 @@ static void pc1q_gather_f32(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize
 
 /* ---- epilogues of one block x one panel -------------------------------------------- */
 /* into the next layer's tile: groups 2b and 2b+1 (the second only if the layer has it) */
-static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
+static void pc1q_epi_tile_c(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
                           uint8_t *t, Py_ssize_t width, Py_ssize_t pan) {
     int gi, j, p;
     Py_ssize_t c4 = (L->cout + 3) / 4;
@@ -404,7 +404,7 @@ static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
 #define PC1Q_OUT_DQ 2
 
 /* into u8 or f32 NCHW rows (y: the image's output, pixel p0 of the panel) */
-static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, void *y,
+static void pc1q_epi_out_c(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, void *y,
                          int out_float, Py_ssize_t P, Py_ssize_t p0, Py_ssize_t n,
                          float dqs, int32_t dqz) {
     int r;
@@ -428,6 +428,204 @@ static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, 
         }
     }
 }
+
+/* ---- the same three with explicit vectors, in modules built for AVX-512 or AVX2 -----
+   Same results, bit for bit:
+   - a requantization clamps v = (float)acc * scale to [lo - zp, hi - zp] as pc1q_rq does
+     (max and min with the bound second: NaN never occurs here, and a clamped value is the
+     bound), then rounds half to even with vcvtps2dq (the rounding mode the pool's fp hook
+     sets; |v| <= 255 fits) where pc1q_rq adds 1.5 * 2^23: the same integer. Four rows'
+     integers in [-255, 255] pack to 16-bit (exact), + zp (exact, in [0, 255]), pack to
+     bytes (exact) and one in-lane byte shuffle turns [row][4 pixels] into the tile's
+     [pixel][4 rows] words.
+   - the dequantizing store rounds with vroundps (nearest even) and adds zp - dq_zp as a
+     float: integers below 2^9, exact, so (float)(q - dq_zp) is the same value.
+   - the gather quantizes x as pc1q_quantize_run does (a multiply, chunks of 16 pixels
+   with a half-integer within PC1Q_QEPS done again with the division). */
+#define PC1Q_QEPS (1.0f / 4096)
+#if PC1Q_X86 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+#define PC1Q_VEC 16
+typedef __m512 pc1q_vf;
+typedef __m512i pc1q_vi;
+#define pc1q_set1f _mm512_set1_ps
+#define pc1q_set1i _mm512_set1_epi32
+#define pc1q_mulf _mm512_mul_ps
+#define pc1q_divf _mm512_div_ps
+#define pc1q_addf _mm512_add_ps
+#define pc1q_maxf _mm512_max_ps
+#define pc1q_minf _mm512_min_ps
+#define pc1q_cvtif _mm512_cvtepi32_ps
+#define pc1q_cvtfi _mm512_cvtps_epi32
+#define pc1q_roundf(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define pc1q_loadi(p) _mm512_loadu_si512((const void *)(p))
+#define pc1q_storei(p, v) _mm512_storeu_si512((void *)(p), v)
+static inline pc1q_vi pc1q_pack4(pc1q_vi r0, pc1q_vi r1, pc1q_vi r2, pc1q_vi r3,
+                                 pc1q_vi zp16) {
+    const __m512i tr = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
+    __m512i a = _mm512_add_epi16(_mm512_packs_epi32(r0, r1), zp16);
+    __m512i b = _mm512_add_epi16(_mm512_packs_epi32(r2, r3), zp16);
+    return _mm512_shuffle_epi8(_mm512_packus_epi16(a, b), tr);
+}
+/* lanes 0 .. n-1 (n <= 16) */
+#define PC1Q_MASK(n) ((__mmask16)((n) >= 16 ? 0xFFFF : (1u << (n)) - 1))
+/* the first n of 16 floats, the others 0 */
+static inline pc1q_vf pc1q_loadf_n(const float *p, Py_ssize_t n) {
+    return _mm512_maskz_loadu_ps(PC1Q_MASK(n), p);
+}
+static inline void pc1q_storef_n(float *p, pc1q_vf v, Py_ssize_t n) {
+    _mm512_mask_storeu_ps(p, PC1Q_MASK(n), v);
+}
+static inline pc1q_vi pc1q_keep_n(pc1q_vi v, Py_ssize_t n) {
+    return _mm512_maskz_mov_epi32(PC1Q_MASK(n), v);
+}
+/* whether some lane lies within PC1Q_QEPS of a half-integer (or is one) */
+static inline int pc1q_near_half(pc1q_vf z) {
+    __m512 d = _mm512_abs_ps(_mm512_reduce_ps(z, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return _mm512_cmp_ps_mask(d, _mm512_set1_ps(0.5f - PC1Q_QEPS), _CMP_GE_OQ) != 0;
+}
+#elif PC1Q_X86 && defined(__AVX2__)
+#define PC1Q_VEC 8
+typedef __m256 pc1q_vf;
+typedef __m256i pc1q_vi;
+#define pc1q_set1f _mm256_set1_ps
+#define pc1q_set1i _mm256_set1_epi32
+#define pc1q_mulf _mm256_mul_ps
+#define pc1q_divf _mm256_div_ps
+#define pc1q_addf _mm256_add_ps
+#define pc1q_maxf _mm256_max_ps
+#define pc1q_minf _mm256_min_ps
+#define pc1q_cvtif _mm256_cvtepi32_ps
+#define pc1q_cvtfi _mm256_cvtps_epi32
+#define pc1q_roundf(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define pc1q_loadi(p) _mm256_loadu_si256((const __m256i *)(p))
+#define pc1q_storei(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+static inline pc1q_vi pc1q_pack4(pc1q_vi r0, pc1q_vi r1, pc1q_vi r2, pc1q_vi r3,
+                                 pc1q_vi zp16) {
+    const __m256i tr = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    __m256i a = _mm256_add_epi16(_mm256_packs_epi32(r0, r1), zp16);
+    __m256i b = _mm256_add_epi16(_mm256_packs_epi32(r2, r3), zp16);
+    return _mm256_shuffle_epi8(_mm256_packus_epi16(a, b), tr);
+}
+/* all-ones in lanes 0 .. n-1 (n <= 8) */
+static inline __m256i pc1q_lanes(Py_ssize_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n > 8 ? 8 : n)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline pc1q_vf pc1q_loadf_n(const float *p, Py_ssize_t n) {
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, pc1q_lanes(n));
+}
+static inline void pc1q_storef_n(float *p, pc1q_vf v, Py_ssize_t n) {
+    if (n >= 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, pc1q_lanes(n), v);
+}
+static inline pc1q_vi pc1q_keep_n(pc1q_vi v, Py_ssize_t n) {
+    return n >= 8 ? v : _mm256_and_si256(v, pc1q_lanes(n));
+}
+static inline int pc1q_near_half(pc1q_vf z) {
+    __m256 d = _mm256_sub_ps(z, pc1q_roundf(z));
+    d = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), d);
+    return _mm256_movemask_ps(_mm256_cmp_ps(d, _mm256_set1_ps(0.5f - PC1Q_QEPS),
+                                            _CMP_GE_OQ)) != 0;
+}
+#endif
+
+#ifdef PC1Q_VEC
+/* float32 NCHW pixels p0 .. p0+valid -> tile words, quantized (see above) */
+static void pc1q_gather_f32(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize_t p0,
+                            Py_ssize_t valid, Py_ssize_t width, float scale, int32_t zp,
+                            uint8_t *row, uint8_t *t) {
+    const float r = 1.0f / scale;
+    const int fast = r >= 1.1754944e-38f && r <= 3.4028235e+38f;  /* normal: see above */
+    const pc1q_vf vr = pc1q_set1f(r), vs = pc1q_set1f(scale);
+    const pc1q_vf flo = pc1q_set1f((float)(0 - zp)), fhi = pc1q_set1f((float)(255 - zp));
+    const pc1q_vi zp16 = pc1q_set1i(zp * 0x10001);  /* zp in each 16-bit half */
+    const pc1q_vi nzp = pc1q_set1i(-zp);
+    Py_ssize_t g, p, j, c4 = (c + 3) / 4, n;
+    (void)row;
+    for (g = 0; g < c4; g++) {
+        uint32_t *o = (uint32_t *)(t + 4 * g * width);
+        const float *xg = x + 4 * g * P + p0;
+        Py_ssize_t left = c - 4 * g;
+        if (left > 4) left = 4;
+        for (p = 0; p < valid; p += PC1Q_VEC) {
+            pc1q_vf z[4];
+            pc1q_vi ri[4];
+            int near = 0;
+            n = valid - p;
+            for (j = 0; j < left; j++) {
+                pc1q_vf v = pc1q_loadf_n(xg + j * P + p, n);
+                if (fast) {
+                    z[j] = pc1q_mulf(v, vr);
+                    near |= pc1q_near_half(z[j]);
+                } else {
+                    z[j] = pc1q_divf(v, vs);
+                }
+            }
+            if (near)
+                for (j = 0; j < left; j++) z[j] = pc1q_divf(pc1q_loadf_n(xg + j * P + p, n), vs);
+            for (j = 0; j < left; j++)
+                ri[j] = pc1q_cvtfi(pc1q_minf(pc1q_maxf(z[j], flo), fhi));
+            for (; j < 4; j++) ri[j] = nzp;  /* channels past c: 0 */
+            pc1q_storei(o + p, pc1q_keep_n(pc1q_pack4(ri[0], ri[1], ri[2], ri[3], zp16), n));
+        }
+        for (; p < width; p++) o[p] = 0;
+    }
+}
+
+/* acc rows 4j .. 4j+3 of `a` (row stride PC1Q_NR), pixels q .. q+PC1Q_VEC -> words */
+static inline pc1q_vi pc1q_rq4(const int32_t *a, const float *s, pc1q_vf flo, pc1q_vf fhi,
+                               pc1q_vi zp16) {
+    pc1q_vi ri[4];
+    int j;
+    for (j = 0; j < 4; j++) {
+        pc1q_vf v = pc1q_mulf(pc1q_cvtif(pc1q_loadi(a + j * PC1Q_NR)), pc1q_set1f(s[j]));
+        ri[j] = pc1q_cvtfi(pc1q_minf(pc1q_maxf(v, flo), fhi));
+    }
+    return pc1q_pack4(ri[0], ri[1], ri[2], ri[3], zp16);
+}
+
+static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
+                          uint8_t *t, Py_ssize_t width, Py_ssize_t pan) {
+    int gi, q;
+    Py_ssize_t c4 = (L->cout + 3) / 4;
+    const pc1q_vf flo = pc1q_set1f((float)(L->lo - L->zp)), fhi = pc1q_set1f((float)(L->hi - L->zp));
+    const pc1q_vi zp16 = pc1q_set1i(L->zp * 0x10001);
+    for (gi = 0; gi < 2 && 2 * b + gi < c4; gi++) {
+        uint32_t *o = (uint32_t *)(t + 4 * (2 * b + gi) * width) + pan * PC1Q_NR;
+        for (q = 0; q < PC1Q_NR; q += PC1Q_VEC)
+            pc1q_storei(o + q, pc1q_rq4(acc + 4 * gi * PC1Q_NR + q, L->scale + 8 * b + 4 * gi,
+                                        flo, fhi, zp16));
+    }
+}
+
+static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, void *y,
+                         int out_float, Py_ssize_t P, Py_ssize_t p0, Py_ssize_t n,
+                         float dqs, int32_t dqz) {
+    int r;
+    Py_ssize_t p;
+    const pc1q_vf flo = pc1q_set1f((float)(L->lo - L->zp)), fhi = pc1q_set1f((float)(L->hi - L->zp));
+    const pc1q_vf shift = pc1q_set1f((float)(L->zp - dqz)), vdq = pc1q_set1f(dqs);
+    if (out_float != PC1Q_OUT_DQ) {
+        pc1q_epi_out_c(L, b, acc, y, out_float, P, p0, n, dqs, dqz);
+        return;
+    }
+    for (r = 0; r < PC1Q_MR && 8 * b + r < L->cout; r++) {
+        const int32_t *a = acc + r * PC1Q_NR;
+        const pc1q_vf s = pc1q_set1f(L->scale[8 * b + r]);
+        float *yr = (float *)y + (8 * b + r) * P + p0;
+        for (p = 0; p < n; p += PC1Q_VEC) {
+            pc1q_vf v = pc1q_mulf(pc1q_cvtif(pc1q_loadi(a + p)), s);
+            v = pc1q_roundf(pc1q_minf(pc1q_maxf(v, flo), fhi));
+            pc1q_storef_n(yr + p, pc1q_mulf(pc1q_addf(v, shift), vdq), n - p);
+        }
+    }
+}
+#else
+#define pc1q_gather_f32 pc1q_gather_f32_c
+#define pc1q_epi_tile pc1q_epi_tile_c
+#define pc1q_epi_out pc1q_epi_out_c
+#endif
 
 /* ---- a chain run ------------------------------------------------------------------- */
 typedef struct {

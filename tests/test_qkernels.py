@@ -180,6 +180,47 @@ def test_run_f32_quantizes_half_to_even(variant, path):
                 np.testing.assert_array_equal(y, want)
 
 
+def near_half_quotients(rng, scale, size):
+    """float32 x whose x / scale lies within a few ulps of a half-integer in [-300, 300]
+    (where a quotient computed as x * (1 / scale) could round the other way), and
+    others spread over the range, zeros, subnormals and non-finite values."""
+    s = np.float32(scale)
+    h = (rng.integers(-300, 300, size) + 0.5).astype(np.float32)
+    with np.errstate(all="ignore"):
+        x = h * s
+    for _ in range(4):  # move each up or down by up to 4 ulps
+        step = rng.integers(-1, 2, size)
+        x = np.where(step > 0, np.nextafter(x, np.float32(np.inf)),
+                     np.where(step < 0, np.nextafter(x, np.float32(-np.inf)), x))
+    with np.errstate(all="ignore"):
+        spread = (rng.uniform(-300, 300, size) * s).astype(np.float32)
+    x = np.where(rng.random(size) < 0.3, spread, x).astype(np.float32)
+    x[::17] = np.array([0.0, -0.0, 1e-42, np.inf, -np.inf, np.nan], np.float32)[
+        rng.integers(0, 6, x[::17].size)]
+    return x
+
+
+@pytest.mark.parametrize("variant,path", CASES, ids=IDS)
+def test_run_f32_quotients_near_half(variant, path):
+    """The gather quantizes x / in_scale exactly (round half to even of the float32
+    quotient) also where the quotient is a few ulps from a half-integer, at scales that
+    are not powers of two and at extreme ones (1 / scale subnormal or infinite)."""
+    qk = QK[variant]
+    rng = np.random.default_rng(11)
+    spec = (np.ones((1, 1), np.int8), np.zeros(1, np.int32), np.ones(1, np.float32),
+            0, 0, 255, None)
+    ch = make_chain(qk, [spec], False, path)
+    for scale in (0.1, 0.0173, 3.7, 1 / 3, 0.05, 2e-38, 1e-45, 3e38, 1.7e-3):
+        for zp in (0, 131, 255):
+            x = near_half_quotients(rng, scale, 515).reshape(1, 1, -1)
+            y = np.empty(x.shape, np.uint8)
+            ch.run_f32(x, scale, zp, y, 1)
+            np.testing.assert_array_equal(y, ref.quantize(x, scale, zp))
+            q = np.empty(x.shape, np.uint8)
+            qk.quantize_f32(x, scale, zp, q, 1)
+            np.testing.assert_array_equal(q, ref.quantize(x, scale, zp))
+
+
 def test_elementwise_helpers():
     rng = np.random.default_rng(4)
     for qk in QK.values():
