@@ -157,6 +157,7 @@ typedef struct {
     const float *fbias;  /* [nb * 8] */
     Py_ssize_t k, cout, k4, nb;
     int32_t zp, lo, hi;
+    int fits;            /* every |(float)acc * scale| < 2^30: see pc1q_rq4 */
 } pc1q_layer;
 
 /* ---- micro-kernels: acc[8][32] = bias + w_block . x_panel ------------------------- */
@@ -459,11 +460,14 @@ typedef __m512i pc1q_vi;
 #define pc1q_roundf(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define pc1q_loadi(p) _mm512_loadu_si512((const void *)(p))
 #define pc1q_storei(p, v) _mm512_storeu_si512((void *)(p), v)
+#define pc1q_set1b _mm512_set1_epi8
+#define pc1q_maxb _mm512_max_epu8
+#define pc1q_minb _mm512_min_epu8
 static inline pc1q_vi pc1q_pack4(pc1q_vi r0, pc1q_vi r1, pc1q_vi r2, pc1q_vi r3,
                                  pc1q_vi zp16) {
     const __m512i tr = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
-    __m512i a = _mm512_add_epi16(_mm512_packs_epi32(r0, r1), zp16);
-    __m512i b = _mm512_add_epi16(_mm512_packs_epi32(r2, r3), zp16);
+    __m512i a = _mm512_adds_epi16(_mm512_packs_epi32(r0, r1), zp16);
+    __m512i b = _mm512_adds_epi16(_mm512_packs_epi32(r2, r3), zp16);
     return _mm512_shuffle_epi8(_mm512_packus_epi16(a, b), tr);
 }
 /* lanes 0 .. n-1 (n <= 16) */
@@ -499,12 +503,15 @@ typedef __m256i pc1q_vi;
 #define pc1q_roundf(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define pc1q_loadi(p) _mm256_loadu_si256((const __m256i *)(p))
 #define pc1q_storei(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+#define pc1q_set1b _mm256_set1_epi8
+#define pc1q_maxb _mm256_max_epu8
+#define pc1q_minb _mm256_min_epu8
 static inline pc1q_vi pc1q_pack4(pc1q_vi r0, pc1q_vi r1, pc1q_vi r2, pc1q_vi r3,
                                  pc1q_vi zp16) {
     const __m256i tr = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
                                         0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    __m256i a = _mm256_add_epi16(_mm256_packs_epi32(r0, r1), zp16);
-    __m256i b = _mm256_add_epi16(_mm256_packs_epi32(r2, r3), zp16);
+    __m256i a = _mm256_adds_epi16(_mm256_packs_epi32(r0, r1), zp16);
+    __m256i b = _mm256_adds_epi16(_mm256_packs_epi32(r2, r3), zp16);
     return _mm256_shuffle_epi8(_mm256_packus_epi16(a, b), tr);
 }
 /* all-ones in lanes 0 .. n-1 (n <= 8) */
@@ -573,11 +580,22 @@ static void pc1q_gather_f32(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize
     }
 }
 
-/* acc rows 4j .. 4j+3 of `a` (row stride PC1Q_NR), pixels q .. q+PC1Q_VEC -> words */
+/* acc rows 4j .. 4j+3 of `a` (row stride PC1Q_NR), pixels q .. q+PC1Q_VEC -> words.
+   fits (the layer's L->fits: QLayer checked (|bias| + 255 sum|w|) * scale < 2^30 in
+   every channel): v rounds to an int32 without the float clamp, and the clamp is done
+   on the result instead: saturating to int16, + zp saturating, to u8 saturating, then
+   max lo / min hi on the bytes; every step is monotonic and exact on [lo - zp, hi - zp],
+   so this is clamp(rne(v), lo - zp, hi - zp) + zp as well. */
 static inline pc1q_vi pc1q_rq4(const int32_t *a, const float *s, pc1q_vf flo, pc1q_vf fhi,
-                               pc1q_vi zp16) {
+                               pc1q_vi zp16, int fits, pc1q_vi blo, pc1q_vi bhi) {
     pc1q_vi ri[4];
     int j;
+    if (fits) {
+        for (j = 0; j < 4; j++)
+            ri[j] = pc1q_cvtfi(pc1q_mulf(pc1q_cvtif(pc1q_loadi(a + j * PC1Q_NR)),
+                                         pc1q_set1f(s[j])));
+        return pc1q_minb(pc1q_maxb(pc1q_pack4(ri[0], ri[1], ri[2], ri[3], zp16), blo), bhi);
+    }
     for (j = 0; j < 4; j++) {
         pc1q_vf v = pc1q_mulf(pc1q_cvtif(pc1q_loadi(a + j * PC1Q_NR)), pc1q_set1f(s[j]));
         ri[j] = pc1q_cvtfi(pc1q_minf(pc1q_maxf(v, flo), fhi));
@@ -591,11 +609,12 @@ static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
     Py_ssize_t c4 = (L->cout + 3) / 4;
     const pc1q_vf flo = pc1q_set1f((float)(L->lo - L->zp)), fhi = pc1q_set1f((float)(L->hi - L->zp));
     const pc1q_vi zp16 = pc1q_set1i(L->zp * 0x10001);
+    const pc1q_vi blo = pc1q_set1b((char)L->lo), bhi = pc1q_set1b((char)L->hi);
     for (gi = 0; gi < 2 && 2 * b + gi < c4; gi++) {
         uint32_t *o = (uint32_t *)(t + 4 * (2 * b + gi) * width) + pan * PC1Q_NR;
         for (q = 0; q < PC1Q_NR; q += PC1Q_VEC)
             pc1q_storei(o + q, pc1q_rq4(acc + 4 * gi * PC1Q_NR + q, L->scale + 8 * b + 4 * gi,
-                                        flo, fhi, zp16));
+                                        flo, fhi, zp16, L->fits, blo, bhi));
     }
 }
 

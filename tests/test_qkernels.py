@@ -147,6 +147,24 @@ def test_big_accumulators_and_zero_points(variant, path):
 
 
 @pytest.mark.parametrize("variant,path", CASES, ids=IDS)
+def test_inner_requantization_far_out_of_range(variant, path):
+    """An inner layer whose (float)acc * scale reaches about 3e2, 1e5 (past int16), 1e9
+    and 1e12 (past int32: the epilogue must clamp before it rounds) steps: its clamped,
+    rounded bytes still feed the next layer exactly."""
+    qk = QK[variant]
+    rng = np.random.default_rng(12)
+    for spread in (300.0, 1e5, 1e9, 1e12):
+        for zp, lo, hi in [(0, 0, 255), (128, 128, 255), (255, 0, 255), (7, 3, 201)]:
+            first = rand_layer(rng, 12, 9, zp, lo, hi, spread=spread)
+            specs = [first, rand_layer(rng, 9, 5)]
+            x = rng.integers(0, 256, (2, 12, 70), dtype=np.uint8)
+            for out_float in (False, True):
+                ch = make_chain(qk, specs, out_float, path)
+                np.testing.assert_array_equal(run_u8(ch, x, out_float, 1),
+                                              ref.chain(x, specs, out_float))
+
+
+@pytest.mark.parametrize("variant,path", CASES, ids=IDS)
 def test_run_f32_quantizes_half_to_even(variant, path):
     """x / in_scale = 2.5 -> 2, 3.5 -> 4, -0.5 -> -0 ...; NaN -> 0; infinities clamp."""
     qk = QK[variant]
@@ -186,13 +204,12 @@ def near_half_quotients(rng, scale, size):
     others spread over the range, zeros, subnormals and non-finite values."""
     s = np.float32(scale)
     h = (rng.integers(-300, 300, size) + 0.5).astype(np.float32)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # h * s overflows at the largest scales
         x = h * s
-    for _ in range(4):  # move each up or down by up to 4 ulps
-        step = rng.integers(-1, 2, size)
-        x = np.where(step > 0, np.nextafter(x, np.float32(np.inf)),
-                     np.where(step < 0, np.nextafter(x, np.float32(-np.inf)), x))
-    with np.errstate(all="ignore"):
+        for _ in range(4):  # move each up or down by up to 4 ulps
+            step = rng.integers(-1, 2, size)
+            x = np.where(step > 0, np.nextafter(x, np.float32(np.inf)),
+                         np.where(step < 0, np.nextafter(x, np.float32(-np.inf)), x))
         spread = (rng.uniform(-300, 300, size) * s).astype(np.float32)
     x = np.where(rng.random(size) < 0.3, spread, x).astype(np.float32)
     x[::17] = np.array([0.0, -0.0, 1e-42, np.inf, -np.inf, np.nan], np.float32)[
