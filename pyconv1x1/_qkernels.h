@@ -21,7 +21,10 @@
    [K4][8][4] s8 (rows past cout and k past K zero); the AVX2 path reads an s16 copy.
    A micro-kernel computes the int32 accumulators of one block x one 32-pixel panel into
    a small buffer; the epilogue (shared C) requantizes them into the next layer's tile
-   layout, into u8 NCHW or into float32 NCHW.
+   layout, into u8 NCHW or into float32 NCHW. The AVX-512 VNNI path has fused kernels
+   instead (pc1q_fused): the accumulators requantized in registers, no buffer. Modules
+   built for AVX-512 or AVX2 run the gather and epilogues as explicit vector code (same
+   results: see "the same three with explicit vectors").
 
    Arithmetic (pyconv1x1/quant/reference.py is the same in numpy):
      acc   = bias[o] + sum_k w[o,k] * x[k,p]                        exact int32
@@ -755,20 +758,17 @@ static void pc1q_mkd_avx512vnni(const pc1q_layer *L, Py_ssize_t b, const uint8_t
 }
 #endif
 
-static pc1q_mkt_fn pc1q_kernel_tile(int path) {
+/* the path's fused kernels, or NULL (its micro-kernel and the epilogues above run) */
+static void pc1q_fused(int path, pc1q_mkt_fn *mkt, pc1q_mkd_fn *mkd) {
+    *mkt = NULL;
+    *mkd = NULL;
 #if PC1Q_X86
-    if (path == PC1Q_AVX512VNNI) return pc1q_mkt_avx512vnni;
+    if (path == PC1Q_AVX512VNNI) {
+        *mkt = pc1q_mkt_avx512vnni;
+        *mkd = pc1q_mkd_avx512vnni;
+    }
 #endif
     (void)path;
-    return NULL;
-}
-
-static pc1q_mkd_fn pc1q_kernel_dq(int path) {
-#if PC1Q_X86
-    if (path == PC1Q_AVX512VNNI) return pc1q_mkd_avx512vnni;
-#endif
-    (void)path;
-    return NULL;
 }
 
 /* ---- a chain run ------------------------------------------------------------------- */
