@@ -16,10 +16,9 @@ from pyconv1x1.quant import reference as ref
 VARIANTS = _backend.runnable_variants()
 QK = {v: _backend.qkernels(v) for v in VARIANTS}
 QDEFAULT = _backend.qkernels()
-# (variant, path): every path in the default variant's module, the default path of the
-# others (they share the C of the paths, built with other flags)
-CASES = ([(VARIANTS[0], p) for p in QDEFAULT.available_paths()]
-         + [(v, QK[v].INT8_PATH) for v in VARIANTS[1:]])
+# (variant, path): every path in every variant's module (a module's gather and epilogues
+# are vector code of its own ISA, shared by the paths without fused kernels)
+CASES = [(v, p) for v in VARIANTS for p in QK[v].available_paths()]
 IDS = [f"{v}-{p}" for v, p in CASES]
 
 
