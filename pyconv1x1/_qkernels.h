@@ -598,7 +598,7 @@ static void pc1q_gather_f32(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize
 }
 
 /* acc rows 4j .. 4j+3 of `a` (row stride PC1Q_NR), pixels q .. q+PC1Q_VEC -> words.
-   fits (the layer's L->fits: QLayer checked (|bias| + 255 sum|w|) * scale < 2^30 in
+   fits (the layer's L->fits: QLayer checked (|bias| + 255 sum|w|) * scale < 2^29 in
    every channel): v rounds to an int32 without the float clamp, and the clamp is done
    on the result instead: saturating to int16, + zp saturating, to u8 saturating, then
    max lo / min hi on the bytes; every step is monotonic and exact on [lo - zp, hi - zp],
