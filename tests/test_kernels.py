@@ -1098,6 +1098,27 @@ def test_set_lanes_checks_its_arguments(kern):
     assert np.array_equal(y[0, :, 0, 0], np.maximum(layer.bias, -np.inf).astype(np.float32))
 
 
+def test_choose_orientation_counts_every_tile(kern):
+    """With the image's pixels given, the pixel lanes' use is that of all its tiles: a
+    last tile of a few pixels (14x14 in tiles of 2 panels) counts."""
+    rng = np.random.default_rng(2)
+    R, nr, L = kern.LANES_BLOCK_ROWS, kern.PANEL_WIDTH, kern.VECTOR_LANES
+    wide = make_layer(rng, 64, 4 * R)
+    args = (nr, L, kern.MAX_BLOCK_ROWS)
+    gemv = kern.GEMV_COLUMNS
+    assert plan.tiles_lane_use(*args, 4 * nr, 2 * nr, gemv) == 1
+    for pixels, tile in [(3 * nr + 1, 2 * nr), (3 * nr + 4, 2 * nr), (2 * nr + 1, nr),
+                         (5 * nr - 3, 2 * nr), (nr + 2, nr)]:
+        use = plan.tiles_lane_use(*args, pixels, tile, gemv)
+        full, rest = divmod(pixels, tile)
+        want = pixels / (full * tile + rest / plan.pixel_lane_use(*args, rest, gemv))
+        assert 0 < use <= 1 and use == pytest.approx(want)
+        assert use <= plan.pixel_lane_use(*args, tile, gemv)
+        mask = plan.choose_orientation([wide], kern, tile, pixels)
+        assert mask == (plan.LANES_EFFICIENCY >= use), (pixels, tile)
+    assert plan.tiles_lane_use(*args, 7, nr, gemv) == plan.pixel_lane_use(*args, 7, gemv)
+
+
 def test_choose_orientation_follows_lane_use(kern, monkeypatch):
     """The planner's rule: lanes where the channel lanes' use x LANES_EFFICIENCY is at
     least the pixel panels' use on the tile; forced settings win."""

@@ -17,6 +17,7 @@ from .policy import (FOLD_LANE_GAIN, MAX_TILE_PIXELS, MIN_TILES_PER_THREAD,  # n
                      TILE_BUDGET_BYTES, LANES_EFFICIENCY, LANES_GEMV_MAX_BYTES,
                      LANES_MIN_K,
                      MAX_LANES_LAYERS, channel_lane_use, choose_orientation,
+                     tiles_lane_use,
                      choose_split, choose_tiling, min_tiles, panel_lanes,
                      pixel_lane_use, threads_for, tile_pixels)
 
@@ -144,7 +145,8 @@ class ShapePlan:
                                        kset.kernels.REDUCTION_CHUNK), True
         ntiles = -(-n * p // tile) if folded else n * -(-p // tile)
         lanes = choose_orientation(step.layers, kset.kernels,
-                                   min(tile, n * p if folded else p))
+                                   min(tile, n * p if folded else p),
+                                   n * p if folded else p)
         kset.ensure_lanes(step, lanes)
         nblocks = max(-(-l.cout // (kset.kernels.LANES_BLOCK_ROWS if (lanes >> i) & 1
                                     else kset.kernels.MAX_BLOCK_ROWS))

@@ -39,8 +39,14 @@ FOLD_LANE_GAIN = 0.9  # fold the batch when that needs <= 90% of the panel lanes
 # kernels' lanes_tile). "auto" picks per layer and shape (choose_orientation); "pixels"
 # and "lanes" force one where the kernels allow it (benchmarks and tests).
 ORIENTATION = "auto"
-LANES_EFFICIENCY = 0.9  # lanes when channel-lane use x this >= the panels' pixel-lane use
-                        # (pixel_lane_use). Measured (v4, 1 thread, one layer C -> C, both
+LANES_EFFICIENCY = 0.97  # lanes when channel-lane use x this >= the panels' pixel-lane
+                        # use over the image's tiles (tiles_lane_use). Since the lanes
+                        # kernels prefetch their next weights, read a chain's input image
+                        # in place and transpose a whole tile at once, 14x14 (196 pixels
+                        # in tiles of 128: use 0.94) runs 5-13% faster channels-in-lanes
+                        # (1024 -> 256, 1 thread, paired), while full panels (use 1.0:
+                        # 1024 -> 1024 at 28x28) stay 7% faster on pixels.
+                        # Measured before those changes, with 0.9 (v4, 1 thread, one layer C -> C, both
                         # orientations paired; best-of-21 GF/s pixels / lanes, C = 1024 |
                         # 256): 1 vector 13 / 14 | 14 / 25; 8 vectors 48 / 66 | 41 / 63;
                         # 16 vectors 90 / 86 | 65 / 70; 32 vectors 95 / 98 | 73 / 70; 5x5
@@ -137,20 +143,39 @@ def pixel_lane_use(nr, lanes, mr, valid, gemv_cols):
     return valid / (full * nr + last)
 
 
+def tiles_lane_use(nr, lanes, mr, pixels, tile, gemv_cols):
+    """pixel_lane_use over every tile of `pixels` cut into tiles of `tile`: the useful
+    fraction of all the lanes the pixel orientation computes (196 pixels in tiles of 128:
+    128 + 64 + a narrow kernel for the last 4)."""
+    full, rest = divmod(pixels, tile)
+    if pixels <= 0 or tile <= 0:
+        return 1.0
+    computed = full * tile / pixel_lane_use(nr, lanes, mr, tile, gemv_cols)
+    if rest:
+        computed += rest / pixel_lane_use(nr, lanes, mr, rest, gemv_cols)
+    return pixels / computed
+
+
 def channel_lane_use(cout, group, lanes, block_rows):
     """Useful fraction of the channel lanes of a layer's lanes blocks (per group)."""
     rows = split_rows(cout // group, block_rows)
     return sum(rows) / sum(-(-r // lanes) * lanes for r in rows) if rows else 0.0
 
 
-def choose_orientation(layers, kernels, valid):
-    """The kernels' orientation mask for a chain whose tiles hold `valid` pixels: bit i
-    set where layer i runs channels-in-lanes. Results are the same bits either way."""
+def choose_orientation(layers, kernels, valid, pixels=None):
+    """The kernels' orientation mask for a chain whose tiles hold `valid` pixels (and
+    `pixels`, when given, the pixels those tiles cut: their last tile may hold fewer):
+    bit i set where layer i runs channels-in-lanes. Results are the same bits either
+    way."""
     if ORIENTATION == "pixels":
         return 0
     lanes = kernels.VECTOR_LANES
-    use_pix = pixel_lane_use(kernels.PANEL_WIDTH, lanes, kernels.MAX_BLOCK_ROWS, valid,
-                             kernels.GEMV_COLUMNS)
+    if pixels is None:
+        use_pix = pixel_lane_use(kernels.PANEL_WIDTH, lanes, kernels.MAX_BLOCK_ROWS,
+                                 valid, kernels.GEMV_COLUMNS)
+    else:
+        use_pix = tiles_lane_use(kernels.PANEL_WIDTH, lanes, kernels.MAX_BLOCK_ROWS,
+                                 pixels, valid, kernels.GEMV_COLUMNS)
     mask = 0
     for i, layer in enumerate(layers[:MAX_LANES_LAYERS]):
         if layer.k < 1:
