@@ -1137,10 +1137,11 @@ def test_choose_orientation_follows_lane_use(kern, monkeypatch):
         assert not mask & 2 or plan.LANES_EFFICIENCY / kern.VECTOR_LANES >= use
         assert not mask & 4
     assert plan.pixel_lane_use(nr, kern.VECTOR_LANES, kern.MAX_BLOCK_ROWS, nr, 0) == 1
-    # weights past LANES_GEMV_MAX_BYTES stream faster through the matrix-vector kernels
-    assert 4 * 1024 * 1024 > plan.LANES_GEMV_MAX_BYTES
+    # megabytes of weights on a few pixels stream faster channels-in-lanes too
     for valid in range(1, kern.GEMV_COLUMNS + 1):
-        assert plan.choose_orientation([big], kern, valid) == 0
+        use = plan.pixel_lane_use(nr, kern.VECTOR_LANES, kern.MAX_BLOCK_ROWS, valid,
+                                  kern.GEMV_COLUMNS)
+        assert plan.choose_orientation([big], kern, valid) == (plan.LANES_EFFICIENCY >= use)
     monkeypatch.setattr(plan.policy, "ORIENTATION", "lanes")
     assert plan.choose_orientation([wide, narrow, short], kern, nr) == 7
     monkeypatch.setattr(plan.policy, "ORIENTATION", "pixels")

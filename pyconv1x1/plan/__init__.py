@@ -14,7 +14,7 @@ from .packing import (block_table, pack_lanes, pack_layer, split_rows,  # noqa: 
                       unpack_layer)
 from .policy import (FOLD_LANE_GAIN, MAX_TILE_PIXELS, MIN_TILES_PER_THREAD,  # noqa: F401
                      SERIAL_FLOPS, SPLIT_TASKS_PER_THREAD, THREAD_FLOPS,
-                     TILE_BUDGET_BYTES, LANES_EFFICIENCY, LANES_GEMV_MAX_BYTES,
+                     TILE_BUDGET_BYTES, LANES_EFFICIENCY,
                      LANES_MIN_K,
                      MAX_LANES_LAYERS, channel_lane_use, choose_orientation,
                      tiles_lane_use,

@@ -58,12 +58,10 @@ LANES_EFFICIENCY = 0.97  # lanes when channel-lane use x this >= the panels' pix
                         # channels in the lanes win by 5-80%
 LANES_MIN_K = 16        # shorter reductions: the lanes store (a transposition per output)
                         # costs more than the lanes it saves
-LANES_GEMV_MAX_BYTES = 2 << 20  # tiles of <= GEMV_COLUMNS pixels keep the matrix-vector
-                        # kernels for layers with more weight bytes than this: streamed from
-                        # L3 or memory, they run 5-10% faster there (several weight blocks
-                        # streamed at once; measured 1 pixel, 1280 -> 1000 and 4096 -> 1024:
-                        # 13.4 / 12.2 and 12.0 / 11.0 GF/s), while cached weights run up to
-                        # 1.8x faster channels-in-lanes (256 -> 256: 14 / 25 GF/s)
+# (No weight-size limit for few pixels any more: with the lanes kernels prefetching the
+# next chunk of weights, 1 pixel, 4096 -> 1024 (16 MiB streamed) and 1280 -> 1000 run
+# 9-10% faster channels-in-lanes than on the matrix-vector kernels: paired medians of
+# 25 rounds, v4, 1 thread.)
 MAX_LANES_LAYERS = 64   # the kernels' orientation mask has 64 bits
 
 
@@ -182,8 +180,6 @@ def choose_orientation(layers, kernels, valid, pixels=None):
             continue
         if ORIENTATION == "lanes" or (
                 layer.k >= LANES_MIN_K
-                and (valid > kernels.GEMV_COLUMNS
-                     or 4 * layer.k * layer.cout <= LANES_GEMV_MAX_BYTES)
                 and LANES_EFFICIENCY * channel_lane_use(
                     layer.cout, layer.group, lanes, kernels.LANES_BLOCK_ROWS) >= use_pix):
             mask |= 1 << i
