@@ -1063,6 +1063,42 @@ def test_lanes_folded_batch_spanning_tiles(kern, n, hw, strides, pads):
               folded=(False, True), splits=(1, 2), what="folded")
 
 
+@pytest.mark.parametrize("res_mode", [RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT])
+def test_lanes_first_layer_reads_the_image_in_place(kern, res_mode):
+    """A chain whose first layer runs channels-in-lanes reads an image without strides
+    or pads where it lies (no gather): images of 1 pixel, a pixel group less one, and
+    panels and a remainder, cut into tiles of one and two panels (so tiles start inside
+    the image), alone and chained, threads 1..8, with and without an input scale (which
+    still gathers), all bitwise the same as the pixel panels; the input is not written."""
+    rng = np.random.default_rng(31 + res_mode)
+    R, nr, px = kern.LANES_BLOCK_ROWS, kern.PANEL_WIDTH, kern.LANES_PIXELS
+    kc = kern.LANES_REDUCTION_CHUNK
+    for cin, pixels in [(1, 1), (kc + 3, max(1, px - 1)), (2 * kc + 1, 2 * nr + px + 1)]:
+        first = make_layer(rng, cin, R + 1, act=EPILOGUES["relu"], res_mode=res_mode)
+        layers = [first, make_layer(rng, R + 1, 5, act=EPILOGUES["clip"])]
+        for chain_layers in ([first], layers):
+            x = rng.standard_normal((3, cin) + image(pixels)).astype(np.float32)
+            x0 = x.copy()
+            masks = (1, 0, 3) if len(chain_layers) == 2 else (1, 0)
+            run_masks(kern, rng, chain_layers, x, masks, threads=range(1, 9),
+                      tiles=(None, nr, 2 * nr), what=f"in place cin={cin} p={pixels}")
+            assert np.array_equal(x, x0)
+            scale = rng.standard_normal((3, cin)).astype(np.float32)
+            chain = lanes_chain(kern, chain_layers)
+            n, _, h, w = x.shape
+            res = tuple(rng.standard_normal((n, l.cout, h, w)).astype(np.float32)
+                        if l.res_mode else None for l in chain_layers)
+            out = []
+            for mask in (0, 1):
+                y = np.full((n, chain_layers[-1].cout, h, w), np.nan, np.float32)
+                chain.run(x, y, res, n, h, w, h, w, 1, 1, 0, 0, nr, 2, False, 1,
+                          xscale=scale, lanes=mask)
+                out.append(y)
+            assert_close(out[0], reference(x * scale[:, :, None, None], chain_layers,
+                                           list(res)))
+            assert np.array_equal(out[0], out[1]) and np.array_equal(x, x0)
+
+
 def test_lanes_grouped_layer(kern):
     rng = np.random.default_rng(8)
     layer = make_layer(rng, 12, 3 * (kern.VECTOR_LANES + 1), group=3,
