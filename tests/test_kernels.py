@@ -1099,6 +1099,25 @@ def test_lanes_first_layer_reads_the_image_in_place(kern, res_mode):
             assert np.array_equal(out[0], out[1]) and np.array_equal(x, x0)
 
 
+@pytest.mark.parametrize("hw", [(1, 1), (1, 2), (1, 3), (1, 7), (2, 4), (3, 3)])
+def test_folded_images_of_a_few_pixels(kern, hw):
+    """Folded batches of images of 1 .. 9 pixels (gathered and scattered a block of
+    channels at a time below 8 pixels): channel counts around the block, residuals before
+    and after the activation, both orientations, fused and split, threads 1..8, all
+    bitwise the same as unfolded."""
+    rng = np.random.default_rng(hw[0] * 10 + hw[1])
+    nr = kern.PANEL_WIDTH
+    layers = [make_layer(rng, 17, 33, act=EPILOGUES["relu"], res_mode=RES_AFTER_ACT),
+              make_layer(rng, 33, 1, act=EPILOGUES["clip"], res_mode=RES_BEFORE_ACT),
+              make_layer(rng, 1, 16, act=EPILOGUES["leaky"], res_mode=RES_BEFORE_ACT)]
+    n = 2 * nr // (hw[0] * hw[1]) + 3
+    x = rng.standard_normal((n, 17) + hw).astype(np.float32)
+    x0 = x.copy()
+    run_masks(kern, rng, layers, x, (0, 1, 7), threads=range(1, 9), tiles=(nr, 2 * nr),
+              folded=(False, True), splits=(1, 3), what=f"folded {hw}")
+    assert np.array_equal(x, x0)
+
+
 def test_lanes_grouped_layer(kern):
     rng = np.random.default_rng(8)
     layer = make_layer(rng, 12, 3 * (kern.VECTOR_LANES + 1), group=3,
