@@ -13,12 +13,12 @@ THREAD_FLOPS = SERIAL_FLOPS // 2  # and each thread a run uses gets at least thi
                             # 16 threads need 40 MFLOP (2 threads: SERIAL_FLOPS, as before)
 
 # -- tiles: bytes of cache, pixels per tile -----------------------------------------------
-TILE_BUDGET_BYTES = 32 * 1024  # a tile's input (one reduction chunk of it) in L1: the
-                               # panel kernels pass every weight block over the chunk, so
-                               # a chunk that misses L1 is re-read from L2 per block.
-                               # Measured (v4, 1 thread, paired against 96 KiB, which
-                               # kept it in L2): expand_p49_b8 +6-9%, big256 +4%,
-                               # c3_p784_b1 +9%, c4_p196_b8 +7%, none slower
+TILE_BUDGET_BYTES = 96 * 1024  # a tile's input (one reduction chunk of it) in L2.
+                               # 32 KiB (the chunk in L1) measured +4-9% on expand_p49_b8,
+                               # batch16, c3_p784_b1, c4_p196_b8 but -8% .. +6% on big256
+                               # and -15% .. +3% on bottleneck in paired runs on the
+                               # shared VM (v4, 1 thread): kept at 96 KiB until measured
+                               # on cores of its own
 MAX_TILE_PIXELS = 512          # a tile's pixels at most, however few its channels
 
 # -- how work is cut: tasks and tiles per thread -----------------------------------------
