@@ -42,8 +42,8 @@ ORIENTATION = "auto"
 LANES_EFFICIENCY = 0.97  # lanes when channel-lane use x this >= the panels' pixel-lane
                         # use over the image's tiles (tiles_lane_use). Since the lanes
                         # kernels prefetch their next weights, read a chain's input image
-                        # in place and transpose a whole tile at once, 14x14 (196 pixels
-                        # in tiles of 128: use 0.94) runs 5-13% faster channels-in-lanes
+                        # in place and transpose a whole tile at once, 14x14 (196 pixels:
+                        # 3 panels and a narrow one, use 0.94) runs 5-13% faster channels-in-lanes
                         # (1024 -> 256, 1 thread, paired), while full panels (use 1.0:
                         # 1024 -> 1024 at 28x28) stay 7% faster on pixels.
                         # Measured before those changes, with 0.9 (v4, 1 thread, one layer C -> C, both
