@@ -1162,6 +1162,7 @@ def test_choose_orientation_counts_every_tile(kern):
     args = (nr, L, kern.MAX_BLOCK_ROWS)
     gemv = kern.GEMV_COLUMNS
     assert plan.tiles_lane_use(*args, 4 * nr, 2 * nr, gemv) == 1
+    assert plan.tiles_lane_use(*args, 0, 0, gemv) == 1  # an empty batch
     for pixels, tile in [(3 * nr + 1, 2 * nr), (3 * nr + 4, 2 * nr), (2 * nr + 1, nr),
                          (5 * nr - 3, 2 * nr), (nr + 2, nr)]:
         use = plan.tiles_lane_use(*args, pixels, tile, gemv)

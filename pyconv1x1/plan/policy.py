@@ -145,9 +145,9 @@ def tiles_lane_use(nr, lanes, mr, pixels, tile, gemv_cols):
     """pixel_lane_use over every tile of `pixels` cut into tiles of `tile`: the useful
     fraction of all the lanes the pixel orientation computes (196 pixels in tiles of 128:
     128 + 64 + a narrow kernel for the last 4)."""
-    full, rest = divmod(pixels, tile)
-    if pixels <= 0 or tile <= 0:
+    if pixels <= 0 or tile <= 0:  # an empty image (or batch)
         return 1.0
+    full, rest = divmod(pixels, tile)
     computed = full * tile / pixel_lane_use(nr, lanes, mr, tile, gemv_cols)
     if rest:
         computed += rest / pixel_lane_use(nr, lanes, mr, rest, gemv_cols)
