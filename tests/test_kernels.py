@@ -1175,6 +1175,28 @@ def test_choose_orientation_counts_every_tile(kern):
     assert plan.tiles_lane_use(*args, 7, nr, gemv) == plan.pixel_lane_use(*args, 7, gemv)
 
 
+def test_prefer_lanes_per_image(kern, monkeypatch):
+    """Batches of images of half a panel up to one, every layer channels-in-lanes with
+    long reductions, run per image instead of folded; nothing else does."""
+    rng = np.random.default_rng(4)
+    R, nr, K = kern.LANES_BLOCK_ROWS, kern.PANEL_WIDTH, plan.LANES_UNFOLD_MIN_K
+    wide = make_layer(rng, K, 4 * R)
+    short = make_layer(rng, K - 1, 4 * R)
+    narrow = make_layer(rng, K, 1)
+    prefer = plan.prefer_lanes_per_image
+    for pixels in range(nr // 2, nr):
+        lanes = plan.choose_orientation([wide, wide], kern, pixels, pixels) == 3
+        assert prefer([wide, wide], kern, pixels, nr) == lanes
+        assert not prefer([wide, short], kern, pixels, nr)
+        assert not prefer([wide, narrow], kern, pixels, nr)
+    assert prefer([wide, wide], kern, 3 * nr // 4 + 1, nr)  # 7x7 with AVX-512
+    for pixels in (1, nr // 2 - 1, nr, 3 * nr + 4):
+        assert not prefer([wide], kern, pixels, -(-pixels // nr) * nr)
+    assert not prefer([], kern, nr - 1, nr)
+    monkeypatch.setattr(plan.policy, "ORIENTATION", "pixels")
+    assert not prefer([wide], kern, nr - 1, nr)
+
+
 def test_choose_orientation_follows_lane_use(kern, monkeypatch):
     """The planner's rule: lanes where the channel lanes' use x LANES_EFFICIENCY is at
     least the pixel panels' use on the tile; forced settings win."""

@@ -63,6 +63,14 @@ LANES_MIN_K = 16        # shorter reductions: the lanes store (a transposition p
 # 9-10% faster channels-in-lanes than on the matrix-vector kernels: paired medians of
 # 25 rounds, v4, 1 thread.)
 MAX_LANES_LAYERS = 64   # the kernels' orientation mask has 64 bits
+LANES_UNFOLD_MIN_K = 256  # a batch of images of half a panel to one whose layers would all run
+                        # channels-in-lanes on per-image tiles, with reductions this long,
+                        # is not folded (prefer_lanes_per_image). Measured (v4, 1 thread,
+                        # paired): 8 x 320 x 7x7 -> 1280 6-21% faster per image in lanes
+                        # than folded on pixel panels; 32 x 128 x 7x7 -> 256 -> 128 (k
+                        # 128) 12% slower, so it stays folded; 8 x 256 x 14x14 (over a
+                        # panel per image) 22% slower, so only images of half a panel
+                        # up to one unfold
 
 
 def tile_pixels(nr, max_channels, pixels, min_tiles=8, chunk=None):
@@ -184,3 +192,17 @@ def choose_orientation(layers, kernels, valid, pixels=None):
                     layer.cout, layer.group, lanes, kernels.LANES_BLOCK_ROWS) >= use_pix):
             mask |= 1 << i
     return mask
+
+
+def prefer_lanes_per_image(layers, kernels, pixels, tile):
+    """Whether a batch that choose_tiling folds should run per-image tiles of `tile`
+    instead: images of half a panel or more but less than one (7x7 on AVX-512) whose
+    layers all run channels-in-lanes on them (choose_orientation) with reductions of at least LANES_UNFOLD_MIN_K, where the
+    channel lanes are full whatever the pixel count and folding only adds copies."""
+    if (ORIENTATION == "pixels"
+            or not kernels.PANEL_WIDTH // 2 <= pixels < kernels.PANEL_WIDTH
+            or not 0 < len(layers) <= MAX_LANES_LAYERS
+            or any(layer.k < LANES_UNFOLD_MIN_K for layer in layers)):
+        return False
+    mask = choose_orientation(layers, kernels, min(tile, pixels), pixels)
+    return mask == (1 << len(layers)) - 1
