@@ -906,28 +906,6 @@ def test_choose_split():
         assert plan.choose_split(1, threads, 3) <= 3  # at most the blocks there are
 
 
-def test_choose_split_balances_uneven_tiles():
-    """Given each tile's work, tiles enough but uneven (14x14 in tiles of 64, 64, 64, 4
-    pixels: 2 threads busy for 2 and 1.06 tiles) are cut into output-channel ranges
-    until the threads' shares are within SPLIT_BALANCE; even tiles stay fused."""
-    for threads in (2, 3, 4, 8):
-        for pixels, tile in ((196, 64), (49, 64), (392, 64), (3136, 384), (130, 64)):
-            work = plan.tile_work(tile, pixels, 1)
-            ntiles = len(work)
-            split = plan.choose_split(ntiles, threads, 1000, work)
-            assert split == 1 or ntiles * split <= 4 * plan.SPLIT_TASKS_PER_THREAD * threads
-            assert split >= plan.choose_split(ntiles, threads, 1000)  # never fewer tasks
-            if ntiles <= plan.SPLIT_BALANCE_TILES * threads:
-                assert plan.split_balance(work, threads, split) >= plan.SPLIT_BALANCE, (
-                    threads, pixels, tile, split)
-            assert plan.choose_split(ntiles, threads, 3, work) <= 3
-    assert plan.choose_split(4, 2, 43, plan.tile_work(64, 196, 1)) == 2
-    assert plan.choose_split(8, 2, 43, plan.tile_work(64, 512, 1)) == 1  # even tiles
-    assert plan.tile_work(64, 196, 2) == [64, 64, 64, 4] * 2
-    assert plan.tile_work(64, 1 << 20, 1) is None  # too many tiles to matter
-    assert plan.split_balance([1, 1, 1, 0.0625], 2, 1) == pytest.approx(3.0625 / 4)
-
-
 @pytest.mark.parametrize("res_mode", [RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT])
 @pytest.mark.parametrize("pixels", [1, 2, 3, 4, 5])
 def test_matrix_vector_tiles_match_panels(kern, res_mode, pixels):

@@ -24,10 +24,6 @@ MAX_TILE_PIXELS = 512          # a tile's pixels at most, however few its channe
 # -- how work is cut: tasks and tiles per thread -----------------------------------------
 SPLIT_TASKS_PER_THREAD = 2  # a chain with fewer tiles than this per thread runs layer by
                             # layer, its output channels cut into ranges to make tasks
-SPLIT_BALANCE = 0.9         # ... or with tiles so uneven that the threads would be idle
-                            # more than 10% of a fused run (see choose_split)
-SPLIT_BALANCE_TILES = 4     # more tiles per thread than this: balanced enough (and too
-                            # many to run layer by layer in cache), not checked
 MIN_TILES_PER_THREAD = 4    # threaded runs cut images into at least this many tiles per
                             # thread while tiles stay >= a panel (see tile_pixels)
 
@@ -112,49 +108,14 @@ def min_tiles(nthreads):
     return 1 if nthreads <= 1 else MIN_TILES_PER_THREAD * nthreads
 
 
-def tile_work(tile, pixels, images, limit=4096):
-    """Each tile's valid pixels, in task order: `images` images of `pixels` each cut
-    into tiles of `tile` (folded: one image of the batch's pixels); None past `limit`
-    tiles (balanced enough whatever their sizes)."""
-    full, rest = divmod(pixels, tile)
-    if images * (full + (rest > 0)) > limit:
-        return None
-    return ([tile] * full + ([rest] if rest else [])) * images
-
-
-def split_balance(work, nthreads, split):
-    """Expected parallel efficiency (0..1] of the pool's dynamic hand-out of tasks in
-    order (each to the thread that is free first) when every tile of relative `work`
-    is cut into `split` equal output-channel ranges."""
-    free = [0.0] * nthreads
-    for w in work:
-        for _ in range(split):
-            i = free.index(min(free))
-            free[i] += w / split
-    span = max(free)
-    return sum(work) / (nthreads * span) if span > 0 else 1.0
-
-
-def choose_split(ntiles, nthreads, nblocks, work=None):
+def choose_split(ntiles, nthreads, nblocks):
     """Output-channel ranges per tile and layer: 1 (each tile through the fused chain)
-    unless the tiles are too few to keep nthreads busy, or (given each tile's relative
-    `work`, e.g. its valid pixels) so uneven that the threads would finish more than
-    SPLIT_BALANCE apart (a 14x14 map in tiles of 64, 64, 64 and 4 pixels keeps one of 2
-    threads busy for 2 tiles, the other for 1.06); at most the widest layer's weight
-    blocks."""
+    unless the tiles are too few to keep nthreads busy; at most the widest layer's
+    weight blocks."""
     want = SPLIT_TASKS_PER_THREAD * nthreads
-    if nthreads <= 1 or ntiles <= 0:
+    if nthreads <= 1 or ntiles <= 0 or ntiles >= want:
         return 1
-    balanced = (work is None or len(work) > SPLIT_BALANCE_TILES * nthreads
-                or split_balance(work, nthreads, 1) >= SPLIT_BALANCE)
-    if ntiles >= want and balanced:
-        return 1
-    split = max(1, -(-want // ntiles))
-    if work is not None:  # (at most 4x the tasks wanted)
-        most = min(nblocks, max(split, -(-4 * want // ntiles)))
-        while split < most and split_balance(work, nthreads, split) < SPLIT_BALANCE:
-            split += 1
-    return max(1, min(nblocks, split))
+    return max(1, min(nblocks, -(-want // ntiles)))
 
 
 def choose_tiling(nr, max_channels, n, pixels, min_tiles, chunk=None):
