@@ -8,17 +8,19 @@
                       its own activation layout (see the AMX section)
      PC1Q_AVX512VNNI  vpdpbusd on zmm: 8 output channels x 32 pixels = 16 accumulators
      PC1Q_AVXVNNI     vpdpbusd on ymm (VEX, AVX-VNNI): 4 channels x 16 pixels per pass
-     PC1Q_AVX2        no VNNI: u8 and s8 widened to s16 (vpmovzxbw, weights pre-widened
-                      at packing) and vpmaddwd, which sums two s16 x s16 products into
-                      an int32: |255 * -128 * 2| = 65280 cannot saturate (vpmaddwd only
-                      saturates for two products of -32768 * -32768), so the path is exact
+     PC1Q_AVX2        no VNNI: u8 and s8 widened to s16 (activations split into even and
+                      odd bytes by an and and a shift, weights pre-widened at packing) and
+                      vpmaddwd, which sums two s16 x s16 products into an int32:
+                      |255 * -128 * 2| = 65280 cannot saturate (vpmaddwd only saturates
+                      for two products of -32768 * -32768), so the path is exact
                       (vpmaddubsw, u8 x s8 -> s16 pairs, would saturate at 2*255*127)
      PC1Q_C           portable C (auto-vectorised); the only path off x86
 
    Layouts. Inside a tile activations are [C4][TP][4] bytes: for each group of 4 channels,
    each pixel's 4 channel values in one 32-bit word (the operand vpdpbusd sums), channels
    past C padded with 0. Weights are packed per block of 8 output channels as
-   [K4][8][4] s8 (rows past cout and k past K zero); the AVX2 path reads an s16 copy.
+   [K4][8][4] s8 (rows past cout and k past K zero); the AVX2 path reads an s16 copy
+   whose rows are [K4][8][w0 w2 w1 w3].
    A micro-kernel computes the int32 accumulators of one block x one 32-pixel panel into
    a small buffer; the epilogue (shared C) requantizes them into the next layer's tile
    layout, into u8 NCHW or into float32 NCHW.
@@ -149,7 +151,7 @@ static inline uint32_t pc1q_rq(float v, float flo, float fhi, uint32_t zp) {
 
 typedef struct {
     const int8_t *w8;    /* [nb][K4][8][4] */
-    const int16_t *w16;  /* the same widened, or NULL */
+    const int16_t *w16;  /* the same widened, each row as w0 w2 w1 w3, or NULL */
     const int8_t *wamx;  /* AMX: [nb32][K64][2][16][16][4], or NULL */
     Py_ssize_t k64, nb32;
     const int32_t *bias; /* [nb * 8] */
@@ -264,42 +266,53 @@ static void pc1q_mk_avxvnni(const uint8_t *x0, Py_ssize_t xs, const int8_t *w0,
     }
 }
 
-/* 4 rows x 8 pixels per pass: per row two vpmaddwd accumulators (pixels 0-3 and 4-7,
-   each pixel's 4 products summed in pairs), added pairwise at the end */
+/* 8 rows x 8 pixels per pass, 4 passes per panel, one ymm accumulator per row whose
+   lanes are the pass's 8 pixels in order (no horizontal adds, no shuffles): a pixel's
+   word of 4 channels c0 c1 c2 c3, read as two 16-bit halves, splits with an and and a
+   shift (no shuffle port) into (c0, c2) and (c1, c3) as s16 pairs, and the block's s16
+   weights are packed per row as (w0, w2, w1, w3) (QLayer), so two vpmaddwd
+   against the row's two broadcast pairs sum the pixel's 4 products. Per k4 and pass:
+   1 load of x, 2 ops to split it, 16 broadcast loads, 16 vpmaddwd, 16 vpaddd. */
 __attribute__((target("avx2")))
 static void pc1q_mk_avx2(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,
                          const int16_t *w0, Py_ssize_t k4, const int32_t *bias,
                          int32_t *acc) {
-    int rh, pq;
+    const __m256i lo8 = _mm256_set1_epi16(0x00FF);
+    int pq;
     (void)w8;
-    for (rh = 0; rh < 2; rh++) {
-        for (pq = 0; pq < 4; pq++) {
-            const uint8_t *x = x0 + 32 * pq;
-            const int64_t *wq = (const int64_t *)w0 + 4 * rh;
-            __m256i c00, c01, c10, c11, c20, c21, c30, c31, lo, hi, b, s;
-            Py_ssize_t kk;
-            int32_t *o = acc + 4 * rh * 32 + 8 * pq;
-            c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm256_setzero_si256();
-            for (kk = 0; kk < k4; kk++, x += xs, wq += 8) {
-                lo = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)x));
-                hi = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(x + 16)));
-#define PC1Q_ROW(r, a0, a1)                                          \
-                b = _mm256_set1_epi64x(wq[r]);                      \
-                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(lo, b)); \
-                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(hi, b));
-                PC1Q_ROW(0, c00, c01) PC1Q_ROW(1, c10, c11)
-                PC1Q_ROW(2, c20, c21) PC1Q_ROW(3, c30, c31)
+    for (pq = 0; pq < 4; pq++) {
+        const uint8_t *x = x0 + 32 * pq;
+        const int32_t *wd = (const int32_t *)w0;
+        __m256i c0, c1, c2, c3, c4, c5, c6, c7, v, e, o;
+        Py_ssize_t kk;
+        int32_t *out = acc + 8 * pq;
+        c0 = _mm256_set1_epi32(bias[0]);
+        c1 = _mm256_set1_epi32(bias[1]);
+        c2 = _mm256_set1_epi32(bias[2]);
+        c3 = _mm256_set1_epi32(bias[3]);
+        c4 = _mm256_set1_epi32(bias[4]);
+        c5 = _mm256_set1_epi32(bias[5]);
+        c6 = _mm256_set1_epi32(bias[6]);
+        c7 = _mm256_set1_epi32(bias[7]);
+        for (kk = 0; kk < k4; kk++, x += xs, wd += 16) {
+            v = _mm256_loadu_si256((const __m256i *)x);
+            e = _mm256_and_si256(v, lo8);
+            o = _mm256_srli_epi16(v, 8);
+#define PC1Q_ROW(r, a)                                                                  \
+            a = _mm256_add_epi32(a, _mm256_madd_epi16(e, _mm256_set1_epi32(wd[2 * r])));     \
+            a = _mm256_add_epi32(a, _mm256_madd_epi16(o, _mm256_set1_epi32(wd[2 * r + 1])));
+            PC1Q_ROW(0, c0) PC1Q_ROW(1, c1) PC1Q_ROW(2, c2) PC1Q_ROW(3, c3)
+            PC1Q_ROW(4, c4) PC1Q_ROW(5, c5) PC1Q_ROW(6, c6) PC1Q_ROW(7, c7)
 #undef PC1Q_ROW
-            }
-            /* hadd: [p0 p1 p4 p5 | p2 p3 p6 p7] -> qword order 0 2 1 3 */
-#define PC1Q_OUT(r, a0, a1)                                                        \
-            s = _mm256_permute4x64_epi64(_mm256_hadd_epi32(a0, a1), 0xD8);        \
-            s = _mm256_add_epi32(s, _mm256_set1_epi32(bias[4 * rh + r]));         \
-            _mm256_storeu_si256((__m256i *)(o + 32 * r), s);
-            PC1Q_OUT(0, c00, c01) PC1Q_OUT(1, c10, c11)
-            PC1Q_OUT(2, c20, c21) PC1Q_OUT(3, c30, c31)
-#undef PC1Q_OUT
         }
+        _mm256_storeu_si256((__m256i *)(out + 0 * PC1Q_NR), c0);
+        _mm256_storeu_si256((__m256i *)(out + 1 * PC1Q_NR), c1);
+        _mm256_storeu_si256((__m256i *)(out + 2 * PC1Q_NR), c2);
+        _mm256_storeu_si256((__m256i *)(out + 3 * PC1Q_NR), c3);
+        _mm256_storeu_si256((__m256i *)(out + 4 * PC1Q_NR), c4);
+        _mm256_storeu_si256((__m256i *)(out + 5 * PC1Q_NR), c5);
+        _mm256_storeu_si256((__m256i *)(out + 6 * PC1Q_NR), c6);
+        _mm256_storeu_si256((__m256i *)(out + 7 * PC1Q_NR), c7);
     }
 }
 #endif
