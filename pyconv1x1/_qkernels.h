@@ -12,8 +12,10 @@
                       odd bytes by an and and a shift, weights pre-widened at packing) and
                       vpmaddwd, which sums two s16 x s16 products into an int32:
                       |255 * -128 * 2| = 65280 cannot saturate (vpmaddwd only saturates
-                      for two products of -32768 * -32768), so the path is exact
-                      (vpmaddubsw, u8 x s8 -> s16 pairs, would saturate at 2*255*127)
+                      for two products of -32768 * -32768), so the path is exact; for
+                      layers whose weight pairs have |w0| + |w1| <= 128 (7-bit weights)
+                      vpmaddubsw (u8 x s8 -> s16 pairs, which would saturate at 2*255*127
+                      in general) on the bytes as they are, twice the multiply-adds
      PC1Q_C           portable C (auto-vectorised); the only path off x86
 
    Layouts. Inside a tile activations are [C4][TP][4] bytes: for each group of 4 channels,
@@ -151,7 +153,8 @@ static inline uint32_t pc1q_rq(float v, float flo, float fhi, uint32_t zp) {
 
 typedef struct {
     const int8_t *w8;    /* [nb][K4][8][4] */
-    const int16_t *w16;  /* the same widened, each row as w0 w2 w1 w3, or NULL */
+    const int16_t *w16;  /* the same widened, each row as w0 w2 w1 w3; NULL when
+                            vpmaddubsw cannot saturate (pc1q_mk_avx2) */
     const int8_t *wamx;  /* AMX: [nb32][K64][2][16][16][4], or NULL */
     Py_ssize_t k64, nb32;
     const int32_t *bias; /* [nb * 8] */
@@ -267,22 +270,26 @@ static void pc1q_mk_avxvnni(const uint8_t *x0, Py_ssize_t xs, const int8_t *w0,
 }
 
 /* 8 rows x 8 pixels per pass, 4 passes per panel, one ymm accumulator per row whose
-   lanes are the pass's 8 pixels in order (no horizontal adds, no shuffles): a pixel's
-   word of 4 channels c0 c1 c2 c3, read as two 16-bit halves, splits with an and and a
-   shift (no shuffle port) into (c0, c2) and (c1, c3) as s16 pairs, and the block's s16
-   weights are packed per row as (w0, w2, w1, w3) (QLayer), so two vpmaddwd
-   against the row's two broadcast pairs sum the pixel's 4 products. Per k4 and pass:
-   1 load of x, 2 ops to split it, 16 broadcast loads, 16 vpmaddwd, 16 vpaddd. */
+   lanes are the pass's 8 pixels in order (no horizontal adds, no shuffles).
+   Exact for any weights (w16 given): a pixel's word of 4 channels c0 c1 c2 c3, read as
+   two 16-bit halves, splits with an and and a shift (no shuffle port) into (c0, c2) and
+   (c1, c3) as s16 pairs, and the block's s16 weights are packed per row as (w0, w2, w1,
+   w3) (QLayer), so two vpmaddwd against the row's two broadcast pairs sum the pixel's 4
+   products. Per k4 and pass: 1 load of x, 2 ops to split it, 16 broadcast loads, 16
+   vpmaddwd, 16 vpaddd (16 multiply-adds per vpmaddwd).
+   w16 NULL: QLayer found |w[o, 2i]| + |w[o, 2i+1]| <= 128 for every channel o and pair
+   i (7-bit weights, e.g. onnxruntime's reduce_range, always pass): then vpmaddubsw on
+   the s8 weights and the u8 bytes as they are cannot saturate (|sum| <= 255 * 128 =
+   32640 < 32768), and vpmaddwd by 1 adds its two pairs into the int32 lane: 32
+   multiply-adds per vpmaddubsw + vpmaddwd + vpaddd, no split of x, 8 broadcasts. */
 __attribute__((target("avx2")))
 static void pc1q_mk_avx2(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,
-                         const int16_t *w0, Py_ssize_t k4, const int32_t *bias,
+                         const int16_t *w16, Py_ssize_t k4, const int32_t *bias,
                          int32_t *acc) {
-    const __m256i lo8 = _mm256_set1_epi16(0x00FF);
+    const __m256i lo8 = _mm256_set1_epi16(0x00FF), one = _mm256_set1_epi16(1);
     int pq;
-    (void)w8;
     for (pq = 0; pq < 4; pq++) {
         const uint8_t *x = x0 + 32 * pq;
-        const int32_t *wd = (const int32_t *)w0;
         __m256i c0, c1, c2, c3, c4, c5, c6, c7, v, e, o;
         Py_ssize_t kk;
         int32_t *out = acc + 8 * pq;
@@ -294,16 +301,30 @@ static void pc1q_mk_avx2(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,
         c5 = _mm256_set1_epi32(bias[5]);
         c6 = _mm256_set1_epi32(bias[6]);
         c7 = _mm256_set1_epi32(bias[7]);
-        for (kk = 0; kk < k4; kk++, x += xs, wd += 16) {
-            v = _mm256_loadu_si256((const __m256i *)x);
-            e = _mm256_and_si256(v, lo8);
-            o = _mm256_srli_epi16(v, 8);
-#define PC1Q_ROW(r, a)                                                                  \
-            a = _mm256_add_epi32(a, _mm256_madd_epi16(e, _mm256_set1_epi32(wd[2 * r])));     \
-            a = _mm256_add_epi32(a, _mm256_madd_epi16(o, _mm256_set1_epi32(wd[2 * r + 1])));
-            PC1Q_ROW(0, c0) PC1Q_ROW(1, c1) PC1Q_ROW(2, c2) PC1Q_ROW(3, c3)
-            PC1Q_ROW(4, c4) PC1Q_ROW(5, c5) PC1Q_ROW(6, c6) PC1Q_ROW(7, c7)
+        if (w16 != NULL) {
+            const int32_t *wd = (const int32_t *)w16;
+            for (kk = 0; kk < k4; kk++, x += xs, wd += 16) {
+                v = _mm256_loadu_si256((const __m256i *)x);
+                e = _mm256_and_si256(v, lo8);
+                o = _mm256_srli_epi16(v, 8);
+#define PC1Q_ROW(r, a)                                                                      \
+                a = _mm256_add_epi32(a, _mm256_madd_epi16(e, _mm256_set1_epi32(wd[2 * r])));     \
+                a = _mm256_add_epi32(a, _mm256_madd_epi16(o, _mm256_set1_epi32(wd[2 * r + 1])));
+                PC1Q_ROW(0, c0) PC1Q_ROW(1, c1) PC1Q_ROW(2, c2) PC1Q_ROW(3, c3)
+                PC1Q_ROW(4, c4) PC1Q_ROW(5, c5) PC1Q_ROW(6, c6) PC1Q_ROW(7, c7)
 #undef PC1Q_ROW
+            }
+        } else {
+            const int32_t *wd = (const int32_t *)w8;
+            for (kk = 0; kk < k4; kk++, x += xs, wd += 8) {
+                v = _mm256_loadu_si256((const __m256i *)x);
+#define PC1Q_ROW(r, a)                                                                      \
+                a = _mm256_add_epi32(a, _mm256_madd_epi16(                                  \
+                        _mm256_maddubs_epi16(v, _mm256_set1_epi32(wd[r])), one));
+                PC1Q_ROW(0, c0) PC1Q_ROW(1, c1) PC1Q_ROW(2, c2) PC1Q_ROW(3, c3)
+                PC1Q_ROW(4, c4) PC1Q_ROW(5, c5) PC1Q_ROW(6, c6) PC1Q_ROW(7, c7)
+#undef PC1Q_ROW
+            }
         }
         _mm256_storeu_si256((__m256i *)(out + 0 * PC1Q_NR), c0);
         _mm256_storeu_si256((__m256i *)(out + 1 * PC1Q_NR), c1);
