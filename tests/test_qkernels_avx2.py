@@ -1,9 +1,8 @@
 """The AVX2 (no VNNI) int8 micro-kernel's two forms, bitwise against the integer numpy
 reference on every int8 path this CPU runs (the results never depend on the path):
-vpmaddwd on an s16 weight copy packed (w0, w2, w1, w3) against the activation words
-split into even and odd bytes, for any weights; and vpmaddubsw on the bytes as they are,
-for layers whose weight pairs (k = 2i, 2i+1) have |w0| + |w1| <= 128, where it cannot
-saturate (QLayer leaves w16 None for those)."""
+per group of 4 input channels of a block of 8 output channels, vpmaddubsw on the bytes
+(some channels flipped: x -> 255 - x, w -> -w) where no pair of products can saturate,
+else vpmaddwd on s16. QLayer.avx2_groups counts the groups in the vpmaddubsw form."""
 import numpy as np
 import pytest
 
@@ -17,9 +16,15 @@ SHAPES = [(1, 1, 1, [1]), (2, 5, 33, [3, 9]), (1, 9, 95, [17, 6]), (3, 2, 1, [8]
           (1, 70, 41, [13, 30]), (2, 131, 64, [7])]
 
 
-def small_weights(rng, cout, k, lim=64):
-    """weights in [-lim, lim]: every pair's |w0| + |w1| <= 2 * lim"""
-    return rng.integers(-lim, lim + 1, (cout, k)).astype(np.int8)
+def groups(qk, w):
+    """(groups in the maddubs form, groups) of a layer of weights w, or None where this
+    module has no AVX2 path"""
+    return qk.QLayer(w, np.zeros(w.shape[0], np.int32), np.ones(w.shape[0], np.float32),
+                     0, 0, 255).avx2_groups
+
+
+def has_avx2(qk):
+    return "avx2" in qk.available_paths()
 
 
 def chain_specs(rng, c, couts, weights):
@@ -28,19 +33,11 @@ def chain_specs(rng, c, couts, weights):
         spec = list(rand_layer(rng, k, cout))
         spec[0] = weights(rng, cout, k)
         # outputs spread over about +-300 steps of these weights: both ends saturate
-        spec[2] = (spec[2] * np.float32(128 / (np.abs(spec[0].astype(np.int16)).mean() + 1))).astype(
-            np.float32)
+        spec[2] = (spec[2] * np.float32(
+            128 / (np.abs(spec[0].astype(np.int16)).mean() + 1))).astype(np.float32)
         specs.append(tuple(spec))
         k = cout
     return specs
-
-
-def pairs_fit(w):
-    """every pair (k = 2i, 2i+1) of every row has |w0| + |w1| <= 128"""
-    a = np.abs(w.astype(np.int16))
-    if a.shape[1] % 2:
-        a = np.pad(a, ((0, 0), (0, 1)))
-    return int(a.reshape(a.shape[0], -1, 2).sum(2).max()) <= 128
 
 
 def check(qk, path, specs, x, threads=(1, 3)):
@@ -53,72 +50,114 @@ def check(qk, path, specs, x, threads=(1, 3)):
     return ref.chain(x, specs)
 
 
+def full_range(rng, cout, k):
+    return rng.integers(-128, 128, (cout, k)).astype(np.int8)
+
+
+def seven_bit(rng, cout, k):
+    return rng.integers(-64, 65, (cout, k)).astype(np.int8)
+
+
 @pytest.mark.parametrize("variant,path", CASES, ids=IDS)
 def test_extreme_bytes_in_every_lane(variant, path):
-    """Full-range weights (the vpmaddwd form) and activations at 0, 1, 254, 255 in every
-    channel position of the 4-channel words, both ends of the output saturating."""
+    """Weights at -128, -127, 126, 127 (most groups in the vpmaddwd form, some flipped
+    into the other) and activations at 0, 1, 254, 255 in every channel position of the
+    4-channel words, both ends of the output saturating."""
     qk = QK[variant]
     rng = np.random.default_rng(21)
-    ends, wide = [0, 0], 0
+    ends, counts = [0, 0], np.zeros(2, int)
     for n, c, p, couts in SHAPES:
         specs = chain_specs(rng, c, couts, lambda r, o, k: r.choice(
             np.array([-128, -127, 126, 127], np.int8), (o, k)))
-        assert [qk.QLayer(*s).w16 is None for s in specs] == [pairs_fit(s[0]) for s in specs]
-        wide += sum(not pairs_fit(s[0]) for s in specs)
+        if has_avx2(qk):
+            counts += np.sum([groups(qk, s[0]) for s in specs], axis=0)
         x = rng.choice(np.array([0, 1, 254, 255], np.uint8), (n, c, p))
         y = check(qk, path, specs, x)
         ends[0] += int((y == specs[-1][4]).sum())
         ends[1] += int((y == specs[-1][5]).sum())
-    assert ends[0] > 10 and ends[1] > 10 and wide >= 8  # the vpmaddwd form ran
+    assert ends[0] > 10 and ends[1] > 10
+    if has_avx2(qk):  # both forms ran
+        assert 0 < counts[0] < counts[1] - 10
 
 
 @pytest.mark.parametrize("variant,path", CASES, ids=IDS)
-def test_seven_bit_weights_take_the_maddubs_form(variant, path):
-    """Weights in [-64, 64] (reduce_range): w16 None, the same results; a chain mixing
-    such layers with full-range ones."""
+def test_seven_bit_and_mixed_chains(variant, path):
+    """Weights in [-64, 64] (reduce_range): every group in the maddubs form, no flip;
+    chains mixing such layers with full-range ones."""
     qk = QK[variant]
     rng = np.random.default_rng(22)
     for n, c, p, couts in SHAPES:
-        specs = chain_specs(rng, c, couts, small_weights)
-        assert all(qk.QLayer(*s).w16 is None for s in specs)
+        specs = chain_specs(rng, c, couts, seven_bit)
+        if has_avx2(qk):
+            for s in specs:
+                g = groups(qk, s[0])
+                assert g[0] == g[1] == -(-s[0].shape[0] // 8) * -(-s[0].shape[1] // 4)
         x = rng.integers(0, 256, (n, c, p), dtype=np.uint8)
         x.flat[::3] = 255
         check(qk, path, specs, x)
-    full = lambda r, o, k: r.integers(-128, 128, (o, k)).astype(np.int8)  # noqa: E731
-    specs = (chain_specs(rng, 37, [20], small_weights) + chain_specs(rng, 20, [33], full)
-             + chain_specs(rng, 33, [11], small_weights))
-    assert [qk.QLayer(*s).w16 is None for s in specs] == [True, False, True]
+    specs = (chain_specs(rng, 37, [20], seven_bit) + chain_specs(rng, 20, [33], full_range)
+             + chain_specs(rng, 33, [11], seven_bit))
     check(qk, path, specs, rng.integers(0, 256, (2, 37, 77), dtype=np.uint8), (1, 2, 5))
 
 
-@pytest.mark.parametrize("variant,path", CASES, ids=IDS)
-def test_maddubs_bound_is_exact_at_128_and_refused_at_129(variant, path):
-    """Pairs at |w0| + |w1| = 128 (the largest sums vpmaddubsw can take: 255 * 128 =
-    32640) against x = 255 in that form; one pair of 129 anywhere (it would saturate:
-    255 * 129 > 32767) sends the layer to the vpmaddwd form; both exact."""
-    qk = QK[variant]
-    k, cout = 22, 11
-    edge = [(-128, 0), (0, -128), (64, 64), (-64, -64), (127, 1), (-1, -127), (100, -28)]
-    w = np.zeros((cout, k), np.int8)
+def _quad_layer(quads, k=22, cout=8):
+    """row o, channels 4i .. 4i+3: quads[(o + i) % len(quads)] (the last group of k = 22
+    holds 2 channels)"""
+    w = np.zeros((cout, k + 2), np.int8)
     for o in range(cout):
-        for i in range(k // 2):
-            w[o, 2 * i:2 * i + 2] = edge[(o + i) % len(edge)]
-    bias = np.arange(cout, dtype=np.int32) * 1000 - 5000
-    scale = np.full(cout, 1.0 / 4000, np.float32)
-    for xv in (255, 254, 1):
-        x = np.full((1, k, 40), xv, np.uint8)
-        x[0, :, ::5] = 0
-        spec = (w, bias, scale, 128, 0, 255, None)
-        assert qk.QLayer(*spec).w16 is None
-        check(qk, path, [spec], x)
-        for o, i in [(0, 0), (cout - 1, k - 2), (5, 8)]:
-            w2 = w.copy()
-            w2[o, i:i + 2] = (127, 2) if o % 2 else (-128, -1)
-            spec = (w2, bias, scale, 128, 0, 255, None)
-            assert qk.QLayer(*spec).w16 is not None
-            check(qk, path, [spec], x)
-    # the pairs are k = 2i, 2i+1: |w1| + |w2| = 254 (two pairs) still qualifies
-    w3 = np.zeros((1, 4), np.int8)
-    w3[0] = (1, 127, 127, 1)
-    assert qk.QLayer(w3, np.zeros(1, np.int32), np.ones(1, np.float32), 0, 0, 255).w16 \
-        is None
+        for i in range(-(-k // 4)):
+            w[o, 4 * i:4 * i + 4] = quads[(o + i) % len(quads)]
+    return w[:, :k]
+
+
+@pytest.mark.parametrize("variant,path", CASES, ids=IDS)
+def test_maddubs_bounds_pairings_and_flips(variant, path):
+    """Pairs at |w0| + |w1| = 128 (255 * 128 = 32640, the largest sum vpmaddubsw holds);
+    same-sign pairs above 128 flipped (the first channel where the second holds a -128);
+    groups whose rows need the pairings 0 2 | 1 3 or 0 3 | 1 2; groups no pairing and
+    flip can save (rows that need a flip and rows that forbid it, or a pair of -128s)
+    in the exact form. Against x = 255, 254, 1, 0, the products' extremes."""
+    qk = QK[variant]
+    a, b = 127, -127
+    cases = [  # (quads, groups of the 22-channel layer in the maddubs form, of 6)
+        ([(-128, 0, 0, -128), (64, 64, -64, -64), (127, 1, -1, -127)], 6),
+        ([(a, a, a, a), (100, 29, -127, -2)], 6),           # flips in every group
+        ([(-127, -128, -1, -128), (3, 0, 5, 0)], 6),        # flip the first one
+        ([(a, a, a, a), (a, b, a, b)], 6),                  # pairing 0 2 | 1 3
+        ([(a, a, a, a), (a, b, b, a)], 6),                  # pairing 0 3 | 1 2
+        # no pairing: exact, but for the last group (2 channels: 0 2 | 1 3 pairs them
+        # with zeros)
+        ([(a, a, a, a), (a, b, a, b), (a, a, b, b)], 1),
+        ([(-128, -128, -128, -128), (0, 0, 0, 0)], 1),
+    ]
+    bias = np.arange(8, dtype=np.int32) * 1000 - 5000
+    scale = np.full(8, 1.0 / 4000, np.float32)
+    for quads, want in cases:
+        w = _quad_layer(quads)
+        if has_avx2(qk):
+            assert groups(qk, w) == (want, 6), quads
+        for xv in (255, 254, 1):
+            x = np.full((1, 22, 40), xv, np.uint8)
+            x[0, :, ::5] = 0
+            x[0, ::3, 1::7] = 255 - xv
+            check(qk, path, [(w, bias, scale, 128, 0, 255, None)], x)
+    if has_avx2(qk):
+        # the pairs are k = 2i, 2i+1: |w1| + |w2| = 254 is two pairs, no flip needed
+        assert groups(qk, np.array([[1, 127, 127, 1]], np.int8)) == (1, 1)
+
+
+@pytest.mark.parametrize("variant,path", CASES, ids=IDS)
+def test_random_blocks_of_both_forms(variant, path):
+    """Blocks whose groups mix both forms and flips in random order, k up to 300."""
+    qk = QK[variant]
+    rng = np.random.default_rng(23)
+    for k, cout in [(300, 20), (45, 70), (7, 9)]:
+        w = (rng.standard_normal((cout, k)) * 45).clip(-128, 127).astype(np.int8)
+        w[rng.random((cout, k)) < 0.05] = -128
+        if has_avx2(qk):
+            g = groups(qk, w)
+            assert 0 < g[0] < g[1] or k == 7
+        bias = rng.integers(-30000, 30000, cout).astype(np.int32)
+        scale = np.full(cout, 300.0 / (np.sqrt(k) * 45 * 128), np.float32)
+        x = rng.integers(0, 256, (2, k, 50), dtype=np.uint8)
+        check(qk, path, [(w, bias, scale, 77, 2, 250, None)], x, (1, 2))
