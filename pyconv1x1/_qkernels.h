@@ -291,8 +291,9 @@ static void pc1q_mk_avxvnni(const uint8_t *x0, Py_ssize_t xs, const int8_t *w0,
    against the row's two broadcast pairs sum the pixel's 4 products (vpmaddwd cannot
    saturate on these). 16 multiply-adds per vpmaddwd + vpaddd. */
 typedef struct {
-    int32_t nub, nperm, nex, pad;  /* groups: maddubs form (the last nperm paired
-                                      otherwise), exact form */
+    int32_t nub, nflip, nperm, nex;  /* groups: maddubs form (the first as they are,
+                                        then nflip with flips, then nperm paired
+                                        otherwise), exact form */
     int32_t corr[8];               /* 255 * (sum of the flipped weights) per row */
 } pc1q_avx2_blk;                   /* then nub pc1q_avx2_ub, then nex pc1q_avx2_ex */
 typedef struct { int32_t g, mask, perm, pad; int32_t w[8]; } pc1q_avx2_ub;
@@ -320,7 +321,7 @@ static void pc1q_mk_avx2(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,
     (void)k4;
     for (pq = 0; pq < 4; pq++) {
         const uint8_t *x = x0 + 32 * pq;
-        const pc1q_avx2_ub *u, *um = ub0 + (B->nub - B->nperm), *ue = ub0 + B->nub;
+        const pc1q_avx2_ub *u, *ue = ub0 + B->nub, *up = ue - B->nperm, *uf = up - B->nflip;
         const pc1q_avx2_ex *e, *ee = ex0 + B->nex;
         __m256i c0, c1, c2, c3, c4, c5, c6, c7, v, xe, xo;
         int32_t *out = acc + 8 * pq;
@@ -338,7 +339,11 @@ static void pc1q_mk_avx2(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,
 #define PC1Q_ROWS                                                                       \
         PC1Q_ROW(0, c0) PC1Q_ROW(1, c1) PC1Q_ROW(2, c2) PC1Q_ROW(3, c3)                 \
         PC1Q_ROW(4, c4) PC1Q_ROW(5, c5) PC1Q_ROW(6, c6) PC1Q_ROW(7, c7)
-        for (u = ub0; u < um; u++) {
+        for (u = ub0; u < uf; u++) {
+            v = _mm256_loadu_si256((const __m256i *)(x + u->g * xs));
+            PC1Q_ROWS
+        }
+        for (; u < up; u++) {
             v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + u->g * xs)),
                                  _mm256_set1_epi32(u->mask));
             PC1Q_ROWS
