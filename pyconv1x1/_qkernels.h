@@ -294,6 +294,7 @@ typedef struct {
     int32_t nub, nflip, nperm, nex;  /* groups: maddubs form (the first as they are,
                                         then nflip with flips, then nperm paired
                                         otherwise), exact form */
+    int32_t seq, pad[3];           /* the groups as they are are 0, 1, 2 ... in order */
     int32_t corr[8];               /* 255 * (sum of the flipped weights) per row */
 } pc1q_avx2_blk;                   /* then nub pc1q_avx2_ub, then nex pc1q_avx2_ex */
 typedef struct { int32_t g, mask, perm, pad; int32_t w[8]; } pc1q_avx2_ub;
@@ -339,9 +340,17 @@ static void pc1q_mk_avx2(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,
 #define PC1Q_ROWS                                                                       \
         PC1Q_ROW(0, c0) PC1Q_ROW(1, c1) PC1Q_ROW(2, c2) PC1Q_ROW(3, c3)                 \
         PC1Q_ROW(4, c4) PC1Q_ROW(5, c5) PC1Q_ROW(6, c6) PC1Q_ROW(7, c7)
-        for (u = ub0; u < uf; u++) {
-            v = _mm256_loadu_si256((const __m256i *)(x + u->g * xs));
-            PC1Q_ROWS
+        if (B->seq) {  /* no index to read, no multiply */
+            const uint8_t *xp = x;
+            for (u = ub0; u < uf; u++, xp += xs) {
+                v = _mm256_loadu_si256((const __m256i *)xp);
+                PC1Q_ROWS
+            }
+        } else {
+            for (u = ub0; u < uf; u++) {
+                v = _mm256_loadu_si256((const __m256i *)(x + u->g * xs));
+                PC1Q_ROWS
+            }
         }
         for (; u < up; u++) {
             v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + u->g * xs)),
