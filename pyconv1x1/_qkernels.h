@@ -25,7 +25,10 @@
    records per block (pc1q_mk_avx2).
    A micro-kernel computes the int32 accumulators of one block x one 32-pixel panel into
    a small buffer; the epilogue (shared C) requantizes them into the next layer's tile
-   layout, into u8 NCHW or into float32 NCHW.
+   layout, into u8 NCHW or into float32 NCHW. The AVX-512 VNNI path has fused kernels
+   instead (pc1q_fused): the accumulators requantized in registers, no buffer. Modules
+   built for AVX-512 or AVX2 run the gather and epilogues as explicit vector code (same
+   results: see "the same three with explicit vectors").
 
    Arithmetic (pyconv1x1/quant/reference.py is the same in numpy):
      acc   = bias[o] + sum_k w[o,k] * x[k,p]                        exact int32
@@ -162,6 +165,7 @@ typedef struct {
     const float *fbias;  /* [nb * 8] */
     Py_ssize_t k, cout, k4, nb;
     int32_t zp, lo, hi;
+    int fits;            /* every |(float)acc * scale| < 2^30: see pc1q_rq4 */
 } pc1q_layer;
 
 /* ---- micro-kernels: acc[8][32] = bias + w_block . x_panel ------------------------- */
@@ -191,35 +195,45 @@ static void pc1q_mk_c(const uint8_t *x, Py_ssize_t xs, const int8_t *w, const in
 }
 
 #if PC1Q_X86
-__attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define PC1Q_T512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vnni")))
+/* declares c<r><h> = bias[r] + row r of the block . pixels 16h .. 16h+15 (named
+   variables, which compilers keep in registers; an array of them they may not) */
+#define PC1Q_ACC512(x_, xs_, w_, k4_, bias_)                                               \
+    __m512i c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71; \
+    {                                                                                       \
+        const uint8_t *xp_ = (x_);                                                          \
+        const int8_t *wp_ = (w_);                                                           \
+        const int32_t *bs_ = (bias_);                                                       \
+        Py_ssize_t kk_, k4v_ = (k4_), xsv_ = (xs_);                                         \
+        __m512i x0_, x1_, wb_;                                                              \
+        c00 = c01 = _mm512_set1_epi32(bs_[0]);                                              \
+        c10 = c11 = _mm512_set1_epi32(bs_[1]);                                              \
+        c20 = c21 = _mm512_set1_epi32(bs_[2]);                                              \
+        c30 = c31 = _mm512_set1_epi32(bs_[3]);                                              \
+        c40 = c41 = _mm512_set1_epi32(bs_[4]);                                              \
+        c50 = c51 = _mm512_set1_epi32(bs_[5]);                                              \
+        c60 = c61 = _mm512_set1_epi32(bs_[6]);                                              \
+        c70 = c71 = _mm512_set1_epi32(bs_[7]);                                              \
+        for (kk_ = 0; kk_ < k4v_; kk_++, xp_ += xsv_, wp_ += 32) {                          \
+            const int32_t *wd_ = (const int32_t *)wp_;                                      \
+            x0_ = _mm512_loadu_si512((const void *)xp_);                                    \
+            x1_ = _mm512_loadu_si512((const void *)(xp_ + 64));                             \
+            PC1Q_ROW512(0, c00, c01) PC1Q_ROW512(1, c10, c11) PC1Q_ROW512(2, c20, c21)      \
+            PC1Q_ROW512(3, c30, c31) PC1Q_ROW512(4, c40, c41) PC1Q_ROW512(5, c50, c51)      \
+            PC1Q_ROW512(6, c60, c61) PC1Q_ROW512(7, c70, c71)                               \
+        }                                                                                   \
+    }
+#define PC1Q_ROW512(r, a0, a1)                     \
+    wb_ = _mm512_set1_epi32(wd_[r]);              \
+    a0 = _mm512_dpbusd_epi32(a0, x0_, wb_);       \
+    a1 = _mm512_dpbusd_epi32(a1, x1_, wb_);
+
+PC1Q_T512
 static void pc1q_mk_avx512vnni(const uint8_t *x, Py_ssize_t xs, const int8_t *w,
                                const int16_t *w16, Py_ssize_t k4, const int32_t *bias,
                                int32_t *acc) {
-    __m512i c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
-    __m512i x0, x1, b;
-    Py_ssize_t kk;
     (void)w16;
-    c00 = c01 = _mm512_set1_epi32(bias[0]);
-    c10 = c11 = _mm512_set1_epi32(bias[1]);
-    c20 = c21 = _mm512_set1_epi32(bias[2]);
-    c30 = c31 = _mm512_set1_epi32(bias[3]);
-    c40 = c41 = _mm512_set1_epi32(bias[4]);
-    c50 = c51 = _mm512_set1_epi32(bias[5]);
-    c60 = c61 = _mm512_set1_epi32(bias[6]);
-    c70 = c71 = _mm512_set1_epi32(bias[7]);
-    for (kk = 0; kk < k4; kk++, x += xs, w += 32) {
-        const int32_t *wd = (const int32_t *)w;
-        x0 = _mm512_loadu_si512((const void *)x);
-        x1 = _mm512_loadu_si512((const void *)(x + 64));
-#define PC1Q_ROW(r, a0, a1)                          \
-        b = _mm512_set1_epi32(wd[r]);               \
-        a0 = _mm512_dpbusd_epi32(a0, x0, b);        \
-        a1 = _mm512_dpbusd_epi32(a1, x1, b);
-        PC1Q_ROW(0, c00, c01) PC1Q_ROW(1, c10, c11) PC1Q_ROW(2, c20, c21)
-        PC1Q_ROW(3, c30, c31) PC1Q_ROW(4, c40, c41) PC1Q_ROW(5, c50, c51)
-        PC1Q_ROW(6, c60, c61) PC1Q_ROW(7, c70, c71)
-#undef PC1Q_ROW
-    }
+    PC1Q_ACC512(x, xs, w, k4, bias)
 #define PC1Q_OUT(r, a0, a1)                                  \
     _mm512_storeu_si512((void *)(acc + 32 * r), a0);         \
     _mm512_storeu_si512((void *)(acc + 32 * r + 16), a1);
@@ -443,7 +457,7 @@ static inline void pc1q_quantize_run(const float *x, uint8_t *q, Py_ssize_t m,
 }
 
 /* the same from float32 NCHW, quantized on the way (q goes through `row`, 4 x width) */
-static void pc1q_gather_f32(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize_t p0,
+static void pc1q_gather_f32_c(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize_t p0,
                             Py_ssize_t valid, Py_ssize_t width, float scale, int32_t zp,
                             uint8_t *row, uint8_t *t) {
     Py_ssize_t g, p, j, c4 = (c + 3) / 4;
@@ -463,7 +477,7 @@ static void pc1q_gather_f32(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize
 
 /* ---- epilogues of one block x one panel -------------------------------------------- */
 /* into the next layer's tile: groups 2b and 2b+1 (the second only if the layer has it) */
-static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
+static void pc1q_epi_tile_c(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
                           uint8_t *t, Py_ssize_t width, Py_ssize_t pan) {
     int gi, j, p;
     Py_ssize_t c4 = (L->cout + 3) / 4;
@@ -487,7 +501,7 @@ static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
 #define PC1Q_OUT_DQ 2
 
 /* into u8 or f32 NCHW rows (y: the image's output, pixel p0 of the panel) */
-static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, void *y,
+static void pc1q_epi_out_c(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, void *y,
                          int out_float, Py_ssize_t P, Py_ssize_t p0, Py_ssize_t n,
                          float dqs, int32_t dqz) {
     int r;
@@ -512,11 +526,341 @@ static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, 
     }
 }
 
+/* ---- the same three with explicit vectors, in modules built for AVX-512 or AVX2 -----
+   Same results, bit for bit:
+   - a requantization clamps v = (float)acc * scale to [lo - zp, hi - zp] as pc1q_rq does
+     (max and min with the bound second: NaN never occurs here, and a clamped value is the
+     bound), then rounds half to even with vcvtps2dq (the rounding mode the pool's fp hook
+     sets; |v| <= 255 fits) where pc1q_rq adds 1.5 * 2^23: the same integer. Four rows'
+     integers in [-255, 255] pack to 16-bit (exact), + zp (exact, in [0, 255]), pack to
+     bytes (exact) and one in-lane byte shuffle turns [row][4 pixels] into the tile's
+     [pixel][4 rows] words.
+   - the dequantizing store rounds with vroundps (nearest even) and adds zp - dq_zp as a
+     float: integers below 2^9, exact, so (float)(q - dq_zp) is the same value.
+   - the gather quantizes x as pc1q_quantize_run does (a multiply, chunks of 16 pixels
+   with a half-integer within PC1Q_QEPS done again with the division). */
+#define PC1Q_QEPS (1.0f / 4096)
+#if PC1Q_X86 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+#define PC1Q_VEC 16
+typedef __m512 pc1q_vf;
+typedef __m512i pc1q_vi;
+#define pc1q_set1f _mm512_set1_ps
+#define pc1q_set1i _mm512_set1_epi32
+#define pc1q_mulf _mm512_mul_ps
+#define pc1q_divf _mm512_div_ps
+#define pc1q_addf _mm512_add_ps
+#define pc1q_maxf _mm512_max_ps
+#define pc1q_minf _mm512_min_ps
+#define pc1q_cvtif _mm512_cvtepi32_ps
+#define pc1q_cvtfi _mm512_cvtps_epi32
+#define pc1q_roundf(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define pc1q_loadi(p) _mm512_loadu_si512((const void *)(p))
+#define pc1q_storei(p, v) _mm512_storeu_si512((void *)(p), v)
+#define pc1q_set1b _mm512_set1_epi8
+#define pc1q_maxb _mm512_max_epu8
+#define pc1q_minb _mm512_min_epu8
+static inline pc1q_vi pc1q_pack4(pc1q_vi r0, pc1q_vi r1, pc1q_vi r2, pc1q_vi r3,
+                                 pc1q_vi zp16) {
+    const __m512i tr = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
+    __m512i a = _mm512_adds_epi16(_mm512_packs_epi32(r0, r1), zp16);
+    __m512i b = _mm512_adds_epi16(_mm512_packs_epi32(r2, r3), zp16);
+    return _mm512_shuffle_epi8(_mm512_packus_epi16(a, b), tr);
+}
+/* lanes 0 .. n-1 (n <= 16) */
+#define PC1Q_MASK(n) ((__mmask16)((n) >= 16 ? 0xFFFF : (1u << (n)) - 1))
+/* the first n of 16 floats, the others 0 */
+static inline pc1q_vf pc1q_loadf_n(const float *p, Py_ssize_t n) {
+    return _mm512_maskz_loadu_ps(PC1Q_MASK(n), p);
+}
+static inline void pc1q_storef_n(float *p, pc1q_vf v, Py_ssize_t n) {
+    _mm512_mask_storeu_ps(p, PC1Q_MASK(n), v);
+}
+static inline pc1q_vi pc1q_keep_n(pc1q_vi v, Py_ssize_t n) {
+    return _mm512_maskz_mov_epi32(PC1Q_MASK(n), v);
+}
+/* dist: the largest |c - rne(c)| so far per lane (c finite; vrangeps: the larger
+   magnitude, sign cleared); near: whether some lane came within PC1Q_QEPS of a
+   half-integer (or is one) */
+static inline pc1q_vf pc1q_dist(pc1q_vf dist, pc1q_vf c) {
+    return _mm512_range_ps(dist, _mm512_reduce_ps(c, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                           0x0B);
+}
+static inline int pc1q_near(pc1q_vf dist) {
+    return _mm512_cmp_ps_mask(dist, _mm512_set1_ps(0.5f - PC1Q_QEPS), _CMP_GE_OQ) != 0;
+}
+#elif PC1Q_X86 && defined(__AVX2__)
+#define PC1Q_VEC 8
+typedef __m256 pc1q_vf;
+typedef __m256i pc1q_vi;
+#define pc1q_set1f _mm256_set1_ps
+#define pc1q_set1i _mm256_set1_epi32
+#define pc1q_mulf _mm256_mul_ps
+#define pc1q_divf _mm256_div_ps
+#define pc1q_addf _mm256_add_ps
+#define pc1q_maxf _mm256_max_ps
+#define pc1q_minf _mm256_min_ps
+#define pc1q_cvtif _mm256_cvtepi32_ps
+#define pc1q_cvtfi _mm256_cvtps_epi32
+#define pc1q_roundf(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define pc1q_loadi(p) _mm256_loadu_si256((const __m256i *)(p))
+#define pc1q_storei(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+#define pc1q_set1b _mm256_set1_epi8
+#define pc1q_maxb _mm256_max_epu8
+#define pc1q_minb _mm256_min_epu8
+static inline pc1q_vi pc1q_pack4(pc1q_vi r0, pc1q_vi r1, pc1q_vi r2, pc1q_vi r3,
+                                 pc1q_vi zp16) {
+    const __m256i tr = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    __m256i a = _mm256_adds_epi16(_mm256_packs_epi32(r0, r1), zp16);
+    __m256i b = _mm256_adds_epi16(_mm256_packs_epi32(r2, r3), zp16);
+    return _mm256_shuffle_epi8(_mm256_packus_epi16(a, b), tr);
+}
+/* all-ones in lanes 0 .. n-1 (n <= 8) */
+static inline __m256i pc1q_lanes(Py_ssize_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n > 8 ? 8 : n)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline pc1q_vf pc1q_loadf_n(const float *p, Py_ssize_t n) {
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, pc1q_lanes(n));
+}
+static inline void pc1q_storef_n(float *p, pc1q_vf v, Py_ssize_t n) {
+    if (n >= 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, pc1q_lanes(n), v);
+}
+static inline pc1q_vi pc1q_keep_n(pc1q_vi v, Py_ssize_t n) {
+    return n >= 8 ? v : _mm256_and_si256(v, pc1q_lanes(n));
+}
+static inline pc1q_vf pc1q_dist(pc1q_vf dist, pc1q_vf c) {
+    __m256 d = _mm256_sub_ps(c, pc1q_roundf(c));
+    return _mm256_max_ps(dist, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), d));
+}
+static inline int pc1q_near(pc1q_vf dist) {
+    return _mm256_movemask_ps(_mm256_cmp_ps(dist, _mm256_set1_ps(0.5f - PC1Q_QEPS),
+                                            _CMP_GE_OQ)) != 0;
+}
+#endif
+
+#ifdef PC1Q_VEC
+/* float32 NCHW pixels p0 .. p0+valid -> tile words, quantized (see above) */
+static void pc1q_gather_f32(const float *x, Py_ssize_t c, Py_ssize_t P, Py_ssize_t p0,
+                            Py_ssize_t valid, Py_ssize_t width, float scale, int32_t zp,
+                            uint8_t *row, uint8_t *t) {
+    const float r = 1.0f / scale;
+    const int fast = r >= 1.1754944e-38f && r <= 3.4028235e+38f;  /* normal: see above */
+    const pc1q_vf vr = pc1q_set1f(r), vs = pc1q_set1f(scale);
+    const pc1q_vf flo = pc1q_set1f((float)(0 - zp)), fhi = pc1q_set1f((float)(255 - zp));
+    const pc1q_vi zp16 = pc1q_set1i(zp * 0x10001);  /* zp in each 16-bit half */
+    const pc1q_vi nzp = pc1q_set1i(-zp);
+    Py_ssize_t g, p, j, c4 = (c + 3) / 4, n;
+    (void)row;
+    for (g = 0; g < c4; g++) {
+        uint32_t *o = (uint32_t *)(t + 4 * g * width);
+        const float *xg = x + 4 * g * P + p0;
+        Py_ssize_t left = c - 4 * g;
+        if (left > 4) left = 4;
+        for (p = 0; p < valid; p += PC1Q_VEC) {
+            pc1q_vf z[4], dist = pc1q_set1f(0.0f);
+            pc1q_vi ri[4], w;
+            n = valid - p;
+            for (j = 0; j < left; j++) {
+                pc1q_vf v = pc1q_loadf_n(xg + j * P + p, n);
+                z[j] = pc1q_minf(pc1q_maxf(fast ? pc1q_mulf(v, vr) : pc1q_divf(v, vs), flo), fhi);
+                dist = pc1q_dist(dist, z[j]);  /* clamped: never NaN */
+            }
+            if (fast && pc1q_near(dist))
+                for (j = 0; j < left; j++)
+                    z[j] = pc1q_minf(pc1q_maxf(pc1q_divf(pc1q_loadf_n(xg + j * P + p, n), vs),
+                                               flo), fhi);
+            for (j = 0; j < left; j++) ri[j] = pc1q_cvtfi(z[j]);
+            for (; j < 4; j++) ri[j] = nzp;  /* channels past c: 0 */
+            w = pc1q_pack4(ri[0], ri[1], ri[2], ri[3], zp16);
+            pc1q_storei(o + p, n >= PC1Q_VEC ? w : pc1q_keep_n(w, n));
+        }
+        for (; p < width; p++) o[p] = 0;
+    }
+}
+
+/* acc rows 4j .. 4j+3 of `a` (row stride PC1Q_NR), pixels q .. q+PC1Q_VEC -> words.
+   fits (the layer's L->fits: QLayer checked (|bias| + 255 sum|w|) * scale < 2^29 in
+   every channel): v rounds to an int32 without the float clamp, and the clamp is done
+   on the result instead: saturating to int16, + zp saturating, to u8 saturating, then
+   max lo / min hi on the bytes; every step is monotonic and exact on [lo - zp, hi - zp],
+   so this is clamp(rne(v), lo - zp, hi - zp) + zp as well. */
+static inline pc1q_vi pc1q_rq4(const int32_t *a, const float *s, pc1q_vf flo, pc1q_vf fhi,
+                               pc1q_vi zp16, int fits, pc1q_vi blo, pc1q_vi bhi) {
+    pc1q_vi ri[4];
+    int j;
+    if (fits) {
+        for (j = 0; j < 4; j++)
+            ri[j] = pc1q_cvtfi(pc1q_mulf(pc1q_cvtif(pc1q_loadi(a + j * PC1Q_NR)),
+                                         pc1q_set1f(s[j])));
+        return pc1q_minb(pc1q_maxb(pc1q_pack4(ri[0], ri[1], ri[2], ri[3], zp16), blo), bhi);
+    }
+    for (j = 0; j < 4; j++) {
+        pc1q_vf v = pc1q_mulf(pc1q_cvtif(pc1q_loadi(a + j * PC1Q_NR)), pc1q_set1f(s[j]));
+        ri[j] = pc1q_cvtfi(pc1q_minf(pc1q_maxf(v, flo), fhi));
+    }
+    return pc1q_pack4(ri[0], ri[1], ri[2], ri[3], zp16);
+}
+
+static void pc1q_epi_tile(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc,
+                          uint8_t *t, Py_ssize_t width, Py_ssize_t pan) {
+    int gi, q;
+    Py_ssize_t c4 = (L->cout + 3) / 4;
+    const pc1q_vf flo = pc1q_set1f((float)(L->lo - L->zp)), fhi = pc1q_set1f((float)(L->hi - L->zp));
+    const pc1q_vi zp16 = pc1q_set1i(L->zp * 0x10001);
+    const pc1q_vi blo = pc1q_set1b((char)L->lo), bhi = pc1q_set1b((char)L->hi);
+    for (gi = 0; gi < 2 && 2 * b + gi < c4; gi++) {
+        uint32_t *o = (uint32_t *)(t + 4 * (2 * b + gi) * width) + pan * PC1Q_NR;
+        for (q = 0; q < PC1Q_NR; q += PC1Q_VEC)
+            pc1q_storei(o + q, pc1q_rq4(acc + 4 * gi * PC1Q_NR + q, L->scale + 8 * b + 4 * gi,
+                                        flo, fhi, zp16, L->fits, blo, bhi));
+    }
+}
+
+static void pc1q_epi_out(const pc1q_layer *L, Py_ssize_t b, const int32_t *acc, void *y,
+                         int out_float, Py_ssize_t P, Py_ssize_t p0, Py_ssize_t n,
+                         float dqs, int32_t dqz) {
+    int r;
+    Py_ssize_t p;
+    const pc1q_vf flo = pc1q_set1f((float)(L->lo - L->zp)), fhi = pc1q_set1f((float)(L->hi - L->zp));
+    const pc1q_vf shift = pc1q_set1f((float)(L->zp - dqz)), vdq = pc1q_set1f(dqs);
+    if (out_float != PC1Q_OUT_DQ) {
+        pc1q_epi_out_c(L, b, acc, y, out_float, P, p0, n, dqs, dqz);
+        return;
+    }
+    for (r = 0; r < PC1Q_MR && 8 * b + r < L->cout; r++) {
+        const int32_t *a = acc + r * PC1Q_NR;
+        const pc1q_vf s = pc1q_set1f(L->scale[8 * b + r]);
+        float *yr = (float *)y + (8 * b + r) * P + p0;
+        for (p = 0; p < n; p += PC1Q_VEC) {
+            pc1q_vf v = pc1q_mulf(pc1q_cvtif(pc1q_loadi(a + p)), s);
+            v = pc1q_roundf(pc1q_minf(pc1q_maxf(v, flo), fhi));
+            pc1q_storef_n(yr + p, pc1q_mulf(pc1q_addf(v, shift), vdq), n - p);
+        }
+    }
+}
+#else
+#define pc1q_gather_f32 pc1q_gather_f32_c
+#define pc1q_epi_tile pc1q_epi_tile_c
+#define pc1q_epi_out pc1q_epi_out_c
+#endif
+
+/* ---- fused micro-kernels: the accumulators requantized in registers ---------------
+   (AVX-512 VNNI; other paths run a micro-kernel into acc, then an epilogue above). The
+   arithmetic is pc1q_rq4's and the vector dequantizing store's, bit for bit. */
+typedef void (*pc1q_mkt_fn)(const pc1q_layer *, Py_ssize_t, const uint8_t *, Py_ssize_t,
+                            uint8_t *, Py_ssize_t, Py_ssize_t);
+typedef void (*pc1q_mkd_fn)(const pc1q_layer *, Py_ssize_t, const uint8_t *, Py_ssize_t,
+                            float *, Py_ssize_t, Py_ssize_t, float, int32_t);
+#if PC1Q_X86
+typedef struct {
+    __m512 flo, fhi, shift, vdq;
+    __m512i zp16, blo, bhi, tr;
+    int fits;
+} pc1q_q512;
+
+PC1Q_T512 static inline void pc1q_q512_init(pc1q_q512 *Q, const pc1q_layer *L, float dqs,
+                                            int32_t dqz) {
+    Q->flo = _mm512_set1_ps((float)(L->lo - L->zp));
+    Q->fhi = _mm512_set1_ps((float)(L->hi - L->zp));
+    Q->shift = _mm512_set1_ps((float)(L->zp - dqz));
+    Q->vdq = _mm512_set1_ps(dqs);
+    Q->zp16 = _mm512_set1_epi32(L->zp * 0x10001);
+    Q->blo = _mm512_set1_epi8((char)L->lo);
+    Q->bhi = _mm512_set1_epi8((char)L->hi);
+    Q->tr = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
+    Q->fits = L->fits;
+}
+
+/* one row's 16 accumulators rounded (clamped first unless the layer fits) */
+PC1Q_T512 static inline __m512i pc1q_q512_row(const pc1q_q512 *Q, __m512i a, float s) {
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(s));
+    if (!Q->fits) v = _mm512_min_ps(_mm512_max_ps(v, Q->flo), Q->fhi);
+    return _mm512_cvtps_epi32(v);
+}
+
+/* four rows' 16 pixels -> 16 tile words (pc1q_rq4) */
+PC1Q_T512 static inline __m512i pc1q_q512_words(const pc1q_q512 *Q, __m512i a0, __m512i a1,
+                                                __m512i a2, __m512i a3, const float *s) {
+    __m512i lo = _mm512_packs_epi32(pc1q_q512_row(Q, a0, s[0]), pc1q_q512_row(Q, a1, s[1]));
+    __m512i hi = _mm512_packs_epi32(pc1q_q512_row(Q, a2, s[2]), pc1q_q512_row(Q, a3, s[3]));
+    lo = _mm512_packus_epi16(_mm512_adds_epi16(lo, Q->zp16), _mm512_adds_epi16(hi, Q->zp16));
+    return _mm512_min_epu8(_mm512_max_epu8(_mm512_shuffle_epi8(lo, Q->tr), Q->blo), Q->bhi);
+}
+
+/* one row's 16 accumulators -> float32, the uint8 result dequantized; m: lanes stored */
+PC1Q_T512 static inline void pc1q_q512_dq(const pc1q_q512 *Q, __m512i a, float s, float *y,
+                                          __mmask16 m) {
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(s));
+    v = _mm512_min_ps(_mm512_max_ps(v, Q->flo), Q->fhi);
+    v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm512_mask_storeu_ps(y, m, _mm512_mul_ps(_mm512_add_ps(v, Q->shift), Q->vdq));
+}
+
+/* block b x one panel (x: its first word) -> the next tile's words, groups 2b, 2b+1 */
+PC1Q_T512
+static void pc1q_mkt_avx512vnni(const pc1q_layer *L, Py_ssize_t b, const uint8_t *x,
+                                Py_ssize_t xs, uint8_t *t, Py_ssize_t width, Py_ssize_t pan) {
+    const float *s = L->scale + 8 * b;
+    uint32_t *o = (uint32_t *)(t + 8 * b * width) + pan * PC1Q_NR;
+    pc1q_q512 Q;
+    pc1q_q512_init(&Q, L, 1.0f, 0);
+    PC1Q_ACC512(x, xs, L->w8 + b * L->k4 * 32, L->k4, L->bias + 8 * b)
+    _mm512_storeu_si512((void *)o, pc1q_q512_words(&Q, c00, c10, c20, c30, s));
+    _mm512_storeu_si512((void *)(o + 16), pc1q_q512_words(&Q, c01, c11, c21, c31, s));
+    if (8 * b + 4 < L->cout) {  /* group 2b + 1 */
+        o += width;
+        _mm512_storeu_si512((void *)o, pc1q_q512_words(&Q, c40, c50, c60, c70, s + 4));
+        _mm512_storeu_si512((void *)(o + 16), pc1q_q512_words(&Q, c41, c51, c61, c71, s + 4));
+    }
+}
+
+/* block b x one panel -> float32 rows (y: row 8b, the panel's first pixel; n pixels),
+   the uint8 result dequantized */
+PC1Q_T512
+static void pc1q_mkd_avx512vnni(const pc1q_layer *L, Py_ssize_t b, const uint8_t *x,
+                                Py_ssize_t xs, float *y, Py_ssize_t P, Py_ssize_t n,
+                                float dqs, int32_t dqz) {
+    const __mmask16 m0 = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
+    const __mmask16 m1 = (__mmask16)(n >= 32 ? 0xFFFF : n <= 16 ? 0 : (1u << (n - 16)) - 1);
+    const float *s = L->scale + 8 * b;
+    Py_ssize_t rows = L->cout - 8 * b;
+    pc1q_q512 Q;
+    pc1q_q512_init(&Q, L, dqs, dqz);
+    PC1Q_ACC512(x, xs, L->w8 + b * L->k4 * 32, L->k4, L->bias + 8 * b)
+#define PC1Q_DQROW(r, a0, a1)                                        \
+    if (r < rows) {                                                  \
+        pc1q_q512_dq(&Q, a0, s[r], y + r * P, m0);                   \
+        pc1q_q512_dq(&Q, a1, s[r], y + r * P + 16, m1);              \
+    }
+    PC1Q_DQROW(0, c00, c01) PC1Q_DQROW(1, c10, c11) PC1Q_DQROW(2, c20, c21)
+    PC1Q_DQROW(3, c30, c31) PC1Q_DQROW(4, c40, c41) PC1Q_DQROW(5, c50, c51)
+    PC1Q_DQROW(6, c60, c61) PC1Q_DQROW(7, c70, c71)
+#undef PC1Q_DQROW
+}
+#endif
+
+/* the path's fused kernels, or NULL (its micro-kernel and the epilogues above run) */
+static void pc1q_fused(int path, pc1q_mkt_fn *mkt, pc1q_mkd_fn *mkd) {
+    *mkt = NULL;
+    *mkd = NULL;
+#if PC1Q_X86
+    if (path == PC1Q_AVX512VNNI) {
+        *mkt = pc1q_mkt_avx512vnni;
+        *mkd = pc1q_mkd_avx512vnni;
+    }
+#endif
+    (void)path;
+}
+
 /* ---- a chain run ------------------------------------------------------------------- */
 typedef struct {
     const pc1q_layer *layers;
     int nlayers, out_float, in_float;  /* out_float: 0 u8, 1 f32, PC1Q_OUT_DQ */
     pc1q_mk_fn mk;
+    pc1q_mkt_fn mkt;        /* fused kernels of the path, or NULL */
+    pc1q_mkd_fn mkd;
     Py_ssize_t n, c, P, cout;
     Py_ssize_t tile, tiles_per_image, nsplit;  /* nsplit > 1: single layer, blocks split */
     const void *x;
@@ -544,6 +888,17 @@ static void pc1q_layer_tile(const pc1q_run *R, const pc1q_layer *L, const uint8_
         const int16_t *w16 = L->w16 ? (const int16_t *)((const char *)L->w16
                                                        + blk * L->w16_stride) : NULL;
         for (pan = 0; pan < npan; pan++) {
+            if (b != NULL && R->mkt != NULL) {
+                R->mkt(L, blk, a + pan * 4 * PC1Q_NR, xs, b, width, pan);
+                continue;
+            }
+            if (b == NULL && R->mkd != NULL && R->out_float == PC1Q_OUT_DQ) {
+                Py_ssize_t m = valid - pan * PC1Q_NR;
+                R->mkd(L, blk, a + pan * 4 * PC1Q_NR, xs,
+                       (float *)R->y + (img * R->cout + 8 * blk) * R->P + p0 + pan * PC1Q_NR,
+                       R->P, m > PC1Q_NR ? PC1Q_NR : m, R->dq_scale, R->dq_zp);
+                continue;
+            }
             R->mk(a + pan * 4 * PC1Q_NR, xs, w, w16, L->k4, L->bias + 8 * blk, acc);
             if (b != NULL) {
                 pc1q_epi_tile(L, blk, acc, b, width, pan);

@@ -16,10 +16,9 @@ from pyconv1x1.quant import reference as ref
 VARIANTS = _backend.runnable_variants()
 QK = {v: _backend.qkernels(v) for v in VARIANTS}
 QDEFAULT = _backend.qkernels()
-# (variant, path): every path in the default variant's module, the default path of the
-# others (they share the C of the paths, built with other flags)
-CASES = ([(VARIANTS[0], p) for p in QDEFAULT.available_paths()]
-         + [(v, QK[v].INT8_PATH) for v in VARIANTS[1:]])
+# (variant, path): every path in every variant's module (a module's gather and epilogues
+# are vector code of its own ISA, shared by the paths without fused kernels)
+CASES = [(v, p) for v in VARIANTS for p in QK[v].available_paths()]
 IDS = [f"{v}-{p}" for v, p in CASES]
 
 
@@ -147,6 +146,24 @@ def test_big_accumulators_and_zero_points(variant, path):
 
 
 @pytest.mark.parametrize("variant,path", CASES, ids=IDS)
+def test_inner_requantization_far_out_of_range(variant, path):
+    """An inner layer whose (float)acc * scale reaches about 3e2, 1e5 (past int16), 1e9
+    and 1e12 (past int32: the epilogue must clamp before it rounds) steps: its clamped,
+    rounded bytes still feed the next layer exactly."""
+    qk = QK[variant]
+    rng = np.random.default_rng(12)
+    for spread in (300.0, 1e5, 1e9, 1e12):
+        for zp, lo, hi in [(0, 0, 255), (128, 128, 255), (255, 0, 255), (7, 3, 201)]:
+            first = rand_layer(rng, 12, 9, zp, lo, hi, spread=spread)
+            specs = [first, rand_layer(rng, 9, 5)]
+            x = rng.integers(0, 256, (2, 12, 70), dtype=np.uint8)
+            for out_float in (False, True):
+                ch = make_chain(qk, specs, out_float, path)
+                np.testing.assert_array_equal(run_u8(ch, x, out_float, 1),
+                                              ref.chain(x, specs, out_float))
+
+
+@pytest.mark.parametrize("variant,path", CASES, ids=IDS)
 def test_run_f32_quantizes_half_to_even(variant, path):
     """x / in_scale = 2.5 -> 2, 3.5 -> 4, -0.5 -> -0 ...; NaN -> 0; infinities clamp."""
     qk = QK[variant]
@@ -178,6 +195,46 @@ def test_run_f32_quantizes_half_to_even(variant, path):
                 y = np.empty(want.shape, want.dtype)
                 ch.run_f32(x, 0.05, 131, y, threads)
                 np.testing.assert_array_equal(y, want)
+
+
+def near_half_quotients(rng, scale, size):
+    """float32 x whose x / scale lies within a few ulps of a half-integer in [-300, 300]
+    (where a quotient computed as x * (1 / scale) could round the other way), and
+    others spread over the range, zeros, subnormals and non-finite values."""
+    s = np.float32(scale)
+    h = (rng.integers(-300, 300, size) + 0.5).astype(np.float32)
+    with np.errstate(all="ignore"):  # h * s overflows at the largest scales
+        x = h * s
+        for _ in range(4):  # move each up or down by up to 4 ulps
+            step = rng.integers(-1, 2, size)
+            x = np.where(step > 0, np.nextafter(x, np.float32(np.inf)),
+                         np.where(step < 0, np.nextafter(x, np.float32(-np.inf)), x))
+        spread = (rng.uniform(-300, 300, size) * s).astype(np.float32)
+    x = np.where(rng.random(size) < 0.3, spread, x).astype(np.float32)
+    x[::17] = np.array([0.0, -0.0, 1e-42, np.inf, -np.inf, np.nan], np.float32)[
+        rng.integers(0, 6, x[::17].size)]
+    return x
+
+
+@pytest.mark.parametrize("variant,path", CASES, ids=IDS)
+def test_run_f32_quotients_near_half(variant, path):
+    """The gather quantizes x / in_scale exactly (round half to even of the float32
+    quotient) also where the quotient is a few ulps from a half-integer, at scales that
+    are not powers of two and at extreme ones (1 / scale subnormal or infinite)."""
+    qk = QK[variant]
+    rng = np.random.default_rng(11)
+    spec = (np.ones((1, 1), np.int8), np.zeros(1, np.int32), np.ones(1, np.float32),
+            0, 0, 255, None)
+    ch = make_chain(qk, [spec], False, path)
+    for scale in (0.1, 0.0173, 3.7, 1 / 3, 0.05, 2e-38, 1e-45, 3e38, 1.7e-3):
+        for zp in (0, 131, 255):
+            x = near_half_quotients(rng, scale, 515).reshape(1, 1, -1)
+            y = np.empty(x.shape, np.uint8)
+            ch.run_f32(x, scale, zp, y, 1)
+            np.testing.assert_array_equal(y, ref.quantize(x, scale, zp))
+            q = np.empty(x.shape, np.uint8)
+            qk.quantize_f32(x, scale, zp, q, 1)
+            np.testing.assert_array_equal(q, ref.quantize(x, scale, zp))
 
 
 def test_elementwise_helpers():
