@@ -1063,6 +1063,61 @@ def test_lanes_folded_batch_spanning_tiles(kern, n, hw, strides, pads):
               folded=(False, True), splits=(1, 2), what="folded")
 
 
+@pytest.mark.parametrize("res_mode", [RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT])
+def test_lanes_first_layer_reads_the_image_in_place(kern, res_mode):
+    """A chain whose first layer runs channels-in-lanes reads an image without strides
+    or pads where it lies (no gather): images of 1 pixel, a pixel group less one, and
+    panels and a remainder, cut into tiles of one and two panels (so tiles start inside
+    the image), alone and chained, threads 1..8, with and without an input scale (which
+    still gathers), all bitwise the same as the pixel panels; the input is not written."""
+    rng = np.random.default_rng(31 + res_mode)
+    R, nr, px = kern.LANES_BLOCK_ROWS, kern.PANEL_WIDTH, kern.LANES_PIXELS
+    kc = kern.LANES_REDUCTION_CHUNK
+    for cin, pixels in [(1, 1), (kc + 3, max(1, px - 1)), (2 * kc + 1, 2 * nr + px + 1)]:
+        first = make_layer(rng, cin, R + 1, act=EPILOGUES["relu"], res_mode=res_mode)
+        layers = [first, make_layer(rng, R + 1, 5, act=EPILOGUES["clip"])]
+        for chain_layers in ([first], layers):
+            x = rng.standard_normal((3, cin) + image(pixels)).astype(np.float32)
+            x0 = x.copy()
+            masks = (1, 0, 3) if len(chain_layers) == 2 else (1, 0)
+            run_masks(kern, rng, chain_layers, x, masks, threads=range(1, 9),
+                      tiles=(None, nr, 2 * nr), what=f"in place cin={cin} p={pixels}")
+            assert np.array_equal(x, x0)
+            scale = rng.standard_normal((3, cin)).astype(np.float32)
+            chain = lanes_chain(kern, chain_layers)
+            n, _, h, w = x.shape
+            res = tuple(rng.standard_normal((n, l.cout, h, w)).astype(np.float32)
+                        if l.res_mode else None for l in chain_layers)
+            out = []
+            for mask in (0, 1):
+                y = np.full((n, chain_layers[-1].cout, h, w), np.nan, np.float32)
+                chain.run(x, y, res, n, h, w, h, w, 1, 1, 0, 0, nr, 2, False, 1,
+                          xscale=scale, lanes=mask)
+                out.append(y)
+            assert_close(out[0], reference(x * scale[:, :, None, None], chain_layers,
+                                           list(res)))
+            assert np.array_equal(out[0], out[1]) and np.array_equal(x, x0)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 2), (1, 3), (1, 7), (2, 4), (3, 3)])
+def test_folded_images_of_a_few_pixels(kern, hw):
+    """Folded batches of images of 1 .. 9 pixels (gathered and scattered a block of
+    channels at a time below 8 pixels): channel counts around the block, residuals before
+    and after the activation, both orientations, fused and split, threads 1..8, all
+    bitwise the same as unfolded."""
+    rng = np.random.default_rng(hw[0] * 10 + hw[1])
+    nr = kern.PANEL_WIDTH
+    layers = [make_layer(rng, 17, 33, act=EPILOGUES["relu"], res_mode=RES_AFTER_ACT),
+              make_layer(rng, 33, 1, act=EPILOGUES["clip"], res_mode=RES_BEFORE_ACT),
+              make_layer(rng, 1, 16, act=EPILOGUES["leaky"], res_mode=RES_BEFORE_ACT)]
+    n = 2 * nr // (hw[0] * hw[1]) + 3
+    x = rng.standard_normal((n, 17) + hw).astype(np.float32)
+    x0 = x.copy()
+    run_masks(kern, rng, layers, x, (0, 1, 7), threads=range(1, 9), tiles=(nr, 2 * nr),
+              folded=(False, True), splits=(1, 3), what=f"folded {hw}")
+    assert np.array_equal(x, x0)
+
+
 def test_lanes_grouped_layer(kern):
     rng = np.random.default_rng(8)
     layer = make_layer(rng, 12, 3 * (kern.VECTOR_LANES + 1), group=3,
@@ -1098,6 +1153,50 @@ def test_set_lanes_checks_its_arguments(kern):
     assert np.array_equal(y[0, :, 0, 0], np.maximum(layer.bias, -np.inf).astype(np.float32))
 
 
+def test_choose_orientation_counts_every_tile(kern):
+    """With the image's pixels given, the pixel lanes' use is that of all its tiles: a
+    last tile of a few pixels (14x14 in tiles of 2 panels) counts."""
+    rng = np.random.default_rng(2)
+    R, nr, L = kern.LANES_BLOCK_ROWS, kern.PANEL_WIDTH, kern.VECTOR_LANES
+    wide = make_layer(rng, 64, 4 * R)
+    args = (nr, L, kern.MAX_BLOCK_ROWS)
+    gemv = kern.GEMV_COLUMNS
+    assert plan.tiles_lane_use(*args, 4 * nr, 2 * nr, gemv) == 1
+    assert plan.tiles_lane_use(*args, 0, 0, gemv) == 1  # an empty batch
+    for pixels, tile in [(3 * nr + 1, 2 * nr), (3 * nr + 4, 2 * nr), (2 * nr + 1, nr),
+                         (5 * nr - 3, 2 * nr), (nr + 2, nr)]:
+        use = plan.tiles_lane_use(*args, pixels, tile, gemv)
+        full, rest = divmod(pixels, tile)
+        want = pixels / (full * tile + rest / plan.pixel_lane_use(*args, rest, gemv))
+        assert 0 < use <= 1 and use == pytest.approx(want)
+        assert use <= plan.pixel_lane_use(*args, tile, gemv)
+        mask = plan.choose_orientation([wide], kern, tile, pixels)
+        assert mask == (plan.LANES_EFFICIENCY >= use), (pixels, tile)
+    assert plan.tiles_lane_use(*args, 7, nr, gemv) == plan.pixel_lane_use(*args, 7, gemv)
+
+
+def test_prefer_lanes_per_image(kern, monkeypatch):
+    """Batches of images of half a panel up to one, every layer channels-in-lanes with
+    long reductions, run per image instead of folded; nothing else does."""
+    rng = np.random.default_rng(4)
+    R, nr, K = kern.LANES_BLOCK_ROWS, kern.PANEL_WIDTH, plan.LANES_UNFOLD_MIN_K
+    wide = make_layer(rng, K, 4 * R)
+    short = make_layer(rng, K - 1, 4 * R)
+    narrow = make_layer(rng, K, 1)
+    prefer = plan.prefer_lanes_per_image
+    for pixels in range(nr // 2, nr):
+        lanes = plan.choose_orientation([wide, wide], kern, pixels, pixels) == 3
+        assert prefer([wide, wide], kern, pixels, nr) == lanes
+        assert not prefer([wide, short], kern, pixels, nr)
+        assert not prefer([wide, narrow], kern, pixels, nr)
+    assert prefer([wide, wide], kern, 3 * nr // 4 + 1, nr)  # 7x7 with AVX-512
+    for pixels in (1, nr // 2 - 1, nr, 3 * nr + 4):
+        assert not prefer([wide], kern, pixels, -(-pixels // nr) * nr)
+    assert not prefer([], kern, nr - 1, nr)
+    monkeypatch.setattr(plan.policy, "ORIENTATION", "pixels")
+    assert not prefer([wide], kern, nr - 1, nr)
+
+
 def test_choose_orientation_follows_lane_use(kern, monkeypatch):
     """The planner's rule: lanes where the channel lanes' use x LANES_EFFICIENCY is at
     least the pixel panels' use on the tile; forced settings win."""
@@ -1116,10 +1215,11 @@ def test_choose_orientation_follows_lane_use(kern, monkeypatch):
         assert not mask & 2 or plan.LANES_EFFICIENCY / kern.VECTOR_LANES >= use
         assert not mask & 4
     assert plan.pixel_lane_use(nr, kern.VECTOR_LANES, kern.MAX_BLOCK_ROWS, nr, 0) == 1
-    # weights past LANES_GEMV_MAX_BYTES stream faster through the matrix-vector kernels
-    assert 4 * 1024 * 1024 > plan.LANES_GEMV_MAX_BYTES
+    # megabytes of weights on a few pixels stream faster channels-in-lanes too
     for valid in range(1, kern.GEMV_COLUMNS + 1):
-        assert plan.choose_orientation([big], kern, valid) == 0
+        use = plan.pixel_lane_use(nr, kern.VECTOR_LANES, kern.MAX_BLOCK_ROWS, valid,
+                                  kern.GEMV_COLUMNS)
+        assert plan.choose_orientation([big], kern, valid) == (plan.LANES_EFFICIENCY >= use)
     monkeypatch.setattr(plan.policy, "ORIENTATION", "lanes")
     assert plan.choose_orientation([wide, narrow, short], kern, nr) == 7
     monkeypatch.setattr(plan.policy, "ORIENTATION", "pixels")

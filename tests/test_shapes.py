@@ -100,6 +100,7 @@ def test_plan_picks_fold_and_split():
     (1, 130, [300, 96, 300], (7, 7), (1, 1), (0, 0, 0, 0), True),   # one 7x7 map
     (3, 40, [70, 33], (9, 7), (2, 2), (1, 0, 1, 1), False),         # strided, folded
     (5, 48, [40, 24, 40], (3, 5), (1, 1), (0, 0, 0, 0), True),      # small maps
+    (5, 260, [300, 270, 300], (7, 7), (1, 1), (0, 0, 0, 0), True),  # unfolded lanes
 ])
 def test_orientations_agree_bitwise(monkeypatch, n, cin, widths, hw, strides, pads,
                                     residual):

@@ -14,9 +14,10 @@ from .packing import (block_table, pack_lanes, pack_layer, split_rows,  # noqa: 
                       unpack_layer)
 from .policy import (FOLD_LANE_GAIN, MAX_TILE_PIXELS, MIN_TILES_PER_THREAD,  # noqa: F401
                      SERIAL_FLOPS, SPLIT_TASKS_PER_THREAD, THREAD_FLOPS,
-                     TILE_BUDGET_BYTES, LANES_EFFICIENCY, LANES_GEMV_MAX_BYTES,
+                     TILE_BUDGET_BYTES, LANES_EFFICIENCY,
                      LANES_MIN_K,
                      MAX_LANES_LAYERS, channel_lane_use, choose_orientation,
+                     tiles_lane_use, prefer_lanes_per_image, LANES_UNFOLD_MIN_K,
                      choose_split, choose_tiling, min_tiles, panel_lanes,
                      pixel_lane_use, threads_for, tile_pixels)
 
@@ -138,13 +139,19 @@ class ShapePlan:
         nthreads = threads_for(flops, threads)
         tile, folded = choose_tiling(nr, max_c, n, p, min_tiles(nthreads),
                                      kset.kernels.REDUCTION_CHUNK)
+        if folded and not (step.in_last or step.out_last):
+            tile_u = tile_pixels(nr, max_c, p, min_tiles(nthreads),
+                                 kset.kernels.REDUCTION_CHUNK)
+            if prefer_lanes_per_image(step.layers, kset.kernels, p, tile_u):
+                tile, folded = tile_u, False
         if (step.in_last or step.out_last) and not folded:
             # channels-last: the batch's pixels are rows of one matrix [n * p, c]
             tile, folded = tile_pixels(nr, max_c, n * p, min_tiles(nthreads),
                                        kset.kernels.REDUCTION_CHUNK), True
         ntiles = -(-n * p // tile) if folded else n * -(-p // tile)
         lanes = choose_orientation(step.layers, kset.kernels,
-                                   min(tile, n * p if folded else p))
+                                   min(tile, n * p if folded else p),
+                                   n * p if folded else p)
         kset.ensure_lanes(step, lanes)
         nblocks = max(-(-l.cout // (kset.kernels.LANES_BLOCK_ROWS if (lanes >> i) & 1
                                     else kset.kernels.MAX_BLOCK_ROWS))

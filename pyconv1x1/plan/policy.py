@@ -13,7 +13,12 @@ THREAD_FLOPS = SERIAL_FLOPS // 2  # and each thread a run uses gets at least thi
                             # 16 threads need 40 MFLOP (2 threads: SERIAL_FLOPS, as before)
 
 # -- tiles: bytes of cache, pixels per tile -----------------------------------------------
-TILE_BUDGET_BYTES = 96 * 1024  # a tile's input (one reduction chunk of it) in L2
+TILE_BUDGET_BYTES = 96 * 1024  # a tile's input (one reduction chunk of it) in L2.
+                               # 32 KiB (the chunk in L1) measured +4-9% on expand_p49_b8,
+                               # batch16, c3_p784_b1, c4_p196_b8 but -8% .. +6% on big256
+                               # and -15% .. +3% on bottleneck in paired runs on the
+                               # shared VM (v4, 1 thread): kept at 96 KiB until measured
+                               # on cores of its own
 MAX_TILE_PIXELS = 512          # a tile's pixels at most, however few its channels
 
 # -- how work is cut: tasks and tiles per thread -----------------------------------------
@@ -34,8 +39,14 @@ FOLD_LANE_GAIN = 0.9  # fold the batch when that needs <= 90% of the panel lanes
 # kernels' lanes_tile). "auto" picks per layer and shape (choose_orientation); "pixels"
 # and "lanes" force one where the kernels allow it (benchmarks and tests).
 ORIENTATION = "auto"
-LANES_EFFICIENCY = 0.9  # lanes when channel-lane use x this >= the panels' pixel-lane use
-                        # (pixel_lane_use). Measured (v4, 1 thread, one layer C -> C, both
+LANES_EFFICIENCY = 0.97  # lanes when channel-lane use x this >= the panels' pixel-lane
+                        # use over the image's tiles (tiles_lane_use). Since the lanes
+                        # kernels prefetch their next weights, read a chain's input image
+                        # in place and transpose a whole tile at once, 14x14 (196 pixels:
+                        # 3 panels and a narrow one, use 0.94) runs 5-13% faster channels-in-lanes
+                        # (1024 -> 256, 1 thread, paired), while full panels (use 1.0:
+                        # 1024 -> 1024 at 28x28) stay 7% faster on pixels.
+                        # Measured before those changes, with 0.9 (v4, 1 thread, one layer C -> C, both
                         # orientations paired; best-of-21 GF/s pixels / lanes, C = 1024 |
                         # 256): 1 vector 13 / 14 | 14 / 25; 8 vectors 48 / 66 | 41 / 63;
                         # 16 vectors 90 / 86 | 65 / 70; 32 vectors 95 / 98 | 73 / 70; 5x5
@@ -47,13 +58,19 @@ LANES_EFFICIENCY = 0.9  # lanes when channel-lane use x this >= the panels' pixe
                         # channels in the lanes win by 5-80%
 LANES_MIN_K = 16        # shorter reductions: the lanes store (a transposition per output)
                         # costs more than the lanes it saves
-LANES_GEMV_MAX_BYTES = 2 << 20  # tiles of <= GEMV_COLUMNS pixels keep the matrix-vector
-                        # kernels for layers with more weight bytes than this: streamed from
-                        # L3 or memory, they run 5-10% faster there (several weight blocks
-                        # streamed at once; measured 1 pixel, 1280 -> 1000 and 4096 -> 1024:
-                        # 13.4 / 12.2 and 12.0 / 11.0 GF/s), while cached weights run up to
-                        # 1.8x faster channels-in-lanes (256 -> 256: 14 / 25 GF/s)
+# (No weight-size limit for few pixels any more: with the lanes kernels prefetching the
+# next chunk of weights, 1 pixel, 4096 -> 1024 (16 MiB streamed) and 1280 -> 1000 run
+# 9-10% faster channels-in-lanes than on the matrix-vector kernels: paired medians of
+# 25 rounds, v4, 1 thread.)
 MAX_LANES_LAYERS = 64   # the kernels' orientation mask has 64 bits
+LANES_UNFOLD_MIN_K = 256  # a batch of images of half a panel to one whose layers would all run
+                        # channels-in-lanes on per-image tiles, with reductions this long,
+                        # is not folded (prefer_lanes_per_image). Measured (v4, 1 thread,
+                        # paired): 8 x 320 x 7x7 -> 1280 6-21% faster per image in lanes
+                        # than folded on pixel panels; 32 x 128 x 7x7 -> 256 -> 128 (k
+                        # 128) 12% slower, so it stays folded; 8 x 256 x 14x14 (over a
+                        # panel per image) 22% slower, so only images of half a panel
+                        # up to one unfold
 
 
 def tile_pixels(nr, max_channels, pixels, min_tiles=8, chunk=None):
@@ -132,29 +149,60 @@ def pixel_lane_use(nr, lanes, mr, valid, gemv_cols):
     return valid / (full * nr + last)
 
 
+def tiles_lane_use(nr, lanes, mr, pixels, tile, gemv_cols):
+    """pixel_lane_use over every tile of `pixels` cut into tiles of `tile`: the useful
+    fraction of all the lanes the pixel orientation computes (196 pixels in tiles of 128:
+    128 + 64 + a narrow kernel for the last 4)."""
+    if pixels <= 0 or tile <= 0:  # an empty image (or batch)
+        return 1.0
+    full, rest = divmod(pixels, tile)
+    computed = full * tile / pixel_lane_use(nr, lanes, mr, tile, gemv_cols)
+    if rest:
+        computed += rest / pixel_lane_use(nr, lanes, mr, rest, gemv_cols)
+    return pixels / computed
+
+
 def channel_lane_use(cout, group, lanes, block_rows):
     """Useful fraction of the channel lanes of a layer's lanes blocks (per group)."""
     rows = split_rows(cout // group, block_rows)
     return sum(rows) / sum(-(-r // lanes) * lanes for r in rows) if rows else 0.0
 
 
-def choose_orientation(layers, kernels, valid):
-    """The kernels' orientation mask for a chain whose tiles hold `valid` pixels: bit i
-    set where layer i runs channels-in-lanes. Results are the same bits either way."""
+def choose_orientation(layers, kernels, valid, pixels=None):
+    """The kernels' orientation mask for a chain whose tiles hold `valid` pixels (and
+    `pixels`, when given, the pixels those tiles cut: their last tile may hold fewer):
+    bit i set where layer i runs channels-in-lanes. Results are the same bits either
+    way."""
     if ORIENTATION == "pixels":
         return 0
     lanes = kernels.VECTOR_LANES
-    use_pix = pixel_lane_use(kernels.PANEL_WIDTH, lanes, kernels.MAX_BLOCK_ROWS, valid,
-                             kernels.GEMV_COLUMNS)
+    if pixels is None:
+        use_pix = pixel_lane_use(kernels.PANEL_WIDTH, lanes, kernels.MAX_BLOCK_ROWS,
+                                 valid, kernels.GEMV_COLUMNS)
+    else:
+        use_pix = tiles_lane_use(kernels.PANEL_WIDTH, lanes, kernels.MAX_BLOCK_ROWS,
+                                 pixels, valid, kernels.GEMV_COLUMNS)
     mask = 0
     for i, layer in enumerate(layers[:MAX_LANES_LAYERS]):
         if layer.k < 1:
             continue
         if ORIENTATION == "lanes" or (
                 layer.k >= LANES_MIN_K
-                and (valid > kernels.GEMV_COLUMNS
-                     or 4 * layer.k * layer.cout <= LANES_GEMV_MAX_BYTES)
                 and LANES_EFFICIENCY * channel_lane_use(
                     layer.cout, layer.group, lanes, kernels.LANES_BLOCK_ROWS) >= use_pix):
             mask |= 1 << i
     return mask
+
+
+def prefer_lanes_per_image(layers, kernels, pixels, tile):
+    """Whether a batch that choose_tiling folds should run per-image tiles of `tile`
+    instead: images of half a panel or more but less than one (7x7 on AVX-512) whose
+    layers all run channels-in-lanes on them (choose_orientation) with reductions of at least LANES_UNFOLD_MIN_K, where the
+    channel lanes are full whatever the pixel count and folding only adds copies."""
+    if (ORIENTATION == "pixels"
+            or not kernels.PANEL_WIDTH // 2 <= pixels < kernels.PANEL_WIDTH
+            or not 0 < len(layers) <= MAX_LANES_LAYERS
+            or any(layer.k < LANES_UNFOLD_MIN_K for layer in layers)):
+        return False
+    mask = choose_orientation(layers, kernels, min(tile, pixels), pixels)
+    return mask == (1 << len(layers)) - 1
