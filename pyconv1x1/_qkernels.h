@@ -8,17 +8,21 @@
                       its own activation layout (see the AMX section)
      PC1Q_AVX512VNNI  vpdpbusd on zmm: 8 output channels x 32 pixels = 16 accumulators
      PC1Q_AVXVNNI     vpdpbusd on ymm (VEX, AVX-VNNI): 4 channels x 16 pixels per pass
-     PC1Q_AVX2        no VNNI: u8 and s8 widened to s16 (vpmovzxbw, weights pre-widened
-                      at packing) and vpmaddwd, which sums two s16 x s16 products into
-                      an int32: |255 * -128 * 2| = 65280 cannot saturate (vpmaddwd only
-                      saturates for two products of -32768 * -32768), so the path is exact
-                      (vpmaddubsw, u8 x s8 -> s16 pairs, would saturate at 2*255*127)
+     PC1Q_AVX2        no VNNI: u8 and s8 widened to s16 (activations split into even and
+                      odd bytes by an and and a shift, weights pre-widened at packing) and
+                      vpmaddwd, which sums two s16 x s16 products into an int32:
+                      |255 * -128 * 2| = 65280 cannot saturate (vpmaddwd only saturates
+                      for two products of -32768 * -32768), so the path is exact; and
+                      vpmaddubsw (u8 x s8 -> s16 pairs, twice the multiply-adds, which
+                      would saturate at 2*255*127 in general) on the groups of 4 channels
+                      where no pair can saturate, some channels flipped (pc1q_mk_avx2)
      PC1Q_C           portable C (auto-vectorised); the only path off x86
 
    Layouts. Inside a tile activations are [C4][TP][4] bytes: for each group of 4 channels,
    each pixel's 4 channel values in one 32-bit word (the operand vpdpbusd sums), channels
    past C padded with 0. Weights are packed per block of 8 output channels as
-   [K4][8][4] s8 (rows past cout and k past K zero); the AVX2 path reads an s16 copy.
+   [K4][8][4] s8 (rows past cout and k past K zero); the AVX2 path has its own
+   records per block (pc1q_mk_avx2).
    A micro-kernel computes the int32 accumulators of one block x one 32-pixel panel into
    a small buffer; the epilogue (shared C) requantizes them into the next layer's tile
    layout, into u8 NCHW or into float32 NCHW. The AVX-512 VNNI path has fused kernels
@@ -152,7 +156,8 @@ static inline uint32_t pc1q_rq(float v, float flo, float fhi, uint32_t zp) {
 
 typedef struct {
     const int8_t *w8;    /* [nb][K4][8][4] */
-    const int16_t *w16;  /* the same widened, or NULL */
+    const int16_t *w16;  /* the AVX2 path's blocks (pc1q_mk_avx2), or NULL */
+    Py_ssize_t w16_stride;  /* bytes from one block's to the next */
     const int8_t *wamx;  /* AMX: [nb32][K64][2][16][16][4], or NULL */
     Py_ssize_t k64, nb32;
     const int32_t *bias; /* [nb * 8] */
@@ -278,42 +283,120 @@ static void pc1q_mk_avxvnni(const uint8_t *x0, Py_ssize_t xs, const int8_t *w0,
     }
 }
 
-/* 4 rows x 8 pixels per pass: per row two vpmaddwd accumulators (pixels 0-3 and 4-7,
-   each pixel's 4 products summed in pairs), added pairwise at the end */
+/* 8 rows x 8 pixels per pass, 4 passes per panel, one ymm accumulator per row whose
+   lanes are the pass's 8 pixels in order (no horizontal adds). Each group of 4 input
+   channels (k4) of a block runs in one of two forms, chosen at packing (_pack_avx2 in
+   _qkernels.pyx.tp); w16 is the block's record (pc1q_avx2_blk), groups in any order:
+
+   maddubs form, 32 multiply-adds per vpmaddubsw + vpmaddwd + vpaddd: vpmaddubsw (u8 x
+   s8 -> the s16 sums of the byte pairs 0 1 and 2 3) then vpmaddwd by 1 adds the two
+   pairs into the int32 lane. Exact where no pair can saturate: |x0 w0 + x1 w1| <=
+   255 * 128 = 32640 if |w0| + |w1| <= 128, or if w0 and w1 have opposite signs (0 <= x
+   <= 255: the sum lies between 255 * w0 and 255 * w1, each of magnitude <= 255 * 128
+   as no -128 is negated). To get there a group may pair its channels otherwise (0 2,
+   1 3 or 0 3, 1 2: a vpshufb of the pixel words, pc1q_avx2_perm) and flip a channel
+   of a pair: x -> 255 - x (xor 0xFF, the group's mask), w -> -w, its 255 * w summed
+   into the block's constant corr. A group takes this form when one pairing and one
+   choice of flips makes every pair of its 8 rows safe (7-bit weights: always, as is).
+
+   exact form for the other groups: a pixel's word of 4 channels c0 c1 c2 c3, read as
+   two 16-bit halves, splits with an and and a shift into (c0, c2) and (c1, c3) as s16
+   pairs, the group's weights are s16 (w0, w2, w1, w3) per row, and two vpmaddwd
+   against the row's two broadcast pairs sum the pixel's 4 products (vpmaddwd cannot
+   saturate on these). 16 multiply-adds per vpmaddwd + vpaddd. */
+typedef struct {
+    int32_t nub, nflip, nperm, nex;  /* groups: maddubs form (the first as they are,
+                                        then nflip with flips, then nperm paired
+                                        otherwise), exact form */
+    int32_t seq, pad[3];           /* the groups as they are are 0, 1, 2 ... in order */
+    int32_t corr[8];               /* 255 * (sum of the flipped weights) per row */
+} pc1q_avx2_blk;                   /* then nub pc1q_avx2_ub, then nex pc1q_avx2_ex */
+typedef struct { int32_t g, mask, perm, pad; int32_t w[8]; } pc1q_avx2_ub;
+typedef struct { int32_t g, pad; int32_t w[16]; } pc1q_avx2_ex;
+
+/* vpshufb controls of the pairings 0 1 2 3 (unused), 0 2 1 3, 0 3 1 2 in every word */
+#define PC1Q_P4(a, b, c, d) a, b, c, d, a + 4, b + 4, c + 4, d + 4, a + 8, b + 8, c + 8, \
+    d + 8, a + 12, b + 12, c + 12, d + 12
+static const int8_t pc1q_avx2_perm[3][32] __attribute__((aligned(32))) = {
+    {PC1Q_P4(0, 1, 2, 3), PC1Q_P4(0, 1, 2, 3)},
+    {PC1Q_P4(0, 2, 1, 3), PC1Q_P4(0, 2, 1, 3)},
+    {PC1Q_P4(0, 3, 1, 2), PC1Q_P4(0, 3, 1, 2)}};
+#undef PC1Q_P4
+
 __attribute__((target("avx2")))
 static void pc1q_mk_avx2(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,
-                         const int16_t *w0, Py_ssize_t k4, const int32_t *bias,
+                         const int16_t *w16, Py_ssize_t k4, const int32_t *bias,
                          int32_t *acc) {
-    int rh, pq;
+    const pc1q_avx2_blk *B = (const pc1q_avx2_blk *)w16;
+    const pc1q_avx2_ub *ub0 = (const pc1q_avx2_ub *)(B + 1);
+    const pc1q_avx2_ex *ex0 = (const pc1q_avx2_ex *)(ub0 + B->nub);
+    const __m256i lo8 = _mm256_set1_epi16(0x00FF), one = _mm256_set1_epi16(1);
+    int pq;
     (void)w8;
-    for (rh = 0; rh < 2; rh++) {
-        for (pq = 0; pq < 4; pq++) {
-            const uint8_t *x = x0 + 32 * pq;
-            const int64_t *wq = (const int64_t *)w0 + 4 * rh;
-            __m256i c00, c01, c10, c11, c20, c21, c30, c31, lo, hi, b, s;
-            Py_ssize_t kk;
-            int32_t *o = acc + 4 * rh * 32 + 8 * pq;
-            c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm256_setzero_si256();
-            for (kk = 0; kk < k4; kk++, x += xs, wq += 8) {
-                lo = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)x));
-                hi = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(x + 16)));
-#define PC1Q_ROW(r, a0, a1)                                          \
-                b = _mm256_set1_epi64x(wq[r]);                      \
-                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(lo, b)); \
-                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(hi, b));
-                PC1Q_ROW(0, c00, c01) PC1Q_ROW(1, c10, c11)
-                PC1Q_ROW(2, c20, c21) PC1Q_ROW(3, c30, c31)
-#undef PC1Q_ROW
+    (void)k4;
+    for (pq = 0; pq < 4; pq++) {
+        const uint8_t *x = x0 + 32 * pq;
+        const pc1q_avx2_ub *u, *ue = ub0 + B->nub, *up = ue - B->nperm, *uf = up - B->nflip;
+        const pc1q_avx2_ex *e, *ee = ex0 + B->nex;
+        __m256i c0, c1, c2, c3, c4, c5, c6, c7, v, xe, xo;
+        int32_t *out = acc + 8 * pq;
+        c0 = _mm256_set1_epi32(bias[0] + B->corr[0]);
+        c1 = _mm256_set1_epi32(bias[1] + B->corr[1]);
+        c2 = _mm256_set1_epi32(bias[2] + B->corr[2]);
+        c3 = _mm256_set1_epi32(bias[3] + B->corr[3]);
+        c4 = _mm256_set1_epi32(bias[4] + B->corr[4]);
+        c5 = _mm256_set1_epi32(bias[5] + B->corr[5]);
+        c6 = _mm256_set1_epi32(bias[6] + B->corr[6]);
+        c7 = _mm256_set1_epi32(bias[7] + B->corr[7]);
+#define PC1Q_ROW(r, a)                                                                  \
+        a = _mm256_add_epi32(a, _mm256_madd_epi16(                                      \
+                _mm256_maddubs_epi16(v, _mm256_set1_epi32(u->w[r])), one));
+#define PC1Q_ROWS                                                                       \
+        PC1Q_ROW(0, c0) PC1Q_ROW(1, c1) PC1Q_ROW(2, c2) PC1Q_ROW(3, c3)                 \
+        PC1Q_ROW(4, c4) PC1Q_ROW(5, c5) PC1Q_ROW(6, c6) PC1Q_ROW(7, c7)
+        if (B->seq) {  /* no index to read, no multiply */
+            const uint8_t *xp = x;
+            for (u = ub0; u < uf; u++, xp += xs) {
+                v = _mm256_loadu_si256((const __m256i *)xp);
+                PC1Q_ROWS
             }
-            /* hadd: [p0 p1 p4 p5 | p2 p3 p6 p7] -> qword order 0 2 1 3 */
-#define PC1Q_OUT(r, a0, a1)                                                        \
-            s = _mm256_permute4x64_epi64(_mm256_hadd_epi32(a0, a1), 0xD8);        \
-            s = _mm256_add_epi32(s, _mm256_set1_epi32(bias[4 * rh + r]));         \
-            _mm256_storeu_si256((__m256i *)(o + 32 * r), s);
-            PC1Q_OUT(0, c00, c01) PC1Q_OUT(1, c10, c11)
-            PC1Q_OUT(2, c20, c21) PC1Q_OUT(3, c30, c31)
-#undef PC1Q_OUT
+        } else {
+            for (u = ub0; u < uf; u++) {
+                v = _mm256_loadu_si256((const __m256i *)(x + u->g * xs));
+                PC1Q_ROWS
+            }
         }
+        for (; u < up; u++) {
+            v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + u->g * xs)),
+                                 _mm256_set1_epi32(u->mask));
+            PC1Q_ROWS
+        }
+        for (; u < ue; u++) {
+            v = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(x + u->g * xs)),
+                                    _mm256_load_si256((const __m256i *)pc1q_avx2_perm[u->perm]));
+            v = _mm256_xor_si256(v, _mm256_set1_epi32(u->mask));
+            PC1Q_ROWS
+        }
+#undef PC1Q_ROW
+#define PC1Q_ROW(r, a)                                                                  \
+        a = _mm256_add_epi32(a, _mm256_madd_epi16(xe, _mm256_set1_epi32(e->w[2 * r])));     \
+        a = _mm256_add_epi32(a, _mm256_madd_epi16(xo, _mm256_set1_epi32(e->w[2 * r + 1])));
+        for (e = ex0; e < ee; e++) {
+            v = _mm256_loadu_si256((const __m256i *)(x + e->g * xs));
+            xe = _mm256_and_si256(v, lo8);
+            xo = _mm256_srli_epi16(v, 8);
+            PC1Q_ROWS
+        }
+#undef PC1Q_ROW
+#undef PC1Q_ROWS
+        _mm256_storeu_si256((__m256i *)(out + 0 * PC1Q_NR), c0);
+        _mm256_storeu_si256((__m256i *)(out + 1 * PC1Q_NR), c1);
+        _mm256_storeu_si256((__m256i *)(out + 2 * PC1Q_NR), c2);
+        _mm256_storeu_si256((__m256i *)(out + 3 * PC1Q_NR), c3);
+        _mm256_storeu_si256((__m256i *)(out + 4 * PC1Q_NR), c4);
+        _mm256_storeu_si256((__m256i *)(out + 5 * PC1Q_NR), c5);
+        _mm256_storeu_si256((__m256i *)(out + 6 * PC1Q_NR), c6);
+        _mm256_storeu_si256((__m256i *)(out + 7 * PC1Q_NR), c7);
     }
 }
 #endif
@@ -802,7 +885,8 @@ static void pc1q_layer_tile(const pc1q_run *R, const pc1q_layer *L, const uint8_
     Py_ssize_t blk, pan, npan = width / PC1Q_NR, xs = 4 * width;
     for (blk = b0; blk < b1; blk++) {
         const int8_t *w = L->w8 ? L->w8 + blk * L->k4 * 32 : NULL;
-        const int16_t *w16 = L->w16 ? L->w16 + blk * L->k4 * 32 : NULL;
+        const int16_t *w16 = L->w16 ? (const int16_t *)((const char *)L->w16
+                                                       + blk * L->w16_stride) : NULL;
         for (pan = 0; pan < npan; pan++) {
             if (b != NULL && R->mkt != NULL) {
                 R->mkt(L, blk, a + pan * 4 * PC1Q_NR, xs, b, width, pan);
