@@ -293,6 +293,36 @@ def test_workers_leave_only_the_callers_cpu(tmp_path, mask):
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
 
+NO_MOVES_SCRIPT = """
+import sys
+import numpy as np, pyconv1x1
+from pyconv1x1 import _backend
+sess = pyconv1x1.InferenceSession(open(sys.argv[1], "rb").read(), threads=2)
+x = np.random.default_rng(0).standard_normal(tuple(int(v) for v in sys.argv[2:])).astype(np.float32)
+kern = _backend.kernels()
+for _ in range(200):
+    sess.run(None, {"x": x})
+d = kern.pool_stats()
+assert d["jobs"] > 0, d
+assert d["moves"] == 0, d
+print("ok", d)
+"""
+
+
+def test_pool_moves_switch_off(tmp_path):
+    """PYCONV1X1_POOL_MOVES=0 keeps every worker where the OS put it: no move in 200
+    threaded runs (the switch for hosts where affinity calls are unwelcome)."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(SPLIT_MODEL)
+    script = tmp_path / "nomoves.py"
+    script.write_text(NO_MOVES_SCRIPT)
+    env = dict(ENV, PYCONV1X1_POOL_MOVES="0")
+    out = subprocess.run([sys.executable, str(script), str(model),
+                          *map(str, SPLIT_X.shape)], env=env, capture_output=True,
+                         text=True, timeout=TIMEOUT)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
 def test_split_runs_identical_at_every_thread_count():
     """A split run (one job per layer, late workers skipping a closed job, workers
     spinning between jobs) gives the serial run's bits at every thread count, again and
