@@ -776,40 +776,50 @@ typedef void (*pc1q_mkt_fn)(const pc1q_layer *, Py_ssize_t, const uint8_t *, Py_
 typedef void (*pc1q_mkd_fn)(const pc1q_layer *, Py_ssize_t, const uint8_t *, Py_ssize_t,
                             float *, Py_ssize_t, Py_ssize_t, float, int32_t);
 #if PC1Q_X86
-typedef struct {
-    __m512 flo, fhi, shift, vdq;
-    __m512i zp16, blo, bhi, tr;
-    int fits;
-} pc1q_q512;
-
-PC1Q_T512 static inline void pc1q_q512_init(pc1q_q512 *Q, const pc1q_layer *L, float dqs,
-                                            int32_t dqz) {
-    Q->flo = _mm512_set1_ps((float)(L->lo - L->zp));
-    Q->fhi = _mm512_set1_ps((float)(L->hi - L->zp));
-    Q->shift = _mm512_set1_ps((float)(L->zp - dqz));
-    Q->vdq = _mm512_set1_ps(dqs);
-    Q->zp16 = _mm512_set1_epi32(L->zp * 0x10001);
-    Q->blo = _mm512_set1_epi8((char)L->lo);
-    Q->bhi = _mm512_set1_epi8((char)L->hi);
-    Q->tr = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
-    Q->fits = L->fits;
+/* requantization constants and steps of one vector width W (512 or 256; target T):
+   pc1q_q<W>_row: one row's accumulators rounded (clamped first unless the layer fits);
+   pc1q_q<W>_words: four rows' pixels -> tile words (pc1q_rq4; the byte clamp is a no-op
+   where the float clamp ran) */
+static const uint8_t pc1q_tr_bytes[64] __attribute__((aligned(64))) = {
+    0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13,
+    2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+    0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+#define PC1Q_QDEFS(W, T)                                                                  \
+typedef struct {                                                                          \
+    __m##W flo, fhi, shift, vdq;                                                          \
+    __m##W##i zp16, blo, bhi, tr;                                                         \
+    int fits;                                                                             \
+} pc1q_q##W;                                                                              \
+T static inline void pc1q_q##W##_init(pc1q_q##W *Q, const pc1q_layer *L, float dqs,       \
+                                      int32_t dqz, float shift0) {                        \
+    Q->flo = _mm##W##_set1_ps((float)(L->lo - L->zp));                                    \
+    Q->fhi = _mm##W##_set1_ps((float)(L->hi - L->zp));                                    \
+    Q->shift = _mm##W##_set1_ps(shift0 + (float)(L->zp - dqz));                           \
+    Q->vdq = _mm##W##_set1_ps(dqs);                                                       \
+    Q->zp16 = _mm##W##_set1_epi32(L->zp * 0x10001);                                       \
+    Q->blo = _mm##W##_set1_epi8((char)L->lo);                                             \
+    Q->bhi = _mm##W##_set1_epi8((char)L->hi);                                             \
+    Q->tr = _mm##W##_load_si##W((const void *)pc1q_tr_bytes);                             \
+    Q->fits = L->fits;                                                                    \
+}                                                                                         \
+T static inline __m##W##i pc1q_q##W##_row(const pc1q_q##W *Q, __m##W##i a, float s) {     \
+    __m##W v = _mm##W##_mul_ps(_mm##W##_cvtepi32_ps(a), _mm##W##_set1_ps(s));             \
+    if (!Q->fits) v = _mm##W##_min_ps(_mm##W##_max_ps(v, Q->flo), Q->fhi);                \
+    return _mm##W##_cvtps_epi32(v);                                                       \
+}                                                                                         \
+T static inline __m##W##i pc1q_q##W##_words(const pc1q_q##W *Q, __m##W##i a0,             \
+                                            __m##W##i a1, __m##W##i a2, __m##W##i a3,     \
+                                            const float *s) {                             \
+    __m##W##i lo = _mm##W##_packs_epi32(pc1q_q##W##_row(Q, a0, s[0]),                     \
+                                        pc1q_q##W##_row(Q, a1, s[1]));                    \
+    __m##W##i hi = _mm##W##_packs_epi32(pc1q_q##W##_row(Q, a2, s[2]),                     \
+                                        pc1q_q##W##_row(Q, a3, s[3]));                    \
+    lo = _mm##W##_packus_epi16(_mm##W##_adds_epi16(lo, Q->zp16),                          \
+                               _mm##W##_adds_epi16(hi, Q->zp16));                         \
+    lo = _mm##W##_shuffle_epi8(lo, Q->tr);                                                \
+    return _mm##W##_min_epu8(_mm##W##_max_epu8(lo, Q->blo), Q->bhi);                      \
 }
-
-/* one row's 16 accumulators rounded (clamped first unless the layer fits) */
-PC1Q_T512 static inline __m512i pc1q_q512_row(const pc1q_q512 *Q, __m512i a, float s) {
-    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(s));
-    if (!Q->fits) v = _mm512_min_ps(_mm512_max_ps(v, Q->flo), Q->fhi);
-    return _mm512_cvtps_epi32(v);
-}
-
-/* four rows' 16 pixels -> 16 tile words (pc1q_rq4) */
-PC1Q_T512 static inline __m512i pc1q_q512_words(const pc1q_q512 *Q, __m512i a0, __m512i a1,
-                                                __m512i a2, __m512i a3, const float *s) {
-    __m512i lo = _mm512_packs_epi32(pc1q_q512_row(Q, a0, s[0]), pc1q_q512_row(Q, a1, s[1]));
-    __m512i hi = _mm512_packs_epi32(pc1q_q512_row(Q, a2, s[2]), pc1q_q512_row(Q, a3, s[3]));
-    lo = _mm512_packus_epi16(_mm512_adds_epi16(lo, Q->zp16), _mm512_adds_epi16(hi, Q->zp16));
-    return _mm512_min_epu8(_mm512_max_epu8(_mm512_shuffle_epi8(lo, Q->tr), Q->blo), Q->bhi);
-}
+PC1Q_QDEFS(512, PC1Q_T512)
 
 /* one row's 16 accumulators -> float32, the uint8 result dequantized; m: lanes stored */
 PC1Q_T512 static inline void pc1q_q512_dq(const pc1q_q512 *Q, __m512i a, float s, float *y,
@@ -827,7 +837,7 @@ static void pc1q_mkt_avx512vnni(const pc1q_layer *L, Py_ssize_t b, const uint8_t
     const float *s = L->scale + 8 * b;
     uint32_t *o = (uint32_t *)(t + 8 * b * width) + pan * PC1Q_NR;
     pc1q_q512 Q;
-    pc1q_q512_init(&Q, L, 1.0f, 0);
+    pc1q_q512_init(&Q, L, 1.0f, 0, 0.0f);
     PC1Q_ACC512(x, xs, L->w8 + b * L->k4 * 32, L->k4, L->bias + 8 * b)
     _mm512_storeu_si512((void *)o, pc1q_q512_words(&Q, c00, c10, c20, c30, s));
     _mm512_storeu_si512((void *)(o + 16), pc1q_q512_words(&Q, c01, c11, c21, c31, s));
@@ -849,7 +859,7 @@ static void pc1q_mkd_avx512vnni(const pc1q_layer *L, Py_ssize_t b, const uint8_t
     const float *s = L->scale + 8 * b;
     Py_ssize_t rows = L->cout - 8 * b;
     pc1q_q512 Q;
-    pc1q_q512_init(&Q, L, dqs, dqz);
+    pc1q_q512_init(&Q, L, dqs, dqz, 0.0f);
     PC1Q_ACC512(x, xs, L->w8 + b * L->k4 * 32, L->k4, L->bias + 8 * b)
 #define PC1Q_DQROW(r, a0, a1)                                        \
     if (r < rows) {                                                  \
@@ -866,41 +876,7 @@ static void pc1q_mkd_avx512vnni(const pc1q_layer *L, Py_ssize_t b, const uint8_t
    accumulators requantized in registers (pc1q_rq4's and the vector dequantizing store's
    arithmetic, bit for bit) */
 #define PC1Q_T256 __attribute__((target("avx2")))
-typedef struct {
-    __m256 flo, fhi, shift, vdq;
-    __m256i zp16, blo, bhi, tr;
-    int fits;
-} pc1q_q256;
-
-PC1Q_T256 static inline void pc1q_q256_init(pc1q_q256 *Q, const pc1q_layer *L, float dqs,
-                                            int32_t dqz) {
-    Q->flo = _mm256_set1_ps((float)(L->lo - L->zp));
-    Q->fhi = _mm256_set1_ps((float)(L->hi - L->zp));
-    Q->shift = _mm256_set1_ps(PC1Q_MAGIC + (float)(L->zp - dqz));  /* exact */
-    Q->vdq = _mm256_set1_ps(dqs);
-    Q->zp16 = _mm256_set1_epi32(L->zp * 0x10001);
-    Q->blo = _mm256_set1_epi8((char)L->lo);
-    Q->bhi = _mm256_set1_epi8((char)L->hi);
-    Q->tr = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
-                             0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    Q->fits = L->fits;
-}
-
-PC1Q_T256 static inline __m256i pc1q_q256_row(const pc1q_q256 *Q, __m256i a, float s) {
-    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(s));
-    if (!Q->fits) v = _mm256_min_ps(_mm256_max_ps(v, Q->flo), Q->fhi);
-    return _mm256_cvtps_epi32(v);
-}
-
-/* four rows' 8 pixels -> 8 tile words */
-PC1Q_T256 static inline __m256i pc1q_q256_words(const pc1q_q256 *Q, __m256i a0, __m256i a1,
-                                                __m256i a2, __m256i a3, const float *s) {
-    __m256i lo = _mm256_packs_epi32(pc1q_q256_row(Q, a0, s[0]), pc1q_q256_row(Q, a1, s[1]));
-    __m256i hi = _mm256_packs_epi32(pc1q_q256_row(Q, a2, s[2]), pc1q_q256_row(Q, a3, s[3]));
-    lo = _mm256_packus_epi16(_mm256_adds_epi16(lo, Q->zp16), _mm256_adds_epi16(hi, Q->zp16));
-    lo = _mm256_shuffle_epi8(lo, Q->tr);
-    return Q->fits ? _mm256_min_epu8(_mm256_max_epu8(lo, Q->blo), Q->bhi) : lo;
-}
+PC1Q_QDEFS(256, PC1Q_T256)
 
 /* one row's 8 accumulators -> float32, the uint8 result dequantized; n: lanes stored */
 PC1Q_T256 static inline void pc1q_q256_dq(const pc1q_q256 *Q, __m256i a, float s, float *y,
@@ -930,7 +906,7 @@ static void pc1q_mkt_avx2(const pc1q_layer *L, Py_ssize_t b, const uint8_t *x0,
     uint32_t *o = (uint32_t *)(t + 8 * b * width) + pan * PC1Q_NR;
     int two = 8 * b + 4 < L->cout, pq;
     pc1q_q256 Q;
-    pc1q_q256_init(&Q, L, 1.0f, 0);
+    pc1q_q256_init(&Q, L, 1.0f, 0, 0.0f);
     PC1Q_AVX2_BIAS(bias)
     for (pq = 0; pq < 4; pq++) {
         PC1Q_AVX2_PASS(x0 + 32 * pq)
@@ -952,7 +928,7 @@ static void pc1q_mkd_avx2(const pc1q_layer *L, Py_ssize_t b, const uint8_t *x0,
     const float *s = L->scale + 8 * b;
     Py_ssize_t rows = L->cout - 8 * b, pq;
     pc1q_q256 Q;
-    pc1q_q256_init(&Q, L, dqs, dqz);
+    pc1q_q256_init(&Q, L, dqs, dqz, PC1Q_MAGIC);  /* see pc1q_q256_dq */
     PC1Q_AVX2_BIAS(bias)
     for (pq = 0; 8 * pq < n; pq++) {
         Py_ssize_t m = n - 8 * pq;
