@@ -1,6 +1,8 @@
 """Pick the kernel build for this CPU at import: x86-64-v4 (AVX-512), x86-64-v3 (AVX2 +
 FMA), aarch64 NEON or the generic baseline (the table: _variants.py).
-PYCONV1X1_ISA=generic|v3|v4|neon forces one (tests use it)."""
+PYCONV1X1_ISA=generic|v3|v4|neon forces one (tests use it).
+PYCONV1X1_POOL_MOVES=0 keeps the thread pool's workers where the OS puts them (by default
+a worker woken onto its caller's CPU moves off it; see _pool.h)."""
 import functools
 import importlib
 import importlib.machinery
@@ -16,7 +18,10 @@ _loaded = {}
 
 def _import(name):
     if name not in _loaded:
-        _loaded[name] = importlib.import_module(f"pyconv1x1._kernels_{name}")
+        mod = importlib.import_module(f"pyconv1x1._kernels_{name}")
+        if os.environ.get("PYCONV1X1_POOL_MOVES", "1").strip() == "0":
+            mod.pool_set_moves(False)
+        _loaded[name] = mod
     return _loaded[name]
 
 

@@ -43,6 +43,11 @@ def chain_bytes(layers=3, c=C, seed=5):
 
 MODEL = chain_bytes()
 X = np.random.default_rng(0).standard_normal((1, C, 32, 32)).astype(np.float32)
+# one 7x7 image through 384 -> 384 -> 384 (29 MFLOP): a single tile, so 2-thread runs go
+# layer by layer (split runs: a job per layer, the workers spinning between them)
+SPLIT_C = 384
+SPLIT_MODEL = chain_bytes(layers=2, c=SPLIT_C, seed=7)
+SPLIT_X = np.random.default_rng(1).standard_normal((1, SPLIT_C, 7, 7)).astype(np.float32)
 
 
 def kernels_module(sess):
@@ -160,11 +165,17 @@ if sys.argv[1] == "torch-first":
 import numpy as np, pyconv1x1
 from pyconv1x1 import _backend
 model = open(sys.argv[2], "rb").read()
+shape = tuple(int(d) for d in sys.argv[3].split(","))
 s = pyconv1x1.InferenceSession(model, threads=2)
-x = np.random.default_rng(0).standard_normal((1, 96, 32, 32)).astype(np.float32)
+x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 for _ in range(20):
     s.run(None, {"x": x})
-assert _backend.kernels(s.kernel_variant).pool_workers() >= 1
+kern = _backend.kernels(s.kernel_variant)
+assert kern.pool_workers() >= 1
+if sys.argv[4] == "wake":  # a run announced (workers woken to spin) that never comes
+    act = lambda: kern.pool_wake(2)
+else:
+    act = lambda: s.run(None, {"x": x})
 main = str(__import__("threading").get_native_id())
 
 def busy_ns():
@@ -181,12 +192,38 @@ def busy_ns():
 
 windows = []
 for _ in range(7):
-    s.run(None, {"x": x})
+    act()
     before = busy_ns()
     time.sleep(0.2)
     windows.append(busy_ns() - before)
 print("idle-ns", sorted(windows)[len(windows) // 2])
+windows = []
+for _ in range(3):  # then nothing at all
+    before = busy_ns()
+    time.sleep(0.2)
+    windows.append(busy_ns() - before)
+print("quiet-ns", sorted(windows)[1])
+deadline = time.monotonic() + 1.0  # (a preempted spinner stops when it next runs)
+while kern.pool_spinning() and time.monotonic() < deadline:
+    time.sleep(0.001)
+print("spinning", kern.pool_spinning())
 """
+
+
+def _idle_ns(tmp_path, order, model_bytes, shape, mode="run"):
+    """Median CPU ns the threads other than main ran per 200 ms of idling after runs
+    (see IDLE_SCRIPT), and the workers left spinning at the end."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(model_bytes)
+    script = tmp_path / "idle.py"
+    script.write_text(IDLE_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), order, str(model),
+                          ",".join(map(str, shape)), mode], env=ENV,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    return (int(out.stdout.split("idle-ns")[1].split()[0]),
+            int(out.stdout.split("quiet-ns")[1].split()[0]),
+            int(out.stdout.split("spinning")[1]))
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
@@ -198,15 +235,114 @@ def test_idle_workers_burn_no_cpu(tmp_path, order):
     With OpenMP and torch first they ran ~3.5 ms in every window (libgomp spinning)."""
     if order == "torch-first":
         pytest.importorskip("torch")
-    model = tmp_path / "m.onnx"
-    model.write_bytes(MODEL)
-    script = tmp_path / "idle.py"
-    script.write_text(IDLE_SCRIPT)
-    out = subprocess.run([sys.executable, str(script), order, str(model)], env=ENV,
-                         capture_output=True, text=True, timeout=TIMEOUT)
-    assert out.returncode == 0, out.stderr
-    median = int(out.stdout.split("idle-ns")[1])
+    median, quiet, spinning = _idle_ns(tmp_path, order, MODEL, X.shape)
     assert median <= 500_000, f"threads other than main ran {median} ns while idle"
+    assert quiet <= 500_000 and spinning == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+@pytest.mark.parametrize("mode", ["run", "wake"])
+def test_spinning_between_jobs_ends_with_the_run(tmp_path, mode):
+    """Split runs keep their workers spinning between a run's jobs (one per layer), and
+    a run wakes them early to spin for its first job: that spinning ends with the run's
+    last job (run): the same idle windows as above. Woken for a run that never comes
+    (wake), a worker spins for at most the pool's bound (1 ms), then sleeps."""
+    median, quiet, spinning = _idle_ns(tmp_path, "plain", SPLIT_MODEL, SPLIT_X.shape,
+                                       mode)
+    limit = 500_000 if mode == "run" else 4_000_000
+    assert median <= limit, f"threads other than main ran {median} ns while idle"
+    assert quiet <= 500_000 and spinning == 0
+
+
+AFFINITY_SCRIPT = r"""
+import os, sys
+import numpy as np, pyconv1x1
+from pyconv1x1 import _backend
+cpus = sorted(os.sched_getaffinity(0))
+if sys.argv[2] == "one":
+    os.sched_setaffinity(0, {cpus[0]})  # the pool threads inherit this
+allowed = os.sched_getaffinity(0)
+s = pyconv1x1.InferenceSession(open(sys.argv[1], "rb").read(), threads=2)
+x = np.random.default_rng(1).standard_normal((1, 384, 7, 7)).astype(np.float32)
+ref = pyconv1x1.InferenceSession(open(sys.argv[1], "rb").read(), threads=1).run(
+    None, {"x": x})[0]
+for _ in range(50):
+    assert np.array_equal(s.run(None, {"x": x})[0], ref)
+assert _backend.kernels(s.kernel_variant).pool_workers() >= 1
+for tid in os.listdir("/proc/self/task"):
+    if open(f"/proc/self/task/{tid}/comm").read().strip() == "pyconv1x1-pool":
+        mask = os.sched_getaffinity(int(tid))
+        assert mask and mask <= allowed, (mask, allowed)
+        assert len(mask) >= len(allowed) - 1, (mask, allowed)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux affinity")
+@pytest.mark.parametrize("mask", ["all", "one"])
+def test_workers_leave_only_the_callers_cpu(tmp_path, mask):
+    """A worker woken onto its caller's CPU moves off it (a VM's scheduler may pack
+    woken threads onto busy vCPUs): its affinity is the CPUs it started with less at most
+    one, never empty, never wider than the process allowed (one CPU allowed: it stays)."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(SPLIT_MODEL)
+    script = tmp_path / "aff.py"
+    script.write_text(AFFINITY_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(model), mask], env=ENV,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+NO_MOVES_SCRIPT = """
+import sys
+import numpy as np, pyconv1x1
+from pyconv1x1 import _backend
+sess = pyconv1x1.InferenceSession(open(sys.argv[1], "rb").read(), threads=2)
+x = np.random.default_rng(0).standard_normal(tuple(int(v) for v in sys.argv[2:])).astype(np.float32)
+kern = _backend.kernels()
+for _ in range(200):
+    sess.run(None, {"x": x})
+d = kern.pool_stats()
+assert d["jobs"] > 0, d
+assert d["moves"] == 0, d
+print("ok", d)
+"""
+
+
+def test_pool_moves_switch_off(tmp_path):
+    """PYCONV1X1_POOL_MOVES=0 keeps every worker where the OS put it: no move in 200
+    threaded runs (the switch for hosts where affinity calls are unwelcome)."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(SPLIT_MODEL)
+    script = tmp_path / "nomoves.py"
+    script.write_text(NO_MOVES_SCRIPT)
+    env = dict(ENV, PYCONV1X1_POOL_MOVES="0")
+    out = subprocess.run([sys.executable, str(script), str(model),
+                          *map(str, SPLIT_X.shape)], env=env, capture_output=True,
+                         text=True, timeout=TIMEOUT)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_split_runs_identical_at_every_thread_count():
+    """A split run (one job per layer, late workers skipping a closed job, workers
+    spinning between jobs) gives the serial run's bits at every thread count, again and
+    again (the dynamic task hand-out differs each time)."""
+    ref = pyconv1x1.InferenceSession(SPLIT_MODEL, threads=1).run(None, {"x": SPLIT_X})[0]
+    for threads in (2, 3, 5, 8):
+        sess = pyconv1x1.InferenceSession(SPLIT_MODEL, threads=threads)
+        kern = kernels_module(sess)
+        before = kern.pool_stats()
+        for _ in range(20):
+            assert np.array_equal(sess.run(None, {"x": SPLIT_X})[0], ref), threads
+        assert kern.pool_workers() >= 1
+        d = {k: v - before[k] for k, v in kern.pool_stats().items()}
+        # a job per layer (the gather of a single tile runs on the caller); workers join
+        # at most once per job each, and run at most the tasks there were
+        assert d["jobs"] == 2 * 20 and d["tasks"] >= d["jobs"] * min(threads, 2)
+        assert 0 <= d["joins"] <= d["jobs"] * (threads - 1)
+        assert 0 <= d["worker_tasks"] <= d["tasks"]
+        assert 0 <= d["joins_on_callers_cpu"] <= d["joins"]
+        assert 0 <= d["moves"]
 
 
 def test_kernels_do_not_use_openmp():
