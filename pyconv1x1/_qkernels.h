@@ -323,72 +323,94 @@ static const int8_t pc1q_avx2_perm[3][32] __attribute__((aligned(32))) = {
     {PC1Q_P4(0, 3, 1, 2), PC1Q_P4(0, 3, 1, 2)}};
 #undef PC1Q_P4
 
+/* declares c0 .. c7 = bias + corr + rows 0 .. 7 of block record B . the 8 pixels at x
+   (lanes: pixels in order); B, ub0, ex0, lo8, one, xs and bias in scope */
+#define PC1Q_AVX2_PASS(x_)                                                              \
+    __m256i c0, c1, c2, c3, c4, c5, c6, c7;                                             \
+    {                                                                                   \
+        const uint8_t *x = (x_);                                                        \
+        const pc1q_avx2_ub *u, *ue = ub0 + B->nub, *up = ue - B->nperm, *uf = up - B->nflip; \
+        const pc1q_avx2_ex *e, *ee = ex0 + B->nex;                                      \
+        __m256i v, xe, xo;                                                              \
+        c0 = _mm256_set1_epi32(bc[0]);                                                  \
+        c1 = _mm256_set1_epi32(bc[1]);                                                  \
+        c2 = _mm256_set1_epi32(bc[2]);                                                  \
+        c3 = _mm256_set1_epi32(bc[3]);                                                  \
+        c4 = _mm256_set1_epi32(bc[4]);                                                  \
+        c5 = _mm256_set1_epi32(bc[5]);                                                  \
+        c6 = _mm256_set1_epi32(bc[6]);                                                  \
+        c7 = _mm256_set1_epi32(bc[7]);                                                  \
+        if (B->seq) {  /* no index to read, no multiply */                              \
+            const uint8_t *xp = x;                                                      \
+            for (u = ub0; u < uf; u++, xp += xs) {                                      \
+                v = _mm256_loadu_si256((const __m256i *)xp);                            \
+                PC1Q_AVX2_UROWS                                                         \
+            }                                                                           \
+        } else {                                                                        \
+            for (u = ub0; u < uf; u++) {                                                \
+                v = _mm256_loadu_si256((const __m256i *)(x + u->g * xs));               \
+                PC1Q_AVX2_UROWS                                                         \
+            }                                                                           \
+        }                                                                               \
+        for (; u < up; u++) {                                                           \
+            v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + u->g * xs)),  \
+                                 _mm256_set1_epi32(u->mask));                           \
+            PC1Q_AVX2_UROWS                                                             \
+        }                                                                               \
+        for (; u < ue; u++) {                                                           \
+            v = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(x + u->g * xs)), \
+                _mm256_load_si256((const __m256i *)pc1q_avx2_perm[u->perm]));           \
+            v = _mm256_xor_si256(v, _mm256_set1_epi32(u->mask));                        \
+            PC1Q_AVX2_UROWS                                                             \
+        }                                                                               \
+        for (e = ex0; e < ee; e++) {                                                    \
+            v = _mm256_loadu_si256((const __m256i *)(x + e->g * xs));                   \
+            xe = _mm256_and_si256(v, lo8);                                              \
+            xo = _mm256_srli_epi16(v, 8);                                               \
+            PC1Q_AVX2_EROWS                                                             \
+        }                                                                               \
+    }
+#define PC1Q_AVX2_UROW(r, a)                                                            \
+    a = _mm256_add_epi32(a, _mm256_madd_epi16(                                          \
+            _mm256_maddubs_epi16(v, _mm256_set1_epi32(u->w[r])), one));
+#define PC1Q_AVX2_UROWS                                                                 \
+    PC1Q_AVX2_UROW(0, c0) PC1Q_AVX2_UROW(1, c1) PC1Q_AVX2_UROW(2, c2)                   \
+    PC1Q_AVX2_UROW(3, c3) PC1Q_AVX2_UROW(4, c4) PC1Q_AVX2_UROW(5, c5)                   \
+    PC1Q_AVX2_UROW(6, c6) PC1Q_AVX2_UROW(7, c7)
+#define PC1Q_AVX2_EROW(r, a)                                                            \
+    a = _mm256_add_epi32(a, _mm256_madd_epi16(xe, _mm256_set1_epi32(e->w[2 * r])));     \
+    a = _mm256_add_epi32(a, _mm256_madd_epi16(xo, _mm256_set1_epi32(e->w[2 * r + 1])));
+#define PC1Q_AVX2_EROWS                                                                 \
+    PC1Q_AVX2_EROW(0, c0) PC1Q_AVX2_EROW(1, c1) PC1Q_AVX2_EROW(2, c2)                   \
+    PC1Q_AVX2_EROW(3, c3) PC1Q_AVX2_EROW(4, c4) PC1Q_AVX2_EROW(5, c5)                   \
+    PC1Q_AVX2_EROW(6, c6) PC1Q_AVX2_EROW(7, c7)
+/* the block record's parts; w16: the block's record */
+#define PC1Q_AVX2_DECL(w16_)                                                            \
+    const pc1q_avx2_blk *B = (const pc1q_avx2_blk *)(w16_);                             \
+    const pc1q_avx2_ub *ub0 = (const pc1q_avx2_ub *)(B + 1);                            \
+    const pc1q_avx2_ex *ex0 = (const pc1q_avx2_ex *)(ub0 + B->nub);                     \
+    const __m256i lo8 = _mm256_set1_epi16(0x00FF), one = _mm256_set1_epi16(1);         \
+    int32_t bc[8] __attribute__((aligned(32)));
+
+/* bc = bias + corr, once per call: the passes broadcast it from memory (a load each,
+   where a broadcast of a computed scalar takes two shuffle-port uops) */
+#define PC1Q_AVX2_BIAS(bias_)                                                           \
+    _mm256_store_si256((__m256i *)bc,                                                   \
+        _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(bias_)),                  \
+                         _mm256_loadu_si256((const __m256i *)B->corr)));
+
 __attribute__((target("avx2")))
 static void pc1q_mk_avx2(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,
                          const int16_t *w16, Py_ssize_t k4, const int32_t *bias,
                          int32_t *acc) {
-    const pc1q_avx2_blk *B = (const pc1q_avx2_blk *)w16;
-    const pc1q_avx2_ub *ub0 = (const pc1q_avx2_ub *)(B + 1);
-    const pc1q_avx2_ex *ex0 = (const pc1q_avx2_ex *)(ub0 + B->nub);
-    const __m256i lo8 = _mm256_set1_epi16(0x00FF), one = _mm256_set1_epi16(1);
+    PC1Q_AVX2_DECL(w16)
     int pq;
     (void)w8;
     (void)k4;
+    PC1Q_AVX2_BIAS(bias)
     for (pq = 0; pq < 4; pq++) {
-        const uint8_t *x = x0 + 32 * pq;
-        const pc1q_avx2_ub *u, *ue = ub0 + B->nub, *up = ue - B->nperm, *uf = up - B->nflip;
-        const pc1q_avx2_ex *e, *ee = ex0 + B->nex;
-        __m256i c0, c1, c2, c3, c4, c5, c6, c7, v, xe, xo;
         int32_t *out = acc + 8 * pq;
-        c0 = _mm256_set1_epi32(bias[0] + B->corr[0]);
-        c1 = _mm256_set1_epi32(bias[1] + B->corr[1]);
-        c2 = _mm256_set1_epi32(bias[2] + B->corr[2]);
-        c3 = _mm256_set1_epi32(bias[3] + B->corr[3]);
-        c4 = _mm256_set1_epi32(bias[4] + B->corr[4]);
-        c5 = _mm256_set1_epi32(bias[5] + B->corr[5]);
-        c6 = _mm256_set1_epi32(bias[6] + B->corr[6]);
-        c7 = _mm256_set1_epi32(bias[7] + B->corr[7]);
-#define PC1Q_ROW(r, a)                                                                  \
-        a = _mm256_add_epi32(a, _mm256_madd_epi16(                                      \
-                _mm256_maddubs_epi16(v, _mm256_set1_epi32(u->w[r])), one));
-#define PC1Q_ROWS                                                                       \
-        PC1Q_ROW(0, c0) PC1Q_ROW(1, c1) PC1Q_ROW(2, c2) PC1Q_ROW(3, c3)                 \
-        PC1Q_ROW(4, c4) PC1Q_ROW(5, c5) PC1Q_ROW(6, c6) PC1Q_ROW(7, c7)
-        if (B->seq) {  /* no index to read, no multiply */
-            const uint8_t *xp = x;
-            for (u = ub0; u < uf; u++, xp += xs) {
-                v = _mm256_loadu_si256((const __m256i *)xp);
-                PC1Q_ROWS
-            }
-        } else {
-            for (u = ub0; u < uf; u++) {
-                v = _mm256_loadu_si256((const __m256i *)(x + u->g * xs));
-                PC1Q_ROWS
-            }
-        }
-        for (; u < up; u++) {
-            v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + u->g * xs)),
-                                 _mm256_set1_epi32(u->mask));
-            PC1Q_ROWS
-        }
-        for (; u < ue; u++) {
-            v = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(x + u->g * xs)),
-                                    _mm256_load_si256((const __m256i *)pc1q_avx2_perm[u->perm]));
-            v = _mm256_xor_si256(v, _mm256_set1_epi32(u->mask));
-            PC1Q_ROWS
-        }
-#undef PC1Q_ROW
-#define PC1Q_ROW(r, a)                                                                  \
-        a = _mm256_add_epi32(a, _mm256_madd_epi16(xe, _mm256_set1_epi32(e->w[2 * r])));     \
-        a = _mm256_add_epi32(a, _mm256_madd_epi16(xo, _mm256_set1_epi32(e->w[2 * r + 1])));
-        for (e = ex0; e < ee; e++) {
-            v = _mm256_loadu_si256((const __m256i *)(x + e->g * xs));
-            xe = _mm256_and_si256(v, lo8);
-            xo = _mm256_srli_epi16(v, 8);
-            PC1Q_ROWS
-        }
-#undef PC1Q_ROW
-#undef PC1Q_ROWS
+        PC1Q_AVX2_PASS(x0 + 32 * pq)
         _mm256_storeu_si256((__m256i *)(out + 0 * PC1Q_NR), c0);
         _mm256_storeu_si256((__m256i *)(out + 1 * PC1Q_NR), c1);
         _mm256_storeu_si256((__m256i *)(out + 2 * PC1Q_NR), c2);
@@ -754,40 +776,50 @@ typedef void (*pc1q_mkt_fn)(const pc1q_layer *, Py_ssize_t, const uint8_t *, Py_
 typedef void (*pc1q_mkd_fn)(const pc1q_layer *, Py_ssize_t, const uint8_t *, Py_ssize_t,
                             float *, Py_ssize_t, Py_ssize_t, float, int32_t);
 #if PC1Q_X86
-typedef struct {
-    __m512 flo, fhi, shift, vdq;
-    __m512i zp16, blo, bhi, tr;
-    int fits;
-} pc1q_q512;
-
-PC1Q_T512 static inline void pc1q_q512_init(pc1q_q512 *Q, const pc1q_layer *L, float dqs,
-                                            int32_t dqz) {
-    Q->flo = _mm512_set1_ps((float)(L->lo - L->zp));
-    Q->fhi = _mm512_set1_ps((float)(L->hi - L->zp));
-    Q->shift = _mm512_set1_ps((float)(L->zp - dqz));
-    Q->vdq = _mm512_set1_ps(dqs);
-    Q->zp16 = _mm512_set1_epi32(L->zp * 0x10001);
-    Q->blo = _mm512_set1_epi8((char)L->lo);
-    Q->bhi = _mm512_set1_epi8((char)L->hi);
-    Q->tr = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
-    Q->fits = L->fits;
+/* requantization constants and steps of one vector width W (512 or 256; target T):
+   pc1q_q<W>_row: one row's accumulators rounded (clamped first unless the layer fits);
+   pc1q_q<W>_words: four rows' pixels -> tile words (pc1q_rq4; the byte clamp is a no-op
+   where the float clamp ran) */
+static const uint8_t pc1q_tr_bytes[64] __attribute__((aligned(64))) = {
+    0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13,
+    2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+    0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+#define PC1Q_QDEFS(W, T)                                                                  \
+typedef struct {                                                                          \
+    __m##W flo, fhi, shift, vdq;                                                          \
+    __m##W##i zp16, blo, bhi, tr;                                                         \
+    int fits;                                                                             \
+} pc1q_q##W;                                                                              \
+T static inline void pc1q_q##W##_init(pc1q_q##W *Q, const pc1q_layer *L, float dqs,       \
+                                      int32_t dqz, float shift0) {                        \
+    Q->flo = _mm##W##_set1_ps((float)(L->lo - L->zp));                                    \
+    Q->fhi = _mm##W##_set1_ps((float)(L->hi - L->zp));                                    \
+    Q->shift = _mm##W##_set1_ps(shift0 + (float)(L->zp - dqz));                           \
+    Q->vdq = _mm##W##_set1_ps(dqs);                                                       \
+    Q->zp16 = _mm##W##_set1_epi32(L->zp * 0x10001);                                       \
+    Q->blo = _mm##W##_set1_epi8((char)L->lo);                                             \
+    Q->bhi = _mm##W##_set1_epi8((char)L->hi);                                             \
+    Q->tr = _mm##W##_load_si##W((const void *)pc1q_tr_bytes);                             \
+    Q->fits = L->fits;                                                                    \
+}                                                                                         \
+T static inline __m##W##i pc1q_q##W##_row(const pc1q_q##W *Q, __m##W##i a, float s) {     \
+    __m##W v = _mm##W##_mul_ps(_mm##W##_cvtepi32_ps(a), _mm##W##_set1_ps(s));             \
+    if (!Q->fits) v = _mm##W##_min_ps(_mm##W##_max_ps(v, Q->flo), Q->fhi);                \
+    return _mm##W##_cvtps_epi32(v);                                                       \
+}                                                                                         \
+T static inline __m##W##i pc1q_q##W##_words(const pc1q_q##W *Q, __m##W##i a0,             \
+                                            __m##W##i a1, __m##W##i a2, __m##W##i a3,     \
+                                            const float *s) {                             \
+    __m##W##i lo = _mm##W##_packs_epi32(pc1q_q##W##_row(Q, a0, s[0]),                     \
+                                        pc1q_q##W##_row(Q, a1, s[1]));                    \
+    __m##W##i hi = _mm##W##_packs_epi32(pc1q_q##W##_row(Q, a2, s[2]),                     \
+                                        pc1q_q##W##_row(Q, a3, s[3]));                    \
+    lo = _mm##W##_packus_epi16(_mm##W##_adds_epi16(lo, Q->zp16),                          \
+                               _mm##W##_adds_epi16(hi, Q->zp16));                         \
+    lo = _mm##W##_shuffle_epi8(lo, Q->tr);                                                \
+    return _mm##W##_min_epu8(_mm##W##_max_epu8(lo, Q->blo), Q->bhi);                      \
 }
-
-/* one row's 16 accumulators rounded (clamped first unless the layer fits) */
-PC1Q_T512 static inline __m512i pc1q_q512_row(const pc1q_q512 *Q, __m512i a, float s) {
-    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(s));
-    if (!Q->fits) v = _mm512_min_ps(_mm512_max_ps(v, Q->flo), Q->fhi);
-    return _mm512_cvtps_epi32(v);
-}
-
-/* four rows' 16 pixels -> 16 tile words (pc1q_rq4) */
-PC1Q_T512 static inline __m512i pc1q_q512_words(const pc1q_q512 *Q, __m512i a0, __m512i a1,
-                                                __m512i a2, __m512i a3, const float *s) {
-    __m512i lo = _mm512_packs_epi32(pc1q_q512_row(Q, a0, s[0]), pc1q_q512_row(Q, a1, s[1]));
-    __m512i hi = _mm512_packs_epi32(pc1q_q512_row(Q, a2, s[2]), pc1q_q512_row(Q, a3, s[3]));
-    lo = _mm512_packus_epi16(_mm512_adds_epi16(lo, Q->zp16), _mm512_adds_epi16(hi, Q->zp16));
-    return _mm512_min_epu8(_mm512_max_epu8(_mm512_shuffle_epi8(lo, Q->tr), Q->blo), Q->bhi);
-}
+PC1Q_QDEFS(512, PC1Q_T512)
 
 /* one row's 16 accumulators -> float32, the uint8 result dequantized; m: lanes stored */
 PC1Q_T512 static inline void pc1q_q512_dq(const pc1q_q512 *Q, __m512i a, float s, float *y,
@@ -805,7 +837,7 @@ static void pc1q_mkt_avx512vnni(const pc1q_layer *L, Py_ssize_t b, const uint8_t
     const float *s = L->scale + 8 * b;
     uint32_t *o = (uint32_t *)(t + 8 * b * width) + pan * PC1Q_NR;
     pc1q_q512 Q;
-    pc1q_q512_init(&Q, L, 1.0f, 0);
+    pc1q_q512_init(&Q, L, 1.0f, 0, 0.0f);
     PC1Q_ACC512(x, xs, L->w8 + b * L->k4 * 32, L->k4, L->bias + 8 * b)
     _mm512_storeu_si512((void *)o, pc1q_q512_words(&Q, c00, c10, c20, c30, s));
     _mm512_storeu_si512((void *)(o + 16), pc1q_q512_words(&Q, c01, c11, c21, c31, s));
@@ -827,7 +859,7 @@ static void pc1q_mkd_avx512vnni(const pc1q_layer *L, Py_ssize_t b, const uint8_t
     const float *s = L->scale + 8 * b;
     Py_ssize_t rows = L->cout - 8 * b;
     pc1q_q512 Q;
-    pc1q_q512_init(&Q, L, dqs, dqz);
+    pc1q_q512_init(&Q, L, dqs, dqz, 0.0f);
     PC1Q_ACC512(x, xs, L->w8 + b * L->k4 * 32, L->k4, L->bias + 8 * b)
 #define PC1Q_DQROW(r, a0, a1)                                        \
     if (r < rows) {                                                  \
@@ -839,6 +871,76 @@ static void pc1q_mkd_avx512vnni(const pc1q_layer *L, Py_ssize_t b, const uint8_t
     PC1Q_DQROW(6, c60, c61) PC1Q_DQROW(7, c70, c71)
 #undef PC1Q_DQROW
 }
+
+/* the AVX2 path's fused kernels: pc1q_mk_avx2's passes (8 rows x 8 pixels), each pass's
+   accumulators requantized in registers (pc1q_rq4's and the vector dequantizing store's
+   arithmetic, bit for bit) */
+#define PC1Q_T256 __attribute__((target("avx2")))
+PC1Q_QDEFS(256, PC1Q_T256)
+
+/* one row's 8 accumulators -> float32, the uint8 result dequantized; n: lanes stored */
+PC1Q_T256 static inline void pc1q_q256_dq(const pc1q_q256 *Q, __m256i a, float s, float *y,
+                                          Py_ssize_t n) {
+    /* rne(v) + zp - dq_zp as (v + (1.5 * 2^23 + zp - dq_zp)) - 1.5 * 2^23: |v| <= 255
+       and |zp - dq_zp| <= 255 keep the sum in [2^23, 2^24), where floats are the
+       integers, so the addition rounds v half to even (the pool's rounding mode) and
+       the subtraction is exact: the same float as vroundps then + (zp - dq_zp) */
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(s));
+    v = _mm256_min_ps(_mm256_max_ps(v, Q->flo), Q->fhi);
+    v = _mm256_sub_ps(_mm256_add_ps(v, Q->shift), _mm256_set1_ps(PC1Q_MAGIC));
+    v = _mm256_mul_ps(v, Q->vdq);
+    if (n >= 8)
+        _mm256_storeu_ps(y, v);
+    else
+        _mm256_maskstore_ps(y, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
+                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), v);
+}
+
+/* block b x one panel -> the next tile's words, groups 2b, 2b+1 (pc1q_mkt_avx512vnni) */
+PC1Q_T256
+static void pc1q_mkt_avx2(const pc1q_layer *L, Py_ssize_t b, const uint8_t *x0,
+                          Py_ssize_t xs, uint8_t *t, Py_ssize_t width, Py_ssize_t pan) {
+    PC1Q_AVX2_DECL((const char *)L->w16 + b * L->w16_stride)
+    const int32_t *bias = L->bias + 8 * b;
+    const float *s = L->scale + 8 * b;
+    uint32_t *o = (uint32_t *)(t + 8 * b * width) + pan * PC1Q_NR;
+    int two = 8 * b + 4 < L->cout, pq;
+    pc1q_q256 Q;
+    pc1q_q256_init(&Q, L, 1.0f, 0, 0.0f);
+    PC1Q_AVX2_BIAS(bias)
+    for (pq = 0; pq < 4; pq++) {
+        PC1Q_AVX2_PASS(x0 + 32 * pq)
+        _mm256_storeu_si256((__m256i *)(o + 8 * pq), pc1q_q256_words(&Q, c0, c1, c2, c3, s));
+        if (two)  /* group 2b + 1 */
+            _mm256_storeu_si256((__m256i *)(o + width + 8 * pq),
+                                pc1q_q256_words(&Q, c4, c5, c6, c7, s + 4));
+    }
+}
+
+/* block b x one panel -> float32 rows (y: row 8b, the panel's first pixel; n pixels),
+   the uint8 result dequantized; passes past n skipped */
+PC1Q_T256
+static void pc1q_mkd_avx2(const pc1q_layer *L, Py_ssize_t b, const uint8_t *x0,
+                          Py_ssize_t xs, float *y, Py_ssize_t P, Py_ssize_t n,
+                          float dqs, int32_t dqz) {
+    PC1Q_AVX2_DECL((const char *)L->w16 + b * L->w16_stride)
+    const int32_t *bias = L->bias + 8 * b;
+    const float *s = L->scale + 8 * b;
+    Py_ssize_t rows = L->cout - 8 * b, pq;
+    pc1q_q256 Q;
+    pc1q_q256_init(&Q, L, dqs, dqz, PC1Q_MAGIC);  /* see pc1q_q256_dq */
+    PC1Q_AVX2_BIAS(bias)
+    for (pq = 0; 8 * pq < n; pq++) {
+        Py_ssize_t m = n - 8 * pq;
+        float *yp = y + 8 * pq;
+        PC1Q_AVX2_PASS(x0 + 32 * pq)
+#define PC1Q_DQROW(r, a) \
+        if (r < rows) pc1q_q256_dq(&Q, a, s[r], yp + r * P, m);
+        PC1Q_DQROW(0, c0) PC1Q_DQROW(1, c1) PC1Q_DQROW(2, c2) PC1Q_DQROW(3, c3)
+        PC1Q_DQROW(4, c4) PC1Q_DQROW(5, c5) PC1Q_DQROW(6, c6) PC1Q_DQROW(7, c7)
+#undef PC1Q_DQROW
+    }
+}
 #endif
 
 /* the path's fused kernels, or NULL (its micro-kernel and the epilogues above run) */
@@ -849,6 +951,9 @@ static void pc1q_fused(int path, pc1q_mkt_fn *mkt, pc1q_mkd_fn *mkd) {
     if (path == PC1Q_AVX512VNNI) {
         *mkt = pc1q_mkt_avx512vnni;
         *mkd = pc1q_mkd_avx512vnni;
+    } else if (path == PC1Q_AVX2) {
+        *mkt = pc1q_mkt_avx2;
+        *mkd = pc1q_mkd_avx2;
     }
 #endif
     (void)path;

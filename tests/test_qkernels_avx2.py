@@ -161,3 +161,43 @@ def test_random_blocks_of_both_forms(variant, path):
         scale = np.full(cout, 300.0 / (np.sqrt(k) * 45 * 128), np.float32)
         x = rng.integers(0, 256, (2, k, 50), dtype=np.uint8)
         check(qk, path, [(w, bias, scale, 77, 2, 250, None)], x, (1, 2))
+
+
+@pytest.mark.parametrize("variant,path", CASES, ids=IDS)
+def test_fused_requantization_of_both_forms(variant, path):
+    """The fused kernels (each pass's accumulators requantized in registers: the next
+    tile's words, and the last layer's uint8 dequantized on its store): both forms and
+    flips, the last layer's rows past cout, passes past the last pixel (1 .. 33 pixels),
+    inner layers within and far past int16 after scaling (clamped before or after
+    rounding), zero points other than 0 and 128 at both ends saturating; bitwise the
+    numpy reference at 1..3 threads, through BoundQChain (float32 in, dequantized out)."""
+    qk = QK[variant]
+    rng = np.random.default_rng(24)
+    extreme = lambda r, o, k: r.choice(np.array([-128, -127, 126, 127], np.int8), (o, k))
+    ends = [0, 0]
+    for weights in (full_range, seven_bit, extreme):
+        for n, c, p, couts in [(1, 8, 1, [16, 8]), (2, 6, 5, [13, 3]), (1, 16, 13, [8, 5]),
+                               (1, 9, 31, [20, 12]), (3, 4, 33, [4, 11])]:
+            specs = chain_specs(rng, c, couts, weights)
+            inner = list(specs[0])
+            inner[3:6] = (3, 1, 250) if p % 2 else (255, 0, 255)
+            if p > 20:  # far past int16 once scaled: clamp before rounding
+                inner[2] = (inner[2] * np.float32(1e4)).astype(np.float32)
+            specs[0] = tuple(inner)
+            last = list(specs[-1])
+            last[3:6] = (201, 4, 240) if n > 1 else (0, 0, 255)
+            specs[-1] = tuple(last)
+            xf = (rng.standard_normal((n, c, 1, p)) * 3).astype(np.float32)
+            q = ref.chain(xf.reshape(n, c, p), specs, False, in_scale=0.02, in_zp=120)
+            ends[0] += int((q == last[4]).sum())
+            ends[1] += int((q == last[5]).sum())
+            for dq_zp in (0, 255, 77):
+                want = (q.astype(np.int32) - dq_zp).astype(np.float32) * np.float32(0.0125)
+                ch = make_chain(qk, specs, False, path)
+                for t in (1, 3):
+                    b = qk.BoundQChain(ch, xf.shape, (n, couts[-1], 1, p), (0.02, 120),
+                                       (0.0125, dq_zp), t)
+                    np.testing.assert_array_equal(
+                        b.try_call(xf).reshape(n, couts[-1], p), want,
+                        err_msg=f"{weights.__name__} {(n, c, p, couts)} dq_zp={dq_zp} t={t}")
+    assert ends[0] > 10 and ends[1] > 10
