@@ -31,8 +31,8 @@ from ..plan.policy import choose_split, choose_tiling, min_tiles, threads_for
 
 EXACT_LIMIT = 1 << 24  # float32 holds every integer of smaller magnitude
 # the int8 paths the float kernels do not beat: with VNNI faster than float32; 'avx2'
-# (no VNNI) at 0.82-0.96x of float32 still beats this path's 0.65-0.79x, fused (0.47-0.72x
-# with the requantization as numpy passes; tools/bench.py --int8 --fallback, 1 thread).
+# (no VNNI) at 1.17-1.36x of float32 (0.74x on issue 4's `tiny`) beats this path's
+# 0.64-0.83x (`tiny` 0.14x; tools/bench.py --int8 --fallback, 1 thread, session 5).
 # 'c' (0.14-0.27x of float32) and the numpy reference lose to it.
 FAST_PATHS = ("amx", "avx512vnni", "avxvnni", "avx2")
 # runs of fewer multiply-adds stay on the int8 path even so: there the per-call
