@@ -156,7 +156,11 @@ class ShapePlan:
         nblocks = max(-(-l.cout // (kset.kernels.LANES_BLOCK_ROWS if (lanes >> i) & 1
                                     else kset.kernels.MAX_BLOCK_ROWS))
                       for i, l in enumerate(step.layers))
-        few = ntiles < MIN_TILES_PER_THREAD * nthreads  # (choose_split weighs them)
+        # uneven few tiles: cut into channel ranges where that keeps the fusion (one
+        # layer) or it is gone anyway (too few tiles: split already); see SPLIT_BALANCE
+        few = (ntiles < MIN_TILES_PER_THREAD * nthreads
+               and (len(step.layers) == 1
+                    or ntiles < SPLIT_TASKS_PER_THREAD * nthreads))
         split = choose_split(ntiles, nthreads, nblocks,
                              tile_sizes(n, p, tile, folded) if few else None)
         bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],

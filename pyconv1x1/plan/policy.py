@@ -30,7 +30,10 @@ SPLIT_BALANCE = 1.1         # fewer tiles than that whose pixels do not share ou
                             # the threads within 10% (14x14 in tiles of 64, 64, 64 and 4
                             # on 2 threads: 1.31) also cut their output channels into
                             # ranges: 1024 -> 256 at 14x14, 2 threads, went from 0.77x
-                            # to 0.97x onnxruntime (v4, paired rounds, session 6)
+                            # to 0.97x onnxruntime (v4, paired rounds, session 6).
+                            # The planner asks only for one-layer steps and for chains
+                            # that run split anyway: a fused chain cut into ranges runs
+                            # layer by layer (unmeasured at 8-16 threads so far)
 
 # -- batch folding: panel lanes (pixels computed, valid or padding) ------------------------
 FOLD_LANE_GAIN = 0.9  # fold the batch when that needs <= 90% of the panel lanes: folded
