@@ -906,6 +906,27 @@ def test_choose_split():
         assert plan.choose_split(1, threads, 3) <= 3  # at most the blocks there are
 
 
+def test_choose_split_shares_uneven_tiles_out():
+    """Tiles too few and too uneven to share out (14x14 in tiles of a panel: the last
+    holds a few pixels) are cut into output-channel ranges until the busiest thread has
+    at most SPLIT_BALANCE of the mean; even tiles, tiles enough or no sizes: as before."""
+    nr = 64
+    sizes = plan.tile_sizes(1, 196, nr, False)
+    assert sizes == [64, 64, 64, 4]
+    assert plan.split_makespan(sizes, 1, 2) == pytest.approx(128 / 98)
+    split = plan.choose_split(4, 2, 100, sizes)
+    assert split > 1 and plan.split_makespan(sizes, split, 2) <= plan.SPLIT_BALANCE
+    assert plan.split_makespan(sizes, split - 1, 2) > plan.SPLIT_BALANCE
+    assert plan.choose_split(4, 2, 100) == 1           # sizes not given
+    assert plan.choose_split(4, 2, 1, sizes) == 1      # one block: nothing to cut
+    assert plan.choose_split(4, 2, 100, [64] * 4) == 1  # even: shares out
+    many = plan.tile_sizes(1, 100 * nr + 3, nr, False)
+    assert plan.choose_split(len(many), 2, 100, many) == 1  # tiles enough per thread
+    assert plan.tile_sizes(3, 5, 4, True) == [4, 4, 4, 3]
+    assert plan.tile_sizes(2, 5, 4, False) == [4, 1, 4, 1]
+    assert plan.split_makespan([], 3, 4) == 1.0
+
+
 @pytest.mark.parametrize("res_mode", [RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT])
 @pytest.mark.parametrize("pixels", [1, 2, 3, 4, 5])
 def test_matrix_vector_tiles_match_panels(kern, res_mode, pixels):
@@ -1068,8 +1089,9 @@ def test_lanes_first_layer_reads_the_image_in_place(kern, res_mode):
     """A chain whose first layer runs channels-in-lanes reads an image without strides
     or pads where it lies (no gather): images of 1 pixel, a pixel group less one, and
     panels and a remainder, cut into tiles of one and two panels (so tiles start inside
-    the image), alone and chained, threads 1..8, with and without an input scale (which
-    still gathers), all bitwise the same as the pixel panels; the input is not written."""
+    the image), alone and chained, fused and split (whose first layer then skips the
+    gather job too), threads 1..8, with and without an input scale (which still
+    gathers), all bitwise the same as the pixel panels; the input is not written."""
     rng = np.random.default_rng(31 + res_mode)
     R, nr, px = kern.LANES_BLOCK_ROWS, kern.PANEL_WIDTH, kern.LANES_PIXELS
     kc = kern.LANES_REDUCTION_CHUNK
@@ -1081,7 +1103,8 @@ def test_lanes_first_layer_reads_the_image_in_place(kern, res_mode):
             x0 = x.copy()
             masks = (1, 0, 3) if len(chain_layers) == 2 else (1, 0)
             run_masks(kern, rng, chain_layers, x, masks, threads=range(1, 9),
-                      tiles=(None, nr, 2 * nr), what=f"in place cin={cin} p={pixels}")
+                      tiles=(None, nr, 2 * nr), splits=(1, 2, 5),
+                      what=f"in place cin={cin} p={pixels}")
             assert np.array_equal(x, x0)
             scale = rng.standard_normal((3, cin)).astype(np.float32)
             chain = lanes_chain(kern, chain_layers)
@@ -1089,14 +1112,15 @@ def test_lanes_first_layer_reads_the_image_in_place(kern, res_mode):
             res = tuple(rng.standard_normal((n, l.cout, h, w)).astype(np.float32)
                         if l.res_mode else None for l in chain_layers)
             out = []
-            for mask in (0, 1):
+            for mask, split in ((0, 1), (1, 1), (1, 3)):
                 y = np.full((n, chain_layers[-1].cout, h, w), np.nan, np.float32)
-                chain.run(x, y, res, n, h, w, h, w, 1, 1, 0, 0, nr, 2, False, 1,
+                chain.run(x, y, res, n, h, w, h, w, 1, 1, 0, 0, nr, 2, False, split,
                           xscale=scale, lanes=mask)
                 out.append(y)
             assert_close(out[0], reference(x * scale[:, :, None, None], chain_layers,
                                            list(res)))
-            assert np.array_equal(out[0], out[1]) and np.array_equal(x, x0)
+            assert all(np.array_equal(out[0], o) for o in out[1:])
+            assert np.array_equal(x, x0)
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (1, 2), (1, 3), (1, 7), (2, 4), (3, 3)])

@@ -13,13 +13,13 @@ from . import policy  # noqa: F401  (policy.ORIENTATION: tests and benchmarks fo
 from .packing import (block_table, pack_lanes, pack_layer, split_rows,  # noqa: F401
                       unpack_layer)
 from .policy import (FOLD_LANE_GAIN, MAX_TILE_PIXELS, MIN_TILES_PER_THREAD,  # noqa: F401
-                     SERIAL_FLOPS, SPLIT_TASKS_PER_THREAD, THREAD_FLOPS,
+                     SERIAL_FLOPS, SPLIT_BALANCE, SPLIT_TASKS_PER_THREAD, THREAD_FLOPS,
                      TILE_BUDGET_BYTES, LANES_EFFICIENCY,
                      LANES_MIN_K,
                      MAX_LANES_LAYERS, channel_lane_use, choose_orientation,
                      tiles_lane_use, prefer_lanes_per_image, LANES_UNFOLD_MIN_K,
-                     choose_split, choose_tiling, min_tiles, panel_lanes,
-                     pixel_lane_use, threads_for, tile_pixels)
+                     choose_split, choose_tiling, min_tiles, panel_lanes, split_makespan,
+                     pixel_lane_use, threads_for, tile_pixels, tile_sizes)
 
 _NO_OUTS = {}
 
@@ -156,7 +156,13 @@ class ShapePlan:
         nblocks = max(-(-l.cout // (kset.kernels.LANES_BLOCK_ROWS if (lanes >> i) & 1
                                     else kset.kernels.MAX_BLOCK_ROWS))
                       for i, l in enumerate(step.layers))
-        split = choose_split(ntiles, nthreads, nblocks)
+        # uneven few tiles: cut into channel ranges where that keeps the fusion (one
+        # layer) or it is gone anyway (too few tiles: split already); see SPLIT_BALANCE
+        few = (ntiles < MIN_TILES_PER_THREAD * nthreads
+               and (len(step.layers) == 1
+                    or ntiles < SPLIT_TASKS_PER_THREAD * nthreads))
+        split = choose_split(ntiles, nthreads, nblocks,
+                             tile_sizes(n, p, tile, folded) if few else None)
         bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
                                            first.strides[1], pt, pl, tile, nthreads,
                                            folded, split, step.in_last, step.out_last,

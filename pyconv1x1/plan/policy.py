@@ -26,6 +26,14 @@ SPLIT_TASKS_PER_THREAD = 2  # a chain with fewer tiles than this per thread runs
                             # layer, its output channels cut into ranges to make tasks
 MIN_TILES_PER_THREAD = 4    # threaded runs cut images into at least this many tiles per
                             # thread while tiles stay >= a panel (see tile_pixels)
+SPLIT_BALANCE = 1.1         # fewer tiles than that whose pixels do not share out across
+                            # the threads within 10% (14x14 in tiles of 64, 64, 64 and 4
+                            # on 2 threads: 1.31) also cut their output channels into
+                            # ranges: 1024 -> 256 at 14x14, 2 threads, went from 0.77x
+                            # to 0.97x onnxruntime (v4, paired rounds, session 6).
+                            # The planner asks only for one-layer steps and for chains
+                            # that run split anyway: a fused chain cut into ranges runs
+                            # layer by layer (unmeasured at 8-16 threads so far)
 
 # -- batch folding: panel lanes (pixels computed, valid or padding) ------------------------
 FOLD_LANE_GAIN = 0.9  # fold the batch when that needs <= 90% of the panel lanes: folded
@@ -108,14 +116,41 @@ def min_tiles(nthreads):
     return 1 if nthreads <= 1 else MIN_TILES_PER_THREAD * nthreads
 
 
-def choose_split(ntiles, nthreads, nblocks):
+def split_makespan(sizes, split, nthreads):
+    """The busiest thread's pixels over the mean when tiles of these pixel counts, each
+    cut into `split` equal tasks in order, go to whichever thread is free first (the
+    pool's threads take the next task as they finish one)."""
+    loads = [0.0] * nthreads
+    for size in sizes:
+        for _ in range(split):
+            i = loads.index(min(loads))
+            loads[i] += size / split
+    total = sum(loads)
+    return max(loads) * nthreads / total if total else 1.0
+
+
+def choose_split(ntiles, nthreads, nblocks, sizes=None):
     """Output-channel ranges per tile and layer: 1 (each tile through the fused chain)
-    unless the tiles are too few to keep nthreads busy; at most the widest layer's
-    weight blocks."""
+    unless the tiles are too few to keep nthreads busy, or (sizes: the tiles' pixel
+    counts, when given) they are fewer than MIN_TILES_PER_THREAD per thread and do not
+    share out within SPLIT_BALANCE; at most the widest layer's weight blocks."""
     want = SPLIT_TASKS_PER_THREAD * nthreads
-    if nthreads <= 1 or ntiles <= 0 or ntiles >= want:
+    if nthreads <= 1 or ntiles <= 0:
         return 1
-    return max(1, min(nblocks, -(-want // ntiles)))
+    split = 1 if ntiles >= want else max(1, min(nblocks, -(-want // ntiles)))
+    if sizes is not None and ntiles < MIN_TILES_PER_THREAD * nthreads:
+        while (split < nblocks
+               and split_makespan(sizes, split, nthreads) > SPLIT_BALANCE):
+            split += 1
+    return split
+
+
+def tile_sizes(n, pixels, tile, folded):
+    """Valid pixels of each tile of a run (choose_tiling's tiles), in task order."""
+    if folded:
+        total = n * pixels
+        return [min(tile, total - q) for q in range(0, total, tile)]
+    return [min(tile, pixels - q) for q in range(0, pixels, tile)] * n
 
 
 def choose_tiling(nr, max_channels, n, pixels, min_tiles, chunk=None):
