@@ -345,6 +345,37 @@ def test_split_runs_identical_at_every_thread_count():
         assert 0 <= d["moves"]
 
 
+def test_few_pixels_with_megabytes_of_weights_use_the_pool():
+    """One pixel through 1152 -> 1152 is 2.7 MFLOP (under the serial threshold) but
+    streams 5.3 MB of weights, the run's time: plan.threads_for counts them and the run
+    uses the pool, bitwise as serially; one pixel through 96 -> 96 stays serial."""
+    x_big = np.random.default_rng(2).standard_normal((1, 1152, 1, 1)).astype(np.float32)
+    for c, x, threaded in ((1152, x_big, True), (C, X[:, :, :1, :1].copy(), False)):
+        model = chain_bytes(layers=1, c=c, seed=11)
+        ref = pyconv1x1.InferenceSession(model, threads=1).run(None, {"x": x})[0]
+        sess = pyconv1x1.InferenceSession(model, threads=2)
+        kern = kernels_module(sess)
+        before = kern.pool_stats()["jobs"]
+        for _ in range(5):
+            assert np.array_equal(sess.run(None, {"x": x})[0], ref)
+        assert (kern.pool_stats()["jobs"] > before) == threaded, c
+
+
+def test_threads_for_counts_streamed_weights():
+    from pyconv1x1 import plan
+    small = plan.SERIAL_FLOPS // 2
+    assert plan.threads_for(small, 8) == 1
+    big_weights = plan.SERIAL_FLOPS // plan.STREAM_FLOPS_PER_BYTE + 1
+    assert plan.threads_for(small, 8, big_weights) > 1
+    assert plan.threads_for(small, 1, big_weights) == 1
+    assert plan.threads_for(small, 8, big_weights // 4) == 1
+    # never more threads than given, each with THREAD_FLOPS of work at least
+    huge = 100 * plan.THREAD_FLOPS
+    assert plan.threads_for(0, 16, huge // plan.STREAM_FLOPS_PER_BYTE) == 16
+    assert plan.threads_for(0, 64, huge // plan.STREAM_FLOPS_PER_BYTE) == 64
+    assert plan.threads_for(0, 200, huge // plan.STREAM_FLOPS_PER_BYTE) <= 100
+
+
 def test_kernels_do_not_use_openmp():
     """The pool replaced OpenMP: no kernel build links an OpenMP runtime (whose wait
     policy and fork behaviour we could not control)."""

@@ -13,7 +13,8 @@ from . import policy  # noqa: F401  (policy.ORIENTATION: tests and benchmarks fo
 from .packing import (block_table, pack_lanes, pack_layer, split_rows,  # noqa: F401
                       unpack_layer)
 from .policy import (FOLD_LANE_GAIN, MAX_TILE_PIXELS, MIN_TILES_PER_THREAD,  # noqa: F401
-                     SERIAL_FLOPS, SPLIT_BALANCE, SPLIT_TASKS_PER_THREAD, THREAD_FLOPS,
+                     SERIAL_FLOPS, SPLIT_BALANCE, SPLIT_TASKS_PER_THREAD, STREAM_FLOPS_PER_BYTE,
+                     THREAD_FLOPS,
                      TILE_BUDGET_BYTES, LANES_EFFICIENCY,
                      LANES_MIN_K,
                      MAX_LANES_LAYERS, channel_lane_use, choose_orientation,
@@ -136,7 +137,8 @@ class ShapePlan:
         shapes[step.output] = out
         p = ho * wo
         max_c = max(max(l.cin, l.cout) for l in step.layers)
-        nthreads = threads_for(flops, threads)
+        nthreads = threads_for(flops, threads,
+                               sum(4 * l.cout * l.k for l in step.layers))
         tile, folded = choose_tiling(nr, max_c, n, p, min_tiles(nthreads),
                                      kset.kernels.REDUCTION_CHUNK)
         if folded and not (step.in_last or step.out_last):

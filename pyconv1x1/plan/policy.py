@@ -11,6 +11,14 @@ SERIAL_FLOPS = 5_000_000    # below this, waking a worker costs more than it sav
 THREAD_FLOPS = SERIAL_FLOPS // 2  # and each thread a run uses gets at least this much work:
                             # waking a worker costs the same whatever the thread count, so
                             # 16 threads need 40 MFLOP (2 threads: SERIAL_FLOPS, as before)
+STREAM_FLOPS_PER_BYTE = 4   # a weight byte a run streams costs the time of ~4-5 FLOPs on
+                            # one core: ~150 GF/s (v4 sgemm) over the ~29 GB/s one core
+                            # streams weights at (head4096_p1_b1, 1 thread). A 1-pixel
+                            # 1280 -> 1000 (2.6 MFLOP, 5 MB of weights: 0.18 ms alone)
+                            # counts as 20 MFLOP and gets its second thread: 0.49x ->
+                            # 1.00x onnxruntime at 2 threads. 8 vectors 512 -> 512 (4.2
+                            # MFLOP, 1 MB that stays in L2) gained nothing from a second
+                            # thread (38 -> 40 us), so 4, not 5 (v4 VM, session 6)
 
 # -- tiles: bytes of cache, pixels per tile -----------------------------------------------
 TILE_BUDGET_BYTES = 96 * 1024  # a tile's input (one reduction chunk of it) in L2.
@@ -102,12 +110,15 @@ def panel_lanes(nr, pixels, tile):
     return full * tile + -(-rest // nr) * nr
 
 
-def threads_for(flops, threads):
-    """Threads a run of `flops` gets out of `threads`: one below SERIAL_FLOPS, and never
-    so many that a thread has less than THREAD_FLOPS of work."""
-    if flops < SERIAL_FLOPS:
+def threads_for(flops, threads, weight_bytes=0):
+    """Threads a run of `flops` that reads `weight_bytes` of weights gets out of
+    `threads`: its work is the larger of its FLOPs and STREAM_FLOPS_PER_BYTE per weight
+    byte (few pixels: the weights' streaming is the run's time); one thread below
+    SERIAL_FLOPS of work, and never so many that a thread has less than THREAD_FLOPS."""
+    work = max(flops, STREAM_FLOPS_PER_BYTE * weight_bytes)
+    if work < SERIAL_FLOPS:
         return 1
-    return max(1, min(threads, flops // THREAD_FLOPS))
+    return max(1, min(threads, work // THREAD_FLOPS))
 
 
 def min_tiles(nthreads):
