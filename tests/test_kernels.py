@@ -925,6 +925,11 @@ def test_choose_split_shares_uneven_tiles_out():
     assert plan.tile_sizes(3, 5, 4, True) == [4, 4, 4, 3]
     assert plan.tile_sizes(2, 5, 4, False) == [4, 1, 4, 1]
     assert plan.split_makespan([], 3, 4) == 1.0
+    # one-layer steps ask for more tasks per thread (plan.SPLIT_TASKS_ONE_LAYER)
+    for threads in (2, 3, 8):
+        per = plan.SPLIT_TASKS_ONE_LAYER
+        assert plan.choose_split(1, threads, 1000, [7], per) == per * threads
+        assert plan.choose_split(1, threads, 5, [7], per) == 5
 
 
 @pytest.mark.parametrize("res_mode", [RES_NONE, RES_BEFORE_ACT, RES_AFTER_ACT])

@@ -13,7 +13,8 @@ from . import policy  # noqa: F401  (policy.ORIENTATION: tests and benchmarks fo
 from .packing import (block_table, pack_lanes, pack_layer, split_rows,  # noqa: F401
                       unpack_layer)
 from .policy import (FOLD_LANE_GAIN, MAX_TILE_PIXELS, MIN_TILES_PER_THREAD,  # noqa: F401
-                     SERIAL_FLOPS, SPLIT_BALANCE, SPLIT_TASKS_PER_THREAD, STREAM_FLOPS_PER_BYTE,
+                     SERIAL_FLOPS, SPLIT_BALANCE, SPLIT_TASKS_ONE_LAYER, SPLIT_TASKS_PER_THREAD,
+                     STREAM_FLOPS_PER_BYTE,
                      THREAD_FLOPS,
                      TILE_BUDGET_BYTES, LANES_EFFICIENCY,
                      LANES_MIN_K,
@@ -164,7 +165,9 @@ class ShapePlan:
                and (len(step.layers) == 1
                     or ntiles < SPLIT_TASKS_PER_THREAD * nthreads))
         split = choose_split(ntiles, nthreads, nblocks,
-                             tile_sizes(n, p, tile, folded) if few else None)
+                             tile_sizes(n, p, tile, folded) if few else None,
+                             SPLIT_TASKS_ONE_LAYER if len(step.layers) == 1
+                             else SPLIT_TASKS_PER_THREAD)
         bound = kset.chains[id(step)].bind(out, n, h, w, ho, wo, first.strides[0],
                                            first.strides[1], pt, pl, tile, nthreads,
                                            folded, split, step.in_last, step.out_last,

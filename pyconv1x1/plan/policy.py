@@ -32,6 +32,11 @@ MAX_TILE_PIXELS = 512          # a tile's pixels at most, however few its channe
 # -- how work is cut: tasks and tiles per thread -----------------------------------------
 SPLIT_TASKS_PER_THREAD = 2  # a chain with fewer tiles than this per thread runs layer by
                             # layer, its output channels cut into ranges to make tasks
+SPLIT_TASKS_ONE_LAYER = 4   # and a one-layer step cut into this many per thread: smaller
+                            # tasks share out better when a worker wakes late (2 threads,
+                            # 2 -> 4 per thread, paired: 1 pixel 1280 -> 1000 +17%, 7x7
+                            # 1024 -> 1024 +8%, 14x14 1024 -> 256 +7%, 1 pixel 4096 ->
+                            # 1024 +-2%; a two-layer chain, 7x7 2048 -> 512 -> 2048, -2%)
 MIN_TILES_PER_THREAD = 4    # threaded runs cut images into at least this many tiles per
                             # thread while tiles stay >= a panel (see tile_pixels)
 SPLIT_BALANCE = 1.1         # fewer tiles than that whose pixels do not share out across
@@ -140,12 +145,13 @@ def split_makespan(sizes, split, nthreads):
     return max(loads) * nthreads / total if total else 1.0
 
 
-def choose_split(ntiles, nthreads, nblocks, sizes=None):
+def choose_split(ntiles, nthreads, nblocks, sizes=None, per_thread=SPLIT_TASKS_PER_THREAD):
     """Output-channel ranges per tile and layer: 1 (each tile through the fused chain)
-    unless the tiles are too few to keep nthreads busy, or (sizes: the tiles' pixel
-    counts, when given) they are fewer than MIN_TILES_PER_THREAD per thread and do not
-    share out within SPLIT_BALANCE; at most the widest layer's weight blocks."""
-    want = SPLIT_TASKS_PER_THREAD * nthreads
+    unless the tiles are too few to make per_thread tasks per thread, or (sizes: the
+    tiles' pixel counts, when given) they are fewer than MIN_TILES_PER_THREAD per thread
+    and do not share out within SPLIT_BALANCE; at most the widest layer's weight
+    blocks."""
+    want = per_thread * nthreads
     if nthreads <= 1 or ntiles <= 0:
         return 1
     split = 1 if ntiles >= want else max(1, min(nblocks, -(-want // ntiles)))
