@@ -34,7 +34,7 @@ EXACT_LIMIT = 1 << 24  # float32 holds every integer of smaller magnitude
 # (no VNNI) at 1.17-1.36x of float32 (0.74x on issue 4's `tiny`) beats this path's
 # 0.64-0.83x (`tiny` 0.14x; tools/bench.py --int8 --fallback, 1 thread, session 5).
 # 'c' (0.14-0.27x of float32) and the numpy reference lose to it.
-FAST_PATHS = ("amx", "avx512vnni", "avxvnni", "avx2")
+FAST_PATHS = ("amx", "avx512vnni", "avxvnni", "avx512bw", "avx2")
 # runs of fewer multiply-adds stay on the int8 path even so: there the per-call
 # overheads of this path's passes dominate (issue 4's `tiny`: 0.76x of the c path)
 FLOAT_MIN_MACS = 1 << 20
