@@ -16,8 +16,9 @@
                       vpmaddubsw (u8 x s8 -> s16 pairs, twice the multiply-adds, which
                       would saturate at 2*255*127 in general) on the groups of 4 channels
                       where no pair can saturate, some channels flipped (pc1q_mk_avx2)
-     PC1Q_AVX512BW    the AVX2 path's records and forms on zmm (AVX-512F + BW, no VNNI:
-                      Skylake-SP/X); after the VNNI paths, before avx2
+     PC1Q_AVX512BW    the AVX2 path's records and forms on zmm, 8 rows x 32 pixels per
+                      pass (AVX-512F + BW without VNNI: Skylake-SP/X); after the VNNI
+                      paths, before avx2
      PC1Q_C           portable C (auto-vectorised); the only path off x86
 
    Layouts. Inside a tile activations are [C4][TP][4] bytes: for each group of 4 channels,

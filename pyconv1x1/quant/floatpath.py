@@ -34,8 +34,8 @@ EXACT_LIMIT = 1 << 24  # float32 holds every integer of smaller magnitude
 # (no VNNI) at 1.17-1.36x of float32 (0.74x on issue 4's `tiny`) beats this path's
 # 0.64-0.83x (`tiny` 0.14x; tools/bench.py --int8 --fallback, 1 thread, session 5).
 # 'c' (0.14-0.27x of float32) and the numpy reference lose to it. 'avx512bw' (AVX-512
-# without VNNI, against the float32 kernels' AVX-512 build v4): 1.07-1.36x (`tiny` 0.70x)
-# where 'avx2' ran 0.74-0.93x and this path 0.64-0.74x (1 thread, simulated on a
+# without VNNI, against the float32 kernels' AVX-512 build v4): 1.21-1.55x (`tiny` 0.74x)
+# where 'avx2' ran 0.74-0.92x and this path 0.64-0.75x (1 thread, simulated on a
 # Sapphire Rapids host with PYCONV1X1_INT8_PATH).
 FAST_PATHS = ("amx", "avx512vnni", "avxvnni", "avx512bw", "avx2")
 # runs of fewer multiply-adds stay on the int8 path even so: there the per-call
