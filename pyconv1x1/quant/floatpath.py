@@ -59,9 +59,11 @@ def float_biases(qlayers):
     as int64), or None when some partial sum could reach 2^24 (not exact in float32)."""
     biases, zp = [], 0
     for i, layer in enumerate(qlayers):
-        w = layer.w.astype(np.int64)
-        bias = layer.bias.astype(np.int64) + (zp * w.sum(axis=1) if i else 0)
-        if (np.abs(bias) + 255 * np.abs(w).sum(axis=1)).max() >= EXACT_LIMIT:
+        w = layer.w  # int8: sums in int64, |w| in int16 (no int64 copy of w)
+        bias = layer.bias.astype(np.int64) + (zp * w.sum(axis=1, dtype=np.int64) if i
+                                              else 0)
+        wabs = np.abs(w.astype(np.int16)).sum(axis=1, dtype=np.int64)
+        if (np.abs(bias) + 255 * wabs).max() >= EXACT_LIMIT:
             return None
         biases.append(bias)
         zp = layer.zp_out

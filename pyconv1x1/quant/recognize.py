@@ -437,11 +437,17 @@ class _Recognizer:
         xs * ws), or None; y: (scale, zp_u8) of a quantized output or None (float)."""
         strides, pads, rank = self._geometry(node, w)
         cout = w.shape[0]
-        wq = w.reshape(cout, -1).astype(np.int64)
+        wq = w.reshape(cout, -1)
         wz = np.broadcast_to(wz.reshape(-1), (cout,))
-        w_eff = wq - wz[:, None]
-        if w_eff.size and (w_eff.min() < -128 or w_eff.max() > 127):
-            raise _Fallback("its weight minus the weight zero point leaves int8")
+        if wq.dtype == np.int8 and not wz.any():
+            w_eff = wq  # as it is (s8 weights, symmetric)
+        else:  # 8-bit weights and zero points differ by at most 255: int16 holds it
+            narrow = (wq.dtype.itemsize == 1 and wz.size
+                      and -256 <= wz.min() and wz.max() <= 255)
+            wide = np.int16 if narrow else np.int64
+            w_eff = wq.astype(wide) - wz.astype(wide)[:, None]
+            if w_eff.size and (w_eff.min() < -128 or w_eff.max() > 127):
+                raise _Fallback("its weight minus the weight zero point leaves int8")
         ws = np.broadcast_to(ws.reshape(-1), (cout,)).astype(np.float32)
         acc_scale = (_f32(xs) * ws).astype(np.float32)
         if bias_q is None:
@@ -455,7 +461,7 @@ class _Recognizer:
             b = b.astype(np.int64)
             self.notes.append(f"{node.label()}: bias scale differs from input x weight "
                               "scale; bias requantized to it")
-        bias = b - int(xz_u8) * w_eff.sum(axis=1)
+        bias = b - int(xz_u8) * w_eff.sum(axis=1, dtype=np.int64)
         if np.abs(bias).max(initial=0) > 2 ** 31 - 1:
             raise _Fallback("its bias with the input zero point leaves int32")
         name = [node.name] + ([act.name] if act is not None else [])

@@ -563,8 +563,10 @@ class DynQConvStep(Step):
         if self.wide is not None:
             return None
         cout = self.layer.cout
-        return api.QLayer(self.layer.w, np.zeros(cout, np.int32), np.ones(cout, np.float32),
-                          0, 0, 255)
+        q = api.QLayer(self.layer.w, np.zeros(cout, np.int32), np.ones(cout, np.float32),
+                       0, 0, 255)
+        api.QChain([q], True)  # packs the layout of the runs' chains now, not in a run
+        return q
 
     def bind(self, kobj, api, shapes, threads):
         out = _check_conv_input(self.layer, self.input, shapes[self.input])
