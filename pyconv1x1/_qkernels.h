@@ -16,6 +16,9 @@
                       vpmaddubsw (u8 x s8 -> s16 pairs, twice the multiply-adds, which
                       would saturate at 2*255*127 in general) on the groups of 4 channels
                       where no pair can saturate, some channels flipped (pc1q_mk_avx2)
+     PC1Q_AVX512BW    the AVX2 path's records and forms on zmm, 8 rows x 32 pixels per
+                      pass (AVX-512F + BW without VNNI: Skylake-SP/X); after the VNNI
+                      paths, before avx2
      PC1Q_C           portable C (auto-vectorised); the only path off x86
 
    Layouts. Inside a tile activations are [C4][TP][4] bytes: for each group of 4 channels,
@@ -51,7 +54,7 @@
 #define PC1Q_NR 32  /* pixels per panel */
 
 enum { PC1Q_C = 0, PC1Q_AVX2 = 1, PC1Q_AVXVNNI = 2, PC1Q_AVX512VNNI = 3, PC1Q_AMX = 4,
-       PC1Q_NPATHS = 5 };
+       PC1Q_AVX512BW = 5, PC1Q_NPATHS = 6 };
 
 /* the x86 paths need AVX-VNNI and AMX intrinsics: gcc >= 11 or clang >= 12 (older
    compilers build the portable path only) */
@@ -135,6 +138,8 @@ static int pc1q_cpu_paths(void) {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
             && __builtin_cpu_supports("avx512vnni"))
         m |= 1 << PC1Q_AVX512VNNI;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
+        m |= 1 << PC1Q_AVX512BW;
     if ((m & (1 << PC1Q_AVX512VNNI)) && pc1q_amx_enable()) m |= 1 << PC1Q_AMX;
 #endif
     return m;
@@ -196,6 +201,8 @@ static void pc1q_mk_c(const uint8_t *x, Py_ssize_t xs, const int8_t *w, const in
 
 #if PC1Q_X86
 #define PC1Q_T512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vnni")))
+/* the AVX-512BW path (and the requantization helpers both AVX-512 paths inline) */
+#define PC1Q_TBW __attribute__((target("avx512f,avx512bw")))
 /* declares c<r><h> = bias[r] + row r of the block . pixels 16h .. 16h+15 (named
    variables, which compilers keep in registers; an array of them they may not) */
 #define PC1Q_ACC512(x_, xs_, w_, k4_, bias_)                                               \
@@ -323,73 +330,110 @@ static const int8_t pc1q_avx2_perm[3][32] __attribute__((aligned(32))) = {
     {PC1Q_P4(0, 3, 1, 2), PC1Q_P4(0, 3, 1, 2)}};
 #undef PC1Q_P4
 
-/* declares c0 .. c7 = bias + corr + rows 0 .. 7 of block record B . the 8 pixels at x
-   (lanes: pixels in order); B, ub0, ex0, lo8, one, xs and bias in scope */
-#define PC1Q_AVX2_PASS(x_)                                                              \
-    __m256i c0, c1, c2, c3, c4, c5, c6, c7;                                             \
+/* PC1Q_AVX512BW (AVX-512BW, no VNNI: Skylake-SP/X, Cascade Lake without VNNI): the same
+   records and the same two forms on zmm, 8 rows x 32 pixels per pass (two vectors of
+   16 pixels, 16 of the 32 zmm accumulating: a weight word broadcast once serves both),
+   one pass per panel. vpshufb shuffles within 128-bit lanes, so the pairing controls
+   (one lane's 16 bytes) are broadcast to the 4 lanes; the flip masks and weight words
+   are broadcast as on ymm. Both paths' passes are the macros below over the vector
+   width W (256: AVX2, 512: AVX-512BW; the intrinsics _mm<W>_...) and the vectors per
+   pass NV (1 or 2: PC1Q_V2_<NV>(...) is the second vector's code, or nothing); a pass
+   covers NV * W / 32 pixels. */
+#define PC1Q_V2_1(...)
+#define PC1Q_V2_2(...) __VA_ARGS__
+#define PC1Q_AVX2_PERM256(i) _mm256_load_si256((const __m256i *)pc1q_avx2_perm[i])
+#define PC1Q_AVX2_PERM512(i) \
+    _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)pc1q_avx2_perm[i]))
+#define PC1Q_AVX2_LOAD(W, p) _mm##W##_loadu_si##W((const void *)(p))
+/* v (and v2: the next W / 32 pixels) = the group's words at p, flipped by the mask
+   m_ and paired by the control k_ when given (PC1Q_AVX2_FLIP, PC1Q_AVX2_PAIR) */
+#define PC1Q_AVX2_VLOAD(W, NV, p, OP)                                                   \
+    v = OP(W, PC1Q_AVX2_LOAD(W, p));                                                    \
+    PC1Q_V2_##NV(v2 = OP(W, PC1Q_AVX2_LOAD(W, (p) + W / 8));)
+#define PC1Q_AVX2_ASIS(W, a) a
+#define PC1Q_AVX2_FLIP(W, a) _mm##W##_xor_si##W(a, m_)
+#define PC1Q_AVX2_PAIR(W, a) _mm##W##_xor_si##W(_mm##W##_shuffle_epi8(a, k_), m_)
+
+/* declares c0 .. c7 (and d0 .. d7 for NV = 2) = bias + corr + rows 0 .. 7 of block
+   record B . the NV * W / 32 pixels at x (lanes: pixels in order; d: the second
+   vector's); B, ub0, ex0, lo8, one, xs and bc in scope */
+#define PC1Q_AVX2_PASS(W, NV, x_)                                                       \
+    __m##W##i c0, c1, c2, c3, c4, c5, c6, c7                                            \
+        PC1Q_V2_##NV(, d0, d1, d2, d3, d4, d5, d6, d7);                                 \
     {                                                                                   \
         const uint8_t *x = (x_);                                                        \
         const pc1q_avx2_ub *u, *ue = ub0 + B->nub, *up = ue - B->nperm, *uf = up - B->nflip; \
         const pc1q_avx2_ex *e, *ee = ex0 + B->nex;                                      \
-        __m256i v, xe, xo;                                                              \
-        c0 = _mm256_set1_epi32(bc[0]);                                                  \
-        c1 = _mm256_set1_epi32(bc[1]);                                                  \
-        c2 = _mm256_set1_epi32(bc[2]);                                                  \
-        c3 = _mm256_set1_epi32(bc[3]);                                                  \
-        c4 = _mm256_set1_epi32(bc[4]);                                                  \
-        c5 = _mm256_set1_epi32(bc[5]);                                                  \
-        c6 = _mm256_set1_epi32(bc[6]);                                                  \
-        c7 = _mm256_set1_epi32(bc[7]);                                                  \
+        __m##W##i v, xe, xo PC1Q_V2_##NV(, v2, xe2, xo2);                               \
+        PC1Q_AVX2_INIT(W, NV, 0) PC1Q_AVX2_INIT(W, NV, 1) PC1Q_AVX2_INIT(W, NV, 2)      \
+        PC1Q_AVX2_INIT(W, NV, 3) PC1Q_AVX2_INIT(W, NV, 4) PC1Q_AVX2_INIT(W, NV, 5)      \
+        PC1Q_AVX2_INIT(W, NV, 6) PC1Q_AVX2_INIT(W, NV, 7)                               \
         if (B->seq) {  /* no index to read, no multiply */                              \
             const uint8_t *xp = x;                                                      \
             for (u = ub0; u < uf; u++, xp += xs) {                                      \
-                v = _mm256_loadu_si256((const __m256i *)xp);                            \
-                PC1Q_AVX2_UROWS                                                         \
+                PC1Q_AVX2_VLOAD(W, NV, xp, PC1Q_AVX2_ASIS)                              \
+                PC1Q_AVX2_UROWS(W, NV)                                                  \
             }                                                                           \
         } else {                                                                        \
             for (u = ub0; u < uf; u++) {                                                \
-                v = _mm256_loadu_si256((const __m256i *)(x + u->g * xs));               \
-                PC1Q_AVX2_UROWS                                                         \
+                PC1Q_AVX2_VLOAD(W, NV, x + u->g * xs, PC1Q_AVX2_ASIS)                   \
+                PC1Q_AVX2_UROWS(W, NV)                                                  \
             }                                                                           \
         }                                                                               \
         for (; u < up; u++) {                                                           \
-            v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + u->g * xs)),  \
-                                 _mm256_set1_epi32(u->mask));                           \
-            PC1Q_AVX2_UROWS                                                             \
+            const __m##W##i m_ = _mm##W##_set1_epi32(u->mask);                          \
+            PC1Q_AVX2_VLOAD(W, NV, x + u->g * xs, PC1Q_AVX2_FLIP)                       \
+            PC1Q_AVX2_UROWS(W, NV)                                                      \
         }                                                                               \
         for (; u < ue; u++) {                                                           \
-            v = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(x + u->g * xs)), \
-                _mm256_load_si256((const __m256i *)pc1q_avx2_perm[u->perm]));           \
-            v = _mm256_xor_si256(v, _mm256_set1_epi32(u->mask));                        \
-            PC1Q_AVX2_UROWS                                                             \
+            const __m##W##i m_ = _mm##W##_set1_epi32(u->mask);                          \
+            const __m##W##i k_ = PC1Q_AVX2_PERM##W(u->perm);                            \
+            PC1Q_AVX2_VLOAD(W, NV, x + u->g * xs, PC1Q_AVX2_PAIR)                       \
+            PC1Q_AVX2_UROWS(W, NV)                                                      \
         }                                                                               \
         for (e = ex0; e < ee; e++) {                                                    \
-            v = _mm256_loadu_si256((const __m256i *)(x + e->g * xs));                   \
-            xe = _mm256_and_si256(v, lo8);                                              \
-            xo = _mm256_srli_epi16(v, 8);                                               \
-            PC1Q_AVX2_EROWS                                                             \
+            PC1Q_AVX2_VLOAD(W, NV, x + e->g * xs, PC1Q_AVX2_ASIS)                       \
+            xe = _mm##W##_and_si##W(v, lo8);                                            \
+            xo = _mm##W##_srli_epi16(v, 8);                                             \
+            PC1Q_V2_##NV(xe2 = _mm##W##_and_si##W(v2, lo8);                             \
+                         xo2 = _mm##W##_srli_epi16(v2, 8);)                             \
+            PC1Q_AVX2_EROWS(W, NV)                                                      \
         }                                                                               \
     }
-#define PC1Q_AVX2_UROW(r, a)                                                            \
-    a = _mm256_add_epi32(a, _mm256_madd_epi16(                                          \
-            _mm256_maddubs_epi16(v, _mm256_set1_epi32(u->w[r])), one));
-#define PC1Q_AVX2_UROWS                                                                 \
-    PC1Q_AVX2_UROW(0, c0) PC1Q_AVX2_UROW(1, c1) PC1Q_AVX2_UROW(2, c2)                   \
-    PC1Q_AVX2_UROW(3, c3) PC1Q_AVX2_UROW(4, c4) PC1Q_AVX2_UROW(5, c5)                   \
-    PC1Q_AVX2_UROW(6, c6) PC1Q_AVX2_UROW(7, c7)
-#define PC1Q_AVX2_EROW(r, a)                                                            \
-    a = _mm256_add_epi32(a, _mm256_madd_epi16(xe, _mm256_set1_epi32(e->w[2 * r])));     \
-    a = _mm256_add_epi32(a, _mm256_madd_epi16(xo, _mm256_set1_epi32(e->w[2 * r + 1])));
-#define PC1Q_AVX2_EROWS                                                                 \
-    PC1Q_AVX2_EROW(0, c0) PC1Q_AVX2_EROW(1, c1) PC1Q_AVX2_EROW(2, c2)                   \
-    PC1Q_AVX2_EROW(3, c3) PC1Q_AVX2_EROW(4, c4) PC1Q_AVX2_EROW(5, c5)                   \
-    PC1Q_AVX2_EROW(6, c6) PC1Q_AVX2_EROW(7, c7)
+#define PC1Q_AVX2_INIT(W, NV, r)                                                        \
+    c##r = _mm##W##_set1_epi32(bc[r]);                                                  \
+    PC1Q_V2_##NV(d##r = c##r;)
+#define PC1Q_AVX2_UROW(W, NV, r)                                                        \
+    {                                                                                   \
+        const __m##W##i w_ = _mm##W##_set1_epi32(u->w[r]);                              \
+        c##r = _mm##W##_add_epi32(c##r, _mm##W##_madd_epi16(                            \
+                   _mm##W##_maddubs_epi16(v, w_), one));                                \
+        PC1Q_V2_##NV(d##r = _mm##W##_add_epi32(d##r, _mm##W##_madd_epi16(               \
+                         _mm##W##_maddubs_epi16(v2, w_), one));)                        \
+    }
+#define PC1Q_AVX2_UROWS(W, NV)                                                          \
+    PC1Q_AVX2_UROW(W, NV, 0) PC1Q_AVX2_UROW(W, NV, 1) PC1Q_AVX2_UROW(W, NV, 2)          \
+    PC1Q_AVX2_UROW(W, NV, 3) PC1Q_AVX2_UROW(W, NV, 4) PC1Q_AVX2_UROW(W, NV, 5)          \
+    PC1Q_AVX2_UROW(W, NV, 6) PC1Q_AVX2_UROW(W, NV, 7)
+#define PC1Q_AVX2_EROW(W, NV, r)                                                        \
+    {                                                                                   \
+        const __m##W##i w0_ = _mm##W##_set1_epi32(e->w[2 * r]);                         \
+        const __m##W##i w1_ = _mm##W##_set1_epi32(e->w[2 * r + 1]);                     \
+        c##r = _mm##W##_add_epi32(c##r, _mm##W##_madd_epi16(xe, w0_));                  \
+        c##r = _mm##W##_add_epi32(c##r, _mm##W##_madd_epi16(xo, w1_));                  \
+        PC1Q_V2_##NV(d##r = _mm##W##_add_epi32(d##r, _mm##W##_madd_epi16(xe2, w0_));    \
+                     d##r = _mm##W##_add_epi32(d##r, _mm##W##_madd_epi16(xo2, w1_));)   \
+    }
+#define PC1Q_AVX2_EROWS(W, NV)                                                          \
+    PC1Q_AVX2_EROW(W, NV, 0) PC1Q_AVX2_EROW(W, NV, 1) PC1Q_AVX2_EROW(W, NV, 2)          \
+    PC1Q_AVX2_EROW(W, NV, 3) PC1Q_AVX2_EROW(W, NV, 4) PC1Q_AVX2_EROW(W, NV, 5)          \
+    PC1Q_AVX2_EROW(W, NV, 6) PC1Q_AVX2_EROW(W, NV, 7)
 /* the block record's parts; w16: the block's record */
-#define PC1Q_AVX2_DECL(w16_)                                                            \
+#define PC1Q_AVX2_DECL(W, w16_)                                                         \
     const pc1q_avx2_blk *B = (const pc1q_avx2_blk *)(w16_);                             \
     const pc1q_avx2_ub *ub0 = (const pc1q_avx2_ub *)(B + 1);                            \
     const pc1q_avx2_ex *ex0 = (const pc1q_avx2_ex *)(ub0 + B->nub);                     \
-    const __m256i lo8 = _mm256_set1_epi16(0x00FF), one = _mm256_set1_epi16(1);         \
+    const __m##W##i lo8 = _mm##W##_set1_epi16(0x00FF), one = _mm##W##_set1_epi16(1);   \
     int32_t bc[8] __attribute__((aligned(32)));
 
 /* bc = bias + corr, once per call: the passes broadcast it from memory (a load each,
@@ -398,29 +442,34 @@ static const int8_t pc1q_avx2_perm[3][32] __attribute__((aligned(32))) = {
     _mm256_store_si256((__m256i *)bc,                                                   \
         _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(bias_)),                  \
                          _mm256_loadu_si256((const __m256i *)B->corr)));
+/* pixels per pass; row r's accumulators stored at o (row stride PC1Q_NR) */
+#define PC1Q_AVX2_PX(W, NV) (NV * W / 32)
+#define PC1Q_AVX2_ST(W, NV, o, r)                                                       \
+    _mm##W##_storeu_si##W((void *)((o) + r * PC1Q_NR), c##r);                           \
+    PC1Q_V2_##NV(_mm##W##_storeu_si##W((void *)((o) + r * PC1Q_NR + W / 32), d##r);)
 
-__attribute__((target("avx2")))
-static void pc1q_mk_avx2(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,
-                         const int16_t *w16, Py_ssize_t k4, const int32_t *bias,
-                         int32_t *acc) {
-    PC1Q_AVX2_DECL(w16)
-    int pq;
-    (void)w8;
-    (void)k4;
-    PC1Q_AVX2_BIAS(bias)
-    for (pq = 0; pq < 4; pq++) {
-        int32_t *out = acc + 8 * pq;
-        PC1Q_AVX2_PASS(x0 + 32 * pq)
-        _mm256_storeu_si256((__m256i *)(out + 0 * PC1Q_NR), c0);
-        _mm256_storeu_si256((__m256i *)(out + 1 * PC1Q_NR), c1);
-        _mm256_storeu_si256((__m256i *)(out + 2 * PC1Q_NR), c2);
-        _mm256_storeu_si256((__m256i *)(out + 3 * PC1Q_NR), c3);
-        _mm256_storeu_si256((__m256i *)(out + 4 * PC1Q_NR), c4);
-        _mm256_storeu_si256((__m256i *)(out + 5 * PC1Q_NR), c5);
-        _mm256_storeu_si256((__m256i *)(out + 6 * PC1Q_NR), c6);
-        _mm256_storeu_si256((__m256i *)(out + 7 * PC1Q_NR), c7);
-    }
+/* the micro-kernel of width W, NV vectors per pass (target T) */
+#define PC1Q_AVX2_MK(W, NV, T, name)                                                    \
+T static void name(const uint8_t *x0, Py_ssize_t xs, const int8_t *w8,                  \
+                   const int16_t *w16, Py_ssize_t k4, const int32_t *bias,              \
+                   int32_t *acc) {                                                      \
+    PC1Q_AVX2_DECL(W, w16)                                                              \
+    int pq;                                                                             \
+    (void)w8;                                                                           \
+    (void)k4;                                                                           \
+    PC1Q_AVX2_BIAS(bias)                                                                \
+    for (pq = 0; pq < PC1Q_NR / PC1Q_AVX2_PX(W, NV); pq++) {                            \
+        int32_t *out = acc + PC1Q_AVX2_PX(W, NV) * pq;                                  \
+        PC1Q_AVX2_PASS(W, NV, x0 + 4 * PC1Q_AVX2_PX(W, NV) * pq)                        \
+        PC1Q_AVX2_ST(W, NV, out, 0) PC1Q_AVX2_ST(W, NV, out, 1)                         \
+        PC1Q_AVX2_ST(W, NV, out, 2) PC1Q_AVX2_ST(W, NV, out, 3)                         \
+        PC1Q_AVX2_ST(W, NV, out, 4) PC1Q_AVX2_ST(W, NV, out, 5)                         \
+        PC1Q_AVX2_ST(W, NV, out, 6) PC1Q_AVX2_ST(W, NV, out, 7)                         \
+    }                                                                                   \
 }
+#define PC1Q_T256 __attribute__((target("avx2")))
+PC1Q_AVX2_MK(256, 1, PC1Q_T256, pc1q_mk_avx2)
+PC1Q_AVX2_MK(512, 2, PC1Q_TBW, pc1q_mk_avx512bw)
 #endif
 
 typedef void (*pc1q_mk_fn)(const uint8_t *, Py_ssize_t, const int8_t *, const int16_t *,
@@ -431,6 +480,7 @@ static pc1q_mk_fn pc1q_kernel(int path) {
     if (path == PC1Q_AVX512VNNI) return pc1q_mk_avx512vnni;
     if (path == PC1Q_AVXVNNI) return pc1q_mk_avxvnni;
     if (path == PC1Q_AVX2) return pc1q_mk_avx2;
+    if (path == PC1Q_AVX512BW) return pc1q_mk_avx512bw;
 #endif
     (void)path;
     return pc1q_mk_c;
@@ -440,7 +490,7 @@ static pc1q_mk_fn pc1q_kernel(int path) {
 static int pc1q_built_paths(void) {
 #if PC1Q_X86
     return (1 << PC1Q_C) | (1 << PC1Q_AVX2) | (1 << PC1Q_AVXVNNI) | (1 << PC1Q_AVX512VNNI)
-           | (1 << PC1Q_AMX);
+           | (1 << PC1Q_AMX) | (1 << PC1Q_AVX512BW);
 #else
     return 1 << PC1Q_C;
 #endif
@@ -819,10 +869,10 @@ T static inline __m##W##i pc1q_q##W##_words(const pc1q_q##W *Q, __m##W##i a0,   
     lo = _mm##W##_shuffle_epi8(lo, Q->tr);                                                \
     return _mm##W##_min_epu8(_mm##W##_max_epu8(lo, Q->blo), Q->bhi);                      \
 }
-PC1Q_QDEFS(512, PC1Q_T512)
+PC1Q_QDEFS(512, PC1Q_TBW)
 
 /* one row's 16 accumulators -> float32, the uint8 result dequantized; m: lanes stored */
-PC1Q_T512 static inline void pc1q_q512_dq(const pc1q_q512 *Q, __m512i a, float s, float *y,
+PC1Q_TBW static inline void pc1q_q512_dq(const pc1q_q512 *Q, __m512i a, float s, float *y,
                                           __mmask16 m) {
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(s));
     v = _mm512_min_ps(_mm512_max_ps(v, Q->flo), Q->fhi);
@@ -872,10 +922,9 @@ static void pc1q_mkd_avx512vnni(const pc1q_layer *L, Py_ssize_t b, const uint8_t
 #undef PC1Q_DQROW
 }
 
-/* the AVX2 path's fused kernels: pc1q_mk_avx2's passes (8 rows x 8 pixels), each pass's
-   accumulators requantized in registers (pc1q_rq4's and the vector dequantizing store's
-   arithmetic, bit for bit) */
-#define PC1Q_T256 __attribute__((target("avx2")))
+/* the AVX2 and AVX-512BW paths' fused kernels: pc1q_mk_avx2's passes (8 rows x 8 or 32
+   pixels), each pass's accumulators requantized in registers (pc1q_rq4's and the vector
+   dequantizing store's arithmetic, bit for bit) */
 PC1Q_QDEFS(256, PC1Q_T256)
 
 /* one row's 8 accumulators -> float32, the uint8 result dequantized; n: lanes stored */
@@ -896,51 +945,73 @@ PC1Q_T256 static inline void pc1q_q256_dq(const pc1q_q256 *Q, __m256i a, float s
                                                   _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), v);
 }
 
-/* block b x one panel -> the next tile's words, groups 2b, 2b+1 (pc1q_mkt_avx512vnni) */
-PC1Q_T256
-static void pc1q_mkt_avx2(const pc1q_layer *L, Py_ssize_t b, const uint8_t *x0,
-                          Py_ssize_t xs, uint8_t *t, Py_ssize_t width, Py_ssize_t pan) {
-    PC1Q_AVX2_DECL((const char *)L->w16 + b * L->w16_stride)
-    const int32_t *bias = L->bias + 8 * b;
-    const float *s = L->scale + 8 * b;
-    uint32_t *o = (uint32_t *)(t + 8 * b * width) + pan * PC1Q_NR;
-    int two = 8 * b + 4 < L->cout, pq;
-    pc1q_q256 Q;
-    pc1q_q256_init(&Q, L, 1.0f, 0, 0.0f);
-    PC1Q_AVX2_BIAS(bias)
-    for (pq = 0; pq < 4; pq++) {
-        PC1Q_AVX2_PASS(x0 + 32 * pq)
-        _mm256_storeu_si256((__m256i *)(o + 8 * pq), pc1q_q256_words(&Q, c0, c1, c2, c3, s));
-        if (two)  /* group 2b + 1 */
-            _mm256_storeu_si256((__m256i *)(o + width + 8 * pq),
-                                pc1q_q256_words(&Q, c4, c5, c6, c7, s + 4));
-    }
+/* the same for 16 lanes (y: lanes 0 .. n-1 stored, none where n <= 0) */
+PC1Q_TBW static inline void pc1q_q512_dqn(const pc1q_q512 *Q, __m512i a, float s, float *y,
+                                          Py_ssize_t n) {
+    pc1q_q512_dq(Q, a, s, y, (__mmask16)(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1));
 }
+#define pc1q_q256_dqn pc1q_q256_dq
+/* the shift0 of pc1q_q<W>_init for a dequantizing run */
+#define PC1Q_DQ_SHIFT256 PC1Q_MAGIC  /* see pc1q_q256_dq */
+#define PC1Q_DQ_SHIFT512 0.0f
 
-/* block b x one panel -> float32 rows (y: row 8b, the panel's first pixel; n pixels),
-   the uint8 result dequantized; passes past n skipped */
-PC1Q_T256
-static void pc1q_mkd_avx2(const pc1q_layer *L, Py_ssize_t b, const uint8_t *x0,
-                          Py_ssize_t xs, float *y, Py_ssize_t P, Py_ssize_t n,
-                          float dqs, int32_t dqz) {
-    PC1Q_AVX2_DECL((const char *)L->w16 + b * L->w16_stride)
-    const int32_t *bias = L->bias + 8 * b;
-    const float *s = L->scale + 8 * b;
-    Py_ssize_t rows = L->cout - 8 * b, pq;
-    pc1q_q256 Q;
-    pc1q_q256_init(&Q, L, dqs, dqz, PC1Q_MAGIC);  /* see pc1q_q256_dq */
-    PC1Q_AVX2_BIAS(bias)
-    for (pq = 0; 8 * pq < n; pq++) {
-        Py_ssize_t m = n - 8 * pq;
-        float *yp = y + 8 * pq;
-        PC1Q_AVX2_PASS(x0 + 32 * pq)
-#define PC1Q_DQROW(r, a) \
-        if (r < rows) pc1q_q256_dq(&Q, a, s[r], yp + r * P, m);
-        PC1Q_DQROW(0, c0) PC1Q_DQROW(1, c1) PC1Q_DQROW(2, c2) PC1Q_DQROW(3, c3)
-        PC1Q_DQROW(4, c4) PC1Q_DQROW(5, c5) PC1Q_DQROW(6, c6) PC1Q_DQROW(7, c7)
-#undef PC1Q_DQROW
-    }
+/* the fused kernels of width W, NV vectors per pass (pc1q_mkt_avx512vnni,
+   pc1q_mkd_avx512vnni):
+   mkt: block b x one panel -> the next tile's words, groups 2b, 2b+1;
+   mkd: block b x one panel -> float32 rows (y: row 8b, the panel's first pixel; n
+   pixels), the uint8 result dequantized; passes past n skipped */
+#define PC1Q_AVX2_FUSED(W, NV, T, mkt, mkd)                                             \
+T static void mkt(const pc1q_layer *L, Py_ssize_t b, const uint8_t *x0,                 \
+                  Py_ssize_t xs, uint8_t *t, Py_ssize_t width, Py_ssize_t pan) {        \
+    PC1Q_AVX2_DECL(W, (const char *)L->w16 + b * L->w16_stride)                         \
+    const int32_t *bias = L->bias + 8 * b;                                              \
+    const float *s = L->scale + 8 * b;                                                  \
+    uint32_t *o = (uint32_t *)(t + 8 * b * width) + pan * PC1Q_NR, *op;                 \
+    int two = 8 * b + 4 < L->cout, pq;                                                  \
+    pc1q_q##W Q;                                                                        \
+    pc1q_q##W##_init(&Q, L, 1.0f, 0, 0.0f);                                             \
+    PC1Q_AVX2_BIAS(bias)                                                                \
+    for (pq = 0; pq < PC1Q_NR / PC1Q_AVX2_PX(W, NV); pq++) {                            \
+        PC1Q_AVX2_PASS(W, NV, x0 + 4 * PC1Q_AVX2_PX(W, NV) * pq)                        \
+        op = o + PC1Q_AVX2_PX(W, NV) * pq;                                              \
+        PC1Q_AVX2_WORDS(W, op, c0, c1, c2, c3, s)                                       \
+        PC1Q_V2_##NV(PC1Q_AVX2_WORDS(W, op + W / 32, d0, d1, d2, d3, s))                \
+        if (two) {  /* group 2b + 1 */                                                  \
+            PC1Q_AVX2_WORDS(W, op + width, c4, c5, c6, c7, s + 4)                       \
+            PC1Q_V2_##NV(PC1Q_AVX2_WORDS(W, op + width + W / 32, d4, d5, d6, d7, s + 4)) \
+        }                                                                               \
+    }                                                                                   \
+}                                                                                       \
+T static void mkd(const pc1q_layer *L, Py_ssize_t b, const uint8_t *x0,                 \
+                  Py_ssize_t xs, float *y, Py_ssize_t P, Py_ssize_t n,                  \
+                  float dqs, int32_t dqz) {                                             \
+    PC1Q_AVX2_DECL(W, (const char *)L->w16 + b * L->w16_stride)                         \
+    const int32_t *bias = L->bias + 8 * b;                                              \
+    const float *s = L->scale + 8 * b;                                                  \
+    Py_ssize_t rows = L->cout - 8 * b, pq;                                              \
+    pc1q_q##W Q;                                                                        \
+    pc1q_q##W##_init(&Q, L, dqs, dqz, PC1Q_DQ_SHIFT##W);                                \
+    PC1Q_AVX2_BIAS(bias)                                                                \
+    for (pq = 0; PC1Q_AVX2_PX(W, NV) * pq < n; pq++) {                                  \
+        Py_ssize_t m = n - PC1Q_AVX2_PX(W, NV) * pq;                                    \
+        float *yp = y + PC1Q_AVX2_PX(W, NV) * pq;                                       \
+        PC1Q_AVX2_PASS(W, NV, x0 + 4 * PC1Q_AVX2_PX(W, NV) * pq)                        \
+        PC1Q_AVX2_DQROW(W, NV, 0) PC1Q_AVX2_DQROW(W, NV, 1)                             \
+        PC1Q_AVX2_DQROW(W, NV, 2) PC1Q_AVX2_DQROW(W, NV, 3)                             \
+        PC1Q_AVX2_DQROW(W, NV, 4) PC1Q_AVX2_DQROW(W, NV, 5)                             \
+        PC1Q_AVX2_DQROW(W, NV, 6) PC1Q_AVX2_DQROW(W, NV, 7)                             \
+    }                                                                                   \
 }
+/* four rows' accumulators a0 .. a3 -> tile words at o */
+#define PC1Q_AVX2_WORDS(W, o, a0, a1, a2, a3, s)                                        \
+    _mm##W##_storeu_si##W((void *)(o), pc1q_q##W##_words(&Q, a0, a1, a2, a3, s));
+#define PC1Q_AVX2_DQROW(W, NV, r)                                                       \
+    if (r < rows) {                                                                     \
+        pc1q_q##W##_dqn(&Q, c##r, s[r], yp + r * P, m);                                 \
+        PC1Q_V2_##NV(pc1q_q##W##_dqn(&Q, d##r, s[r], yp + r * P + W / 32, m - W / 32);) \
+    }
+PC1Q_AVX2_FUSED(256, 1, PC1Q_T256, pc1q_mkt_avx2, pc1q_mkd_avx2)
+PC1Q_AVX2_FUSED(512, 2, PC1Q_TBW, pc1q_mkt_avx512bw, pc1q_mkd_avx512bw)
 #endif
 
 /* the path's fused kernels, or NULL (its micro-kernel and the epilogues above run) */
@@ -954,6 +1025,9 @@ static void pc1q_fused(int path, pc1q_mkt_fn *mkt, pc1q_mkd_fn *mkd) {
     } else if (path == PC1Q_AVX2) {
         *mkt = pc1q_mkt_avx2;
         *mkd = pc1q_mkd_avx2;
+    } else if (path == PC1Q_AVX512BW) {
+        *mkt = pc1q_mkt_avx512bw;
+        *mkd = pc1q_mkd_avx512bw;
     }
 #endif
     (void)path;

@@ -279,6 +279,7 @@ def test_paths_reported():
         assert ("avx512vnni" in paths) == ({"avx512_vnni", "avx512bw"} <= flags)
         assert ("avxvnni" in paths) == ("avx_vnni" in flags)
         assert ("avx2" in paths) == ("avx2" in flags)
+        assert ("avx512bw" in paths) == ({"avx512f", "avx512bw"} <= flags)
         if "amx" in paths:
             assert {"amx_tile", "amx_int8"} <= flags
 

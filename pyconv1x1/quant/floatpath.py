@@ -33,8 +33,11 @@ EXACT_LIMIT = 1 << 24  # float32 holds every integer of smaller magnitude
 # the int8 paths the float kernels do not beat: with VNNI faster than float32; 'avx2'
 # (no VNNI) at 1.17-1.36x of float32 (0.74x on issue 4's `tiny`) beats this path's
 # 0.64-0.83x (`tiny` 0.14x; tools/bench.py --int8 --fallback, 1 thread, session 5).
-# 'c' (0.14-0.27x of float32) and the numpy reference lose to it.
-FAST_PATHS = ("amx", "avx512vnni", "avxvnni", "avx2")
+# 'c' (0.14-0.27x of float32) and the numpy reference lose to it. 'avx512bw' (AVX-512
+# without VNNI, against the float32 kernels' AVX-512 build v4): 1.21-1.55x (`tiny` 0.74x)
+# where 'avx2' ran 0.74-0.92x and this path 0.64-0.75x (1 thread, simulated on a
+# Sapphire Rapids host with PYCONV1X1_INT8_PATH).
+FAST_PATHS = ("amx", "avx512vnni", "avxvnni", "avx512bw", "avx2")
 # runs of fewer multiply-adds stay on the int8 path even so: there the per-call
 # overheads of this path's passes dominate (issue 4's `tiny`: 0.76x of the c path)
 FLOAT_MIN_MACS = 1 << 20
