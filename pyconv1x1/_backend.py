@@ -109,6 +109,6 @@ def qkernels(name=None):
 
 
 def int8_path(name=None):
-    """The int8 path that runs ('avx512vnni', 'avxvnni', 'avx2' or 'c'), for
-    kernel_variant reports and `pyconv1x1 info`."""
+    """The int8 path that runs ('amx', 'avx512vnni', 'avxvnni', 'avx512bw', 'avx2' or
+    'c'), for kernel_variant reports and `pyconv1x1 info`."""
     return qkernels(name).INT8_PATH
