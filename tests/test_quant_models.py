@@ -657,7 +657,10 @@ def test_fast_path_of_a_float_edged_int8_chain(threads):
     rng = np.random.default_rng(9)
     xs = [(rng.standard_normal((1, 4, 3, 4)) * 3).astype(np.float32) for _ in range(4)]
     first = sess.run(None, {"x": xs[0]})[0]
-    assert type(sess._fast_chain).__name__ == "BoundQChain"
+    on_float = [type(c).__name__ for c in sess._kset.chains.values()] == ["FloatQChain"]
+    # (a chain on the exact float fallback, where the int8 path is the slow `c` one, has
+    # no int8 fast path: its runs take the checked path, and the checks below hold)
+    assert type(sess._fast_chain).__name__ == ("NoneType" if on_float else "BoundQChain")
     kept = []
     for x in xs:
         want = sess._run(None, {"x": x})[0]
