@@ -12,18 +12,8 @@ import pyconv1x1
 from pyconv1x1 import _backend
 from pyconv1x1.quant import reference as ref
 
-from test_qkernels import rand_layer
-
-VARIANTS = _backend.runnable_variants()
-QK = {v: _backend.qkernels(v) for v in VARIANTS}
-CASES = [(v, p) for v in VARIANTS for p in QK[v].available_paths()]
-IDS = [f"{v}-{p}" for v, p in CASES]
-
-
-@pytest.fixture(autouse=True)
-def thread_small_runs(monkeypatch):
-    for qk in QK.values():
-        monkeypatch.setattr(qk, "MACS_PER_THREAD", 0)
+# every path of every variant module; thread_small_runs (autouse): every thread count runs
+from test_qkernels import CASES, IDS, QK, rand_layer, thread_small_runs  # noqa: F401
 
 
 def panel_only(qk, monkeypatch):
