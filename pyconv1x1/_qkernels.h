@@ -1204,7 +1204,7 @@ T static void name(const uint8_t *x, Py_ssize_t xs, const int8_t *w, Py_ssize_t 
         return;                                                                           \
     }                                                                                     \
     /* 2 to 4 pixels: each weight load serves 4 pixel words, 2 groups per step */         \
-    b0 = a1 = a2 = a3 = a0;                                                               \
+    a1 = a2 = a3 = a0;  /* the bias, once per pixel */                                    \
     {                                                                                     \
         __m256i c0 = z, c1 = z, c2 = z, c3 = z;                                           \
         for (; kk + 2 <= k4; kk += 2, w += 64, xd += 2 * xw) {                                 \
@@ -1277,8 +1277,9 @@ static void pc1q_gv_layer_task(void *ctx, Py_ssize_t task, int worker) {
     Py_ssize_t b0 = task * L->nb / R->nsplit, b1 = (task + 1) * L->nb / R->nsplit, blk;
     const uint8_t *in = R->bufs[R->layer % 2];
     uint8_t *out = R->layer == R->nlayers - 1 ? NULL : R->bufs[(R->layer + 1) % 2];
-    int np = (int)(R->n * R->P), j, r;
+    int np = (int)(R->n * R->P), j, r, rows;
     Py_ssize_t gs = 4 * PC1Q_GV_NP4(R);
+    const float *s;
     float flo = (float)(L->lo - L->zp), fhi = (float)(L->hi - L->zp);
     uint32_t uzp = (uint32_t)L->zp;
     int32_t acc[PC1Q_GV_MAXPX * PC1Q_MR];
@@ -1287,8 +1288,8 @@ static void pc1q_gv_layer_task(void *ctx, Py_ssize_t task, int worker) {
         for (j = 0; j < np; j += 4)
             R->gv(in + 4 * j, gs, L->w8 + blk * L->k4 * 32, L->k4, L->bias + 8 * blk,
                   np - j < 4 ? np - j : 4, acc + 8 * j);
-        int rows = L->cout - 8 * blk < PC1Q_MR ? (int)(L->cout - 8 * blk) : PC1Q_MR;
-        const float *s = L->scale + 8 * blk;
+        rows = L->cout - 8 * blk < PC1Q_MR ? (int)(L->cout - 8 * blk) : PC1Q_MR;
+        s = L->scale + 8 * blk;
         for (j = 0; j < np; j++) {
             const int32_t *a = acc + j * PC1Q_MR;
             Py_ssize_t img = j / R->P;
