@@ -1056,6 +1056,8 @@ typedef struct {
     int layer;
     uint8_t *bufs[2];       /* [ntiles][stride] each */
     Py_ssize_t stride;      /* 4 * max_c4 * tile */
+    void (*gv)(const uint8_t *, Py_ssize_t, const int8_t *, Py_ssize_t, const int32_t *,
+               int, int32_t *);  /* matrix-vector runs (pc1q_gv_layer_task) */
 } pc1q_run;
 
 static void pc1q_layer_tile(const pc1q_run *R, const pc1q_layer *L, const uint8_t *a,
@@ -1160,6 +1162,159 @@ static void pc1q_split_layer_task(void *ctx, Py_ssize_t task, int worker) {
     uint8_t *out = R->layer == R->nlayers - 1 ? NULL
                    : R->bufs[(R->layer + 1) % 2] + t * R->stride;
     pc1q_layer_tile(R, L, in, out, width, b0, b1, acc, img, p0, valid);
+}
+
+/* ---- int8 matrix-vector: runs of at most PC1Q_GV_MAXPX pixels in all ----------------
+   (the VNNI paths; a panel kernel would use 1 of its 32 pixel lanes). Output channels in
+   the lanes: for each group of 4 input channels, a pixel's word of 4 u8 broadcast and one
+   ymm vpdpbusd against the block's 32 bytes of w8 ([K4][8][4]: 8 channels x 4), so the
+   weights are read once, in order, for up to 4 pixels (more pixels: a block's weights
+   again, from cache, for each further 4). The activations are [K4][np4][4] bytes (np4:
+   the n * P pixels rounded up to a multiple of 4; pixel j = img * P + p in word j of
+   each group, the others 0), in bufs[0] and bufs[1]; one job per layer, tasks = block
+   ranges (nsplit), each requantizing into the other buffer or the output. Same int32 sums as the panel kernels (integer adds in
+   another order) and the same requantization (pc1q_rq, as pc1q_epi_out_c): bit for bit. */
+#define PC1Q_GV_MAXPX 16
+/* acc[j * 8 + r] = bias[r] + row r of the block . pixel j, j < np <= 4 (x: 4 words per
+   group of 4 input channels, xs bytes from one group to the next) */
+typedef void (*pc1q_gv_fn)(const uint8_t *, Py_ssize_t, const int8_t *, Py_ssize_t,
+                           const int32_t *, int, int32_t *);
+#if PC1Q_X86
+#define PC1Q_GV_W(i) _mm256_loadu_si256((const __m256i *)(w + 32 * (i)))
+#define PC1Q_GV_X(i, j) _mm256_set1_epi32(xd[xw * (i) + (j)])
+#define PC1Q_GV(T, name, DP)                                                              \
+T static void name(const uint8_t *x, Py_ssize_t xs, const int8_t *w, Py_ssize_t k4,      \
+                   const int32_t *bias, int np, int32_t *acc) {                           \
+    const int32_t *xd = (const int32_t *)x;                                               \
+    const Py_ssize_t xw = xs / 4;                                                         \
+    const __m256i z = _mm256_setzero_si256();                                             \
+    __m256i a0 = _mm256_loadu_si256((const __m256i *)bias), a1 = z, a2 = z, a3 = z;       \
+    __m256i b0 = z, b1 = z, b2 = z, b3 = z, wv, wu;                                       \
+    Py_ssize_t kk = 0;                                                                    \
+    if (np == 1) {  /* 4 groups per step, 4 chains */                                     \
+        for (; kk + 4 <= k4; kk += 4, w += 128, xd += 4 * xw) {                               \
+            a0 = DP(a0, PC1Q_GV_X(0, 0), PC1Q_GV_W(0));                                   \
+            a1 = DP(a1, PC1Q_GV_X(1, 0), PC1Q_GV_W(1));                                   \
+            a2 = DP(a2, PC1Q_GV_X(2, 0), PC1Q_GV_W(2));                                   \
+            a3 = DP(a3, PC1Q_GV_X(3, 0), PC1Q_GV_W(3));                                   \
+        }                                                                                 \
+        for (; kk < k4; kk++, w += 32, xd += xw) a0 = DP(a0, PC1Q_GV_X(0, 0), PC1Q_GV_W(0)); \
+        a0 = _mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3));       \
+        _mm256_storeu_si256((__m256i *)acc, a0);                                          \
+        return;                                                                           \
+    }                                                                                     \
+    /* 2 to 4 pixels: each weight load serves 4 pixel words, 2 groups per step */         \
+    a1 = a2 = a3 = a0;  /* the bias, once per pixel */                                    \
+    {                                                                                     \
+        __m256i c0 = z, c1 = z, c2 = z, c3 = z;                                           \
+        for (; kk + 2 <= k4; kk += 2, w += 64, xd += 2 * xw) {                                 \
+            wv = PC1Q_GV_W(0);                                                            \
+            wu = PC1Q_GV_W(1);                                                            \
+            a0 = DP(a0, PC1Q_GV_X(0, 0), wv); c0 = DP(c0, PC1Q_GV_X(1, 0), wu);           \
+            a1 = DP(a1, PC1Q_GV_X(0, 1), wv); c1 = DP(c1, PC1Q_GV_X(1, 1), wu);           \
+            a2 = DP(a2, PC1Q_GV_X(0, 2), wv); c2 = DP(c2, PC1Q_GV_X(1, 2), wu);           \
+            a3 = DP(a3, PC1Q_GV_X(0, 3), wv); c3 = DP(c3, PC1Q_GV_X(1, 3), wu);           \
+        }                                                                                 \
+        if (kk < k4) {                                                                    \
+            wv = PC1Q_GV_W(0);                                                            \
+            a0 = DP(a0, PC1Q_GV_X(0, 0), wv); a1 = DP(a1, PC1Q_GV_X(0, 1), wv);           \
+            a2 = DP(a2, PC1Q_GV_X(0, 2), wv); a3 = DP(a3, PC1Q_GV_X(0, 3), wv);           \
+        }                                                                                 \
+        b0 = _mm256_add_epi32(a0, c0); b1 = _mm256_add_epi32(a1, c1);                     \
+        b2 = _mm256_add_epi32(a2, c2); b3 = _mm256_add_epi32(a3, c3);                     \
+    }                                                                                     \
+    _mm256_storeu_si256((__m256i *)acc, b0);                                              \
+    _mm256_storeu_si256((__m256i *)(acc + 8), b1);                                        \
+    if (np > 2) _mm256_storeu_si256((__m256i *)(acc + 16), b2);                           \
+    if (np > 3) _mm256_storeu_si256((__m256i *)(acc + 24), b3);                           \
+}
+PC1Q_GV(__attribute__((target("avx512f,avx512vl,avx512vnni"))), pc1q_gv_avx512vnni,
+        _mm256_dpbusd_epi32)
+PC1Q_GV(__attribute__((target("avx2,avxvnni"))), pc1q_gv_avxvnni, _mm256_dpbusd_avx_epi32)
+#undef PC1Q_GV
+#undef PC1Q_GV_W
+#undef PC1Q_GV_X
+#endif
+
+/* the path's matrix-vector kernel, or NULL (the run stays on the panel kernels) */
+static pc1q_gv_fn pc1q_gv_kernel(int path) {
+#if PC1Q_X86
+    if (path == PC1Q_AVX512VNNI || path == PC1Q_AMX) return pc1q_gv_avx512vnni;
+    if (path == PC1Q_AVXVNNI) return pc1q_gv_avxvnni;
+#endif
+    (void)path;
+    return NULL;
+}
+
+/* words per group of 4 channels in bufs: the run's pixels rounded up to 4 */
+#define PC1Q_GV_NP4(R) (((R)->n * (R)->P + 3) & ~(Py_ssize_t)3)
+
+/* the run's n * P pixels -> bufs[0] ([c4][np4] words; bufs zeroed by the caller) */
+static void pc1q_gv_gather_task(void *ctx, Py_ssize_t t, int worker) {
+    const pc1q_run *R = (const pc1q_run *)ctx;
+    Py_ssize_t img, ch, p, j, gs = 4 * PC1Q_GV_NP4(R);
+    uint8_t q[64], *o = R->bufs[0];  /* (64: the vectorized quantize loop's width) */
+    (void)t;
+    (void)worker;
+    for (img = 0; img < R->n; img++)
+        for (ch = 0; ch < R->c; ch++) {
+            Py_ssize_t off = (img * R->c + ch) * R->P;
+            if (R->in_float)
+                pc1q_quantize_run((const float *)R->x + off, q, R->P, R->in_scale, R->in_zp);
+            else
+                memcpy(q, (const uint8_t *)R->x + off, (size_t)R->P);
+            for (p = 0; p < R->P; p++) {
+                j = img * R->P + p;
+                o[gs * (ch >> 2) + 4 * j + (ch & 3)] = q[p];
+            }
+        }
+}
+
+/* layer R->layer, block range `task` of nsplit: bufs[layer % 2] -> the other or y */
+static void pc1q_gv_layer_task(void *ctx, Py_ssize_t task, int worker) {
+    const pc1q_run *R = (const pc1q_run *)ctx;
+    const pc1q_layer *L = R->layers + R->layer;
+    Py_ssize_t b0 = task * L->nb / R->nsplit, b1 = (task + 1) * L->nb / R->nsplit, blk;
+    const uint8_t *in = R->bufs[R->layer % 2];
+    uint8_t *out = R->layer == R->nlayers - 1 ? NULL : R->bufs[(R->layer + 1) % 2];
+    int np = (int)(R->n * R->P), j, r, rows;
+    Py_ssize_t gs = 4 * PC1Q_GV_NP4(R);
+    const float *s;
+    float flo = (float)(L->lo - L->zp), fhi = (float)(L->hi - L->zp);
+    uint32_t uzp = (uint32_t)L->zp;
+    int32_t acc[PC1Q_GV_MAXPX * PC1Q_MR];
+    (void)worker;
+    for (blk = b0; blk < b1; blk++) {
+        for (j = 0; j < np; j += 4)
+            R->gv(in + 4 * j, gs, L->w8 + blk * L->k4 * 32, L->k4, L->bias + 8 * blk,
+                  np - j < 4 ? np - j : 4, acc + 8 * j);
+        rows = L->cout - 8 * blk < PC1Q_MR ? (int)(L->cout - 8 * blk) : PC1Q_MR;
+        s = L->scale + 8 * blk;
+        for (j = 0; j < np; j++) {
+            const int32_t *a = acc + j * PC1Q_MR;
+            Py_ssize_t img = j / R->P;
+            Py_ssize_t yo = (img * R->cout + 8 * blk) * R->P + (j - img * R->P);
+            if (out != NULL) {
+                uint8_t *ob = out + gs * 2 * blk + 4 * j;
+                for (r = 0; r < rows; r++)
+                    ob[gs * (r >> 2) + (r & 3)] =
+                        (uint8_t)pc1q_rq((float)a[r] * s[r], flo, fhi, uzp);
+            } else if (R->out_float == PC1Q_OUT_DQ) {
+                float *yf = (float *)R->y + yo;
+                for (r = 0; r < rows; r++)
+                    yf[r * R->P] = (float)((int32_t)pc1q_rq((float)a[r] * s[r], flo, fhi, uzp)
+                                           - R->dq_zp) * R->dq_scale;
+            } else if (R->out_float) {
+                float *yf = (float *)R->y + yo;
+                const float *fb = L->fbias + 8 * blk;
+                for (r = 0; r < rows; r++) yf[r * R->P] = (float)a[r] * s[r] + fb[r];
+            } else {
+                uint8_t *yu = (uint8_t *)R->y + yo;
+                for (r = 0; r < rows; r++)
+                    yu[r * R->P] = (uint8_t)pc1q_rq((float)a[r] * s[r], flo, fhi, uzp);
+            }
+        }
+    }
 }
 
 #if PC1Q_X86
