@@ -43,11 +43,13 @@ def chain_bytes(layers=3, c=C, seed=5):
 
 MODEL = chain_bytes()
 X = np.random.default_rng(0).standard_normal((1, C, 32, 32)).astype(np.float32)
-# one 7x7 image through 384 -> 384 -> 384 (29 MFLOP): a single tile, so 2-thread runs go
-# layer by layer (split runs: a job per layer, the workers spinning between them)
-SPLIT_C = 384
+# one 1x7 image through 512 -> 512 -> 512 (7.3 MFLOP, 2 MB of weights): fewer pixels than
+# any variant's panel, so a single tile everywhere and 2-thread runs go layer by layer
+# (split runs: a job per layer, the workers spinning between them). (7x7 was one tile
+# only with AVX-512's 64-pixel panels: 4 tiles with AVX2's 16 ran fused.)
+SPLIT_C = 512
 SPLIT_MODEL = chain_bytes(layers=2, c=SPLIT_C, seed=7)
-SPLIT_X = np.random.default_rng(1).standard_normal((1, SPLIT_C, 7, 7)).astype(np.float32)
+SPLIT_X = np.random.default_rng(1).standard_normal((1, SPLIT_C, 1, 7)).astype(np.float32)
 
 
 def kernels_module(sess):
@@ -263,7 +265,8 @@ if sys.argv[2] == "one":
     os.sched_setaffinity(0, {cpus[0]})  # the pool threads inherit this
 allowed = os.sched_getaffinity(0)
 s = pyconv1x1.InferenceSession(open(sys.argv[1], "rb").read(), threads=2)
-x = np.random.default_rng(1).standard_normal((1, 384, 7, 7)).astype(np.float32)
+shape = tuple(int(d) for d in sys.argv[3:])
+x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
 ref = pyconv1x1.InferenceSession(open(sys.argv[1], "rb").read(), threads=1).run(
     None, {"x": x})[0]
 for _ in range(50):
@@ -288,7 +291,8 @@ def test_workers_leave_only_the_callers_cpu(tmp_path, mask):
     model.write_bytes(SPLIT_MODEL)
     script = tmp_path / "aff.py"
     script.write_text(AFFINITY_SCRIPT)
-    out = subprocess.run([sys.executable, str(script), str(model), mask], env=ENV,
+    out = subprocess.run([sys.executable, str(script), str(model), mask,
+                          *map(str, SPLIT_X.shape)], env=ENV,
                          capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
